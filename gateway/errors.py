@@ -1,0 +1,137 @@
+"""One hierarchy of errors, split by whose fault it is.
+
+- :class:`ConfigError`: our own configuration, policy, trust list or key files are wrong. The node
+  refuses to start (or keeps the last good version on a reload); the message names the file, the
+  line or field, and what to do.
+- :class:`PeerError`: a peer (another agency, or the national system) sent something bad. The record
+  is quarantined with the machine-readable :attr:`PeerError.reason`; the stream goes on.
+- :class:`InfrastructureError`: Kafka, the disk or another dependency failed. ``retriable`` says
+  whether backing off and trying again can help.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+# --- our side: configuration, policy, trust list, keys -------------------------------------------
+
+
+class ConfigError(GatewayError):
+    """A file we were given is wrong; names the file, the line (when known) and the fix."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        where = ""
+        if file is not None:
+            where = f"{file}:{line}: " if line is not None else f"{file}: "
+        super().__init__(f"{where}{message}")
+        self.message = message
+
+
+class SchemaError(ConfigError):
+    """An Avro schema file cannot be loaded or resolved."""
+
+
+class PolicyError(ConfigError):
+    """A release policy file is invalid."""
+
+
+class TrustError(ConfigError):
+    """The trust list is unreadable, unsigned, expired, or older than the one in force."""
+
+
+class KeyFileError(ConfigError):
+    """A key file is missing, malformed, or readable by others."""
+
+
+# --- the peer's side: what came in is bad --------------------------------------------------------
+
+
+class PeerError(GatewayError):
+    """Something a peer sent is bad; ``reason`` is the quarantine reason code."""
+
+    reason: str = "invalid"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class RecordInvalid(PeerError):
+    """A record does not conform to its Avro schema; ``field`` is the dotted path at fault."""
+
+    reason = "schema_invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class UnknownEventType(PeerError):
+    """An event names an Avro type the federation's contract does not define."""
+
+    reason = "unknown_event_type"
+
+
+class MalformedEnvelope(PeerError):
+    """The bytes do not parse as an envelope of a format version we speak."""
+
+    reason = "malformed"
+
+
+class UntrustedSender(PeerError):
+    """The sender, or its signing key, is not on the trust list (or revoked, or out of window)."""
+
+    reason = "untrusted_sender"
+
+
+class BadSignature(PeerError):
+    """The Ed25519 signature over header and ciphertext does not verify."""
+
+    reason = "bad_signature"
+
+
+class NotForUs(PeerError):
+    """The envelope is addressed to another agency or to an encryption key we do not hold."""
+
+    reason = "not_for_us"
+
+
+class DecryptionFailed(PeerError):
+    """The data key cannot be unwrapped, or the body fails authentication."""
+
+    reason = "decryption_failed"
+
+
+class Stale(PeerError):
+    """The envelope has expired, or was created too far in the future."""
+
+    reason = "stale"
+
+
+class Duplicate(PeerError):
+    """The message id was already delivered."""
+
+    reason = "duplicate"
+
+
+# --- infrastructure ------------------------------------------------------------------------------
+
+
+class InfrastructureError(GatewayError):
+    """A dependency failed; ``retriable`` says whether trying again can help."""
+
+    retriable: bool = True
+
+
+class TransportError(InfrastructureError):
+    """Kafka could not be reached or refused a request."""
+
+
+class StorageError(InfrastructureError):
+    """A local file (spool, dedup journal, audit) could not be written durably."""
