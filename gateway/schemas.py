@@ -1,0 +1,1733 @@
+"""The federation's Avro contract: load it, fingerprint it, check records against it, convert.
+
+Pure: apart from reading the schema folder in :meth:`SchemaRegistry.load`, nothing here does I/O.
+
+The contract
+------------
+- The contract is a folder of ``.avsc`` files (``schemas/avro``). Each file defines one named type
+  and is named after its full name (``fxgw.Firearm.avsc``); it may define further named types
+  inline (an enum inside a record, say). Files refer to each other's types by name, in any order.
+  Every named type, wherever defined, gets a :class:`Schema`.
+- A record that carries the custom attribute ``"fxgw.event": true`` is a domain event type
+  (:attr:`SchemaRegistry.event_types`). Only events, the envelope and the receipt travel.
+- A schema's fingerprint is the SHA-256 of the Avro *Parsing Canonical Form* of its
+  self-contained definition: every named type it uses is written out at its first use. A change
+  to ``fxgw.Firearm`` therefore changes the fingerprint of every event that carries firearms,
+  while docs, defaults, aliases, logical types and custom attributes do not count (per the spec).
+
+The Python form (what :meth:`SchemaRegistry.encode` takes and :meth:`SchemaRegistry.decode` gives)
+------------------------------------------------------------------------------------------------
+``null`` None; ``boolean`` bool; ``int``/``long`` int (32/64-bit range); ``float``/``double``
+float (an int is accepted); ``string`` str; ``bytes`` bytes; ``enum`` the symbol as str; ``fixed``
+bytes of the declared size; ``array`` list; ``map`` dict with str keys; ``record`` dict (a field
+with a default may be left out and is filled in; an unknown key is an error); ``date``
+``datetime.date``; ``timestamp-millis``/``-micros`` a timezone-aware ``datetime`` (millisecond
+precision for ``-millis``: finer digits are refused, not silently dropped); ``local-timestamp-*``
+a naive ``datetime``; ``time-millis``/``-micros`` a naive ``datetime.time``; ``uuid`` ``uuid.UUID``.
+A union is its plain value. For every record ``r`` that encode accepts, with every field given,
+``decode(encode(r)) == r`` (timestamps come back in UTC, which compares equal; a ``float`` field
+keeps 32 bits, so a value not exact in 32 bits comes back rounded). Logical types ``decimal`` and
+``duration`` are refused at load; unknown logical types are ignored, as the spec asks.
+
+The JSON form (what the national system writes; :meth:`SchemaRegistry.from_json` and
+:meth:`SchemaRegistry.to_json`)
+-------------------------------------------------------------------------------------------
+As the Python form, except: ``date`` is ``"YYYY-MM-DD"``; ``timestamp-millis``/``-micros`` is an
+ISO-8601 string with ``Z`` or an offset (digits finer than the type are truncated) or an integer
+count of milliseconds/microseconds since the epoch; ``time-*`` is ``"HH:MM:SS[.fff]"``; ``uuid`` is
+its string; ``bytes`` and ``fixed`` are standard base64; a ``float`` is rounded to 32 bits.
+Unions are the plain value, not Avro-JSON's ``{"type": value}`` tagged form; enums are the
+symbol. :meth:`~SchemaRegistry.to_json` writes timestamps in UTC with ``Z``, and
+``from_json(to_json(r)) == r``.
+
+Errors
+------
+- :class:`~gateway.errors.SchemaError` (our contract is broken): at load, naming the file and,
+  where it can be found, the line.
+- :class:`~gateway.errors.UnknownEventType`: a name or fingerprint the contract does not define.
+- :class:`~gateway.errors.RecordInvalid`: a record does not conform. ``field`` is the dotted path of
+  the first bad field, with array indexes (``firearms[2].calibre``); the message says what was
+  expected and what type was found. Messages never quote the value itself (only map keys, as part
+  of a path): they end up in logs and quarantine reasons, which hold metadata only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ctypes
+import dataclasses
+import datetime as dt
+import difflib
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TypeVar, cast
+
+from gateway import _avro
+from gateway.errors import RecordInvalid, SchemaError, UnknownEventType
+from gateway.types import EventType
+
+__all__ = [
+    "EVENT_ATTRIBUTE",
+    "FieldInfo",
+    "FieldNotFound",
+    "Schema",
+    "SchemaRegistry",
+    "check_compatibility",
+    "parsing_canonical_form",
+]
+
+EVENT_ATTRIBUTE = "fxgw.event"
+"""Custom schema attribute that marks a record as a domain event type (value ``true``)."""
+
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_NAMED_KINDS = frozenset({"record", "enum", "fixed"})
+# (base type, logicalType) -> the kind we report and enforce. Exactly the pairs fastavro converts;
+# any other logicalType is ignored, as the spec asks, and the base type is used.
+_LOGICAL = {
+    ("int", "date"): "date",
+    ("int", "time-millis"): "time-millis",
+    ("long", "time-micros"): "time-micros",
+    ("long", "timestamp-millis"): "timestamp-millis",
+    ("long", "timestamp-micros"): "timestamp-micros",
+    ("long", "local-timestamp-millis"): "local-timestamp-millis",
+    ("long", "local-timestamp-micros"): "local-timestamp-micros",
+    ("string", "uuid"): "uuid",
+}
+# Logical types with a Python form we do not promise to round-trip; refused at load rather than
+# half supported.
+_UNSUPPORTED_LOGICAL = frozenset({"decimal", "duration"})
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+_FLOAT32_MAX = 3.4028234663852886e38
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH_NAIVE = dt.datetime(1970, 1, 1)  # the epoch of the local-timestamp types
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TIME_RE = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?")
+_AWARE_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})"
+)
+_NAIVE_RE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?")
+
+
+# --- the parsed type tree (internal) -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Primitive:
+    kind: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Logical:
+    kind: str
+    base: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Array:
+    items: _Type
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Map:
+    values: _Type
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Union:
+    branches: tuple[_Type, ...]
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Enum:
+    name: str
+    source: str
+    doc: str | None
+    aliases: tuple[str, ...]
+    symbols: tuple[str, ...]
+    default: str | None
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Fixed:
+    name: str
+    source: str
+    doc: str | None
+    aliases: tuple[str, ...]
+    size: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    type: _Type
+    doc: str | None
+    aliases: tuple[str, ...]
+    has_default: bool
+    default: object
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Record:
+    # Mutable and compared by identity: a record is registered before its fields are built, so
+    # that a recursive reference to it resolves.
+    name: str
+    source: str
+    doc: str | None
+    aliases: tuple[str, ...]
+    attributes: dict[str, object]
+    fields: list[_Field] = dataclasses.field(default_factory=list)
+
+
+_Named = _Record | _Enum | _Fixed
+_Type = _Primitive | _Logical | _Array | _Map | _Union | _Named
+
+
+# --- public values -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FieldInfo:
+    """One field of a record schema, as a release policy and a data generator need to see it.
+
+    ``path`` is dotted from the top record; an array adds ``[]`` and a map ``{}`` to the path of
+    the field that holds it (``firearms[].serial_number``, ``persons[].agency.agency_id``).
+    ``kind`` is the field's type with a nullable union unwrapped and the logical type winning
+    over its base type: one of ``null, boolean, int, long, float, double, bytes, string, enum,
+    fixed, record, array, map, union`` (a union of several non-null types) or a logical type
+    (``date, time-millis, time-micros, timestamp-millis, timestamp-micros,
+    local-timestamp-millis, local-timestamp-micros, uuid``).
+    """
+
+    path: str
+    name: str
+    kind: str
+    nullable: bool
+    """The field's type is a union with ``null``: a policy may withhold it."""
+    doc: str | None = None
+    children: tuple[FieldInfo, ...] = ()
+    """Fields of the record held, directly or as the items (values) of an array (map); empty
+    where a recursive type refers back to a record it is inside of."""
+    item_kind: str | None = None
+    """For an array (a map): the kind of its items (values)."""
+    item_nullable: bool = False
+    """For an array (a map): the items (values) may be null."""
+    symbols: tuple[str, ...] = ()
+    """For an enum, or an array or map of enums: the symbols."""
+    type_name: str | None = None
+    """Full name of the record, enum or fixed type held (directly or as items or values)."""
+    size: int | None = None
+    """For a fixed type (or array or map of it): its size in bytes."""
+    has_default: bool = False
+    """The field may be left out of a record; it is filled with its default."""
+
+
+class FieldNotFound(KeyError):
+    """A field path that the schema does not have; a :class:`KeyError` with a readable message."""
+
+    def __init__(self, schema: str, path: str, suggestion: str | None) -> None:
+        self.schema = schema
+        self.path = path
+        hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+        self.message = f"{schema} has no field {path!r}{hint}"
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Schema:
+    """One named type of the contract, resolved and self-contained.
+
+    ``parsed`` and ``tree`` are internal (the fastavro adapter's schema and our parsed type tree);
+    they take no part in comparison.
+    """
+
+    full_name: EventType
+    fingerprint: bytes
+    """SHA-256 of :attr:`canonical_form` (UTF-8)."""
+    canonical_form: str
+    """Avro Parsing Canonical Form of the self-contained definition."""
+    is_event: bool
+    """The record carries ``"fxgw.event": true``."""
+    fields: tuple[FieldInfo, ...]
+    """Top-level fields, in schema order (empty for an enum or fixed type)."""
+    doc: str | None
+    parsed: _avro.ParsedSchema = dataclasses.field(compare=False, repr=False)
+    tree: _Type = dataclasses.field(compare=False, repr=False)
+
+    @property
+    def fingerprint_hex(self) -> str:
+        """The fingerprint as 64 lower-case hex digits."""
+        return self.fingerprint.hex()
+
+    @property
+    def kind(self) -> str:
+        """``record``, ``enum`` or ``fixed``."""
+        return _kind(self.tree)
+
+    def iter_fields(self) -> Iterator[FieldInfo]:
+        """Every field at every depth, depth-first, each field before its children."""
+
+        def walk(infos: tuple[FieldInfo, ...]) -> Iterator[FieldInfo]:
+            for info in infos:
+                yield info
+                yield from walk(info.children)
+
+        return walk(self.fields)
+
+    def field(self, path: str) -> FieldInfo:
+        """The field at ``path`` (``firearms[].serial_number``).
+
+        :raises FieldNotFound: no such path (a :class:`KeyError`); the message suggests the
+            closest path that exists.
+        """
+        paths = []
+        for info in self.iter_fields():
+            if info.path == path:
+                return info
+            paths.append(info.path)
+        close = difflib.get_close_matches(path, paths, n=1)
+        raise FieldNotFound(self.full_name, path, close[0] if close else None)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+class _Problem(Exception):
+    """A defect in a schema definition; ``needle`` is a JSON string to find the line by."""
+
+    def __init__(self, message: str, *, source: str, needle: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.source = source
+        self.needle = needle
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Definition:
+    body: Mapping[str, object]
+    namespace: str  # the namespace the definition sits in (before its own name is applied)
+    source: str
+
+
+def _as_object(value: object) -> Mapping[str, object] | None:
+    if isinstance(value, dict):
+        return cast("dict[str, object]", value)
+    return None
+
+
+def _as_list(value: object) -> list[object] | None:
+    if isinstance(value, list):
+        return cast("list[object]", value)
+    return None
+
+
+class _Parser:
+    """Turns JSON definitions into the type tree; named types may be referenced before defined.
+
+    Phase one (:meth:`collect`) registers every named type definition of every source; phase two
+    (:meth:`build`, :meth:`named`) builds nodes, resolving references through that table.
+    """
+
+    def __init__(self) -> None:
+        self.definitions: dict[str, _Definition] = {}
+        self.built: dict[str, _Named] = {}
+
+    # phase one
+
+    def collect(self, definition: object, namespace: str, source: str) -> None:
+        if (branches := _as_list(definition)) is not None:
+            for branch in branches:
+                self.collect(branch, namespace, source)
+            return
+        body = _as_object(definition)
+        if body is None:
+            return
+        kind = body.get("type")
+        if kind in _NAMED_KINDS:
+            full = self.full_name(body, namespace, source)
+            if full in self.definitions:
+                other = self.definitions[full].source
+                raise _Problem(
+                    f"named type {full} is defined twice (also in {other}); keep one definition",
+                    source=source,
+                    needle=full.rpartition(".")[2],
+                )
+            self.definitions[full] = _Definition(body, namespace, source)
+            inner = full.rpartition(".")[0]
+            for field in _as_list(body.get("fields")) or []:
+                if (field_body := _as_object(field)) is not None:
+                    self.collect(field_body.get("type"), inner, source)
+        elif kind == "array":
+            self.collect(body.get("items"), namespace, source)
+        elif kind == "map":
+            self.collect(body.get("values"), namespace, source)
+
+    @staticmethod
+    def full_name(body: Mapping[str, object], namespace: str, source: str) -> str:
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise _Problem(
+                f"a {body.get('type')} needs a 'name' (a string)", source=source, needle="type"
+            )
+        if "." in name:
+            full = name
+        else:
+            space = body.get("namespace", namespace)
+            if space is None:
+                space = ""
+            if not isinstance(space, str):
+                raise _Problem(f"{name}: 'namespace' must be a string", source=source, needle=name)
+            full = f"{space}.{name}" if space else name
+        for part in full.split("."):
+            if not _NAME_RE.fullmatch(part):
+                raise _Problem(
+                    f"invalid name {full!r}: each dotted part must match [A-Za-z_][A-Za-z0-9_]*",
+                    source=source,
+                    needle=name,
+                )
+        if full in _PRIMITIVES:
+            raise _Problem(
+                f"a named type may not be called {full!r} (a primitive type)",
+                source=source,
+                needle=name,
+            )
+        return full
+
+    # phase two
+
+    def build(self, definition: object, namespace: str, source: str, where: str) -> _Type:
+        if isinstance(definition, str):
+            if definition in _PRIMITIVES:
+                return _Primitive(definition)
+            return self.reference(definition, namespace, source, where)
+        if (branches := _as_list(definition)) is not None:
+            return self.build_union(branches, namespace, source, where)
+        body = _as_object(definition)
+        if body is None:
+            raise _Problem(
+                f"{where}: {json.dumps(definition)} is not a schema (a type name, a union list or "
+                "an object with a 'type')",
+                source=source,
+            )
+        kind = body.get("type")
+        if not isinstance(kind, str):
+            raise _Problem(
+                f"{where}: 'type' must be a string naming a type, got {json.dumps(kind)}",
+                source=source,
+            )
+        if kind in _PRIMITIVES:
+            logical = body.get("logicalType")
+            if logical in _UNSUPPORTED_LOGICAL:
+                raise _Problem(
+                    f"{where}: logical type {logical!r} is not supported by the gateway; "
+                    "carry the value as a string",
+                    source=source,
+                    needle=str(logical),
+                )
+            if isinstance(logical, str) and (kind, logical) in _LOGICAL:
+                return _Logical(_LOGICAL[(kind, logical)], kind)
+            return _Primitive(kind)
+        if kind in _NAMED_KINDS:
+            return self.named(self.full_name(body, namespace, source))
+        if kind == "array":
+            if "items" not in body:
+                raise _Problem(f"{where}: an array needs 'items'", source=source, needle="array")
+            return _Array(self.build(body["items"], namespace, source, f"{where} items"))
+        if kind == "map":
+            if "values" not in body:
+                raise _Problem(f"{where}: a map needs 'values'", source=source, needle="map")
+            return _Map(self.build(body["values"], namespace, source, f"{where} values"))
+        if kind == "error":
+            raise _Problem(
+                f"{where}: type 'error' belongs to Avro protocols; use 'record'",
+                source=source,
+                needle="error",
+            )
+        # {"type": "fxgw.AgencyRef"}: a reference written as an object.
+        return self.reference(kind, namespace, source, where)
+
+    def build_union(
+        self, branches: list[object], namespace: str, source: str, where: str
+    ) -> _Union:
+        built: list[_Type] = []
+        seen: set[str] = set()
+        for branch in branches:
+            node = self.build(branch, namespace, source, where)
+            if isinstance(node, _Union):
+                raise _Problem(
+                    f"{where}: a union may not directly contain another union", source=source
+                )
+            key = _union_key(node)
+            if key in seen:
+                raise _Problem(
+                    f"{where}: the union has two branches of type {key}", source=source, needle=key
+                )
+            seen.add(key)
+            built.append(node)
+        return _Union(tuple(built))
+
+    def reference(self, name: str, namespace: str, source: str, where: str) -> _Named:
+        candidates = (
+            [name] if "." in name else [f"{namespace}.{name}", name] if namespace else [name]
+        )
+        for candidate in candidates:
+            if candidate in self.definitions:
+                return self.named(candidate)
+        close = difflib.get_close_matches(name, [*self.definitions, *sorted(_PRIMITIVES)], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise _Problem(
+            f"{where}: unknown type {name!r}: not a primitive type, and no schema in the folder "
+            f"defines it{hint}",
+            source=source,
+            needle=name,
+        )
+
+    def named(self, full: str) -> _Named:
+        if full in self.built:
+            return self.built[full]
+        definition = self.definitions[full]
+        body, source = definition.body, definition.source
+        inner = full.rpartition(".")[0]
+        short = full.rpartition(".")[2]
+        doc = body.get("doc")
+        if doc is not None and not isinstance(doc, str):
+            raise _Problem(f"{full}: 'doc' must be a string", source=source, needle=short)
+        aliases = self.aliases(body.get("aliases"), inner, source, full)
+        kind = body.get("type")
+        node: _Named
+        if kind == "enum":
+            node = self.enum(body, full, source, doc, aliases)
+        elif kind == "fixed":
+            size = body.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise _Problem(
+                    f"{full}: a fixed type needs a 'size' (a non-negative integer)",
+                    source=source,
+                    needle=short,
+                )
+            node = _Fixed(full, source, doc, aliases, size)
+        else:
+            attributes = {key: value for key, value in body.items() if key not in _RECORD_KEYS}
+            event = attributes.get(EVENT_ATTRIBUTE, False)
+            if not isinstance(event, bool):
+                raise _Problem(
+                    f"{full}: {EVENT_ATTRIBUTE!r} must be true or false",
+                    source=source,
+                    needle=EVENT_ATTRIBUTE,
+                )
+            record = _Record(full, source, doc, aliases, attributes)
+            self.built[full] = record  # before the fields: they may refer back to the record
+            record.fields.extend(self.fields(body, full, inner, source))
+            return record
+        self.built[full] = node
+        return node
+
+    def enum(
+        self,
+        body: Mapping[str, object],
+        full: str,
+        source: str,
+        doc: str | None,
+        aliases: tuple[str, ...],
+    ) -> _Enum:
+        short = full.rpartition(".")[2]
+        raw = _as_list(body.get("symbols"))
+        if raw is None:
+            raise _Problem(
+                f"{full}: an enum needs 'symbols' (a list of strings)", source=source, needle=short
+            )
+        symbols: list[str] = []
+        for symbol in raw:
+            if not isinstance(symbol, str) or not _NAME_RE.fullmatch(symbol):
+                raise _Problem(
+                    f"{full}: symbol {json.dumps(symbol)} must match [A-Za-z_][A-Za-z0-9_]*",
+                    source=source,
+                    needle=str(symbol),
+                )
+            if symbol in symbols:
+                raise _Problem(
+                    f"{full}: symbol {symbol} is listed twice", source=source, needle=symbol
+                )
+            symbols.append(symbol)
+        default = body.get("default")
+        if default is not None and default not in symbols:
+            raise _Problem(
+                f"{full}: the enum's default {json.dumps(default)} is not one of its symbols",
+                source=source,
+                needle="default",
+            )
+        return _Enum(full, source, doc, aliases, tuple(symbols), default)
+
+    def fields(
+        self, body: Mapping[str, object], full: str, inner: str, source: str
+    ) -> list[_Field]:
+        short = full.rpartition(".")[2]
+        raw = _as_list(body.get("fields"))
+        if raw is None:
+            raise _Problem(f"{full}: a record needs 'fields' (a list)", source=source, needle=short)
+        fields: list[_Field] = []
+        names: set[str] = set()
+        for item in raw:
+            field = _as_object(item)
+            if field is None:
+                raise _Problem(f"{full}: each field must be an object", source=source, needle=short)
+            name = field.get("name")
+            if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+                raise _Problem(
+                    f"{full}: field name {json.dumps(name)} must match [A-Za-z_][A-Za-z0-9_]*",
+                    source=source,
+                    needle=name if isinstance(name, str) else short,
+                )
+            if name in names:
+                raise _Problem(f"{full}: field {name} is defined twice", source=source, needle=name)
+            names.add(name)
+            if "type" not in field:
+                raise _Problem(f"{full}, field {name}: no 'type'", source=source, needle=name)
+            where = f"{full}, field {name}"
+            doc = field.get("doc")
+            if doc is not None and not isinstance(doc, str):
+                raise _Problem(f"{where}: 'doc' must be a string", source=source, needle=name)
+            aliases = tuple(
+                alias for alias in _as_list(field.get("aliases")) or [] if isinstance(alias, str)
+            )
+            fields.append(
+                _Field(
+                    name=name,
+                    type=self.build(field["type"], inner, source, where),
+                    doc=doc,
+                    aliases=aliases,
+                    has_default="default" in field,
+                    default=field.get("default"),
+                )
+            )
+        return fields
+
+    @staticmethod
+    def aliases(raw: object, namespace: str, source: str, full: str) -> tuple[str, ...]:
+        if raw is None:
+            return ()
+        items = _as_list(raw)
+        if items is None or not all(isinstance(alias, str) for alias in items):
+            raise _Problem(
+                f"{full}: 'aliases' must be a list of names",
+                source=source,
+                needle=full.rpartition(".")[2],
+            )
+        names = cast("list[str]", items)
+        return tuple(
+            alias if "." in alias or not namespace else f"{namespace}.{alias}" for alias in names
+        )
+
+
+_RECORD_KEYS = frozenset({"type", "name", "namespace", "doc", "aliases", "fields"})
+
+
+def _union_key(node: _Type) -> str:
+    if isinstance(node, (_Record, _Enum, _Fixed)):
+        return node.name
+    if isinstance(node, _Logical):
+        return node.base
+    return _kind(node)
+
+
+def _check_defaults(record: _Record) -> None:
+    for field in record.fields:
+        if not field.has_default:
+            continue
+        try:
+            _default_value(field.type, field.default)
+        except ValueError as exc:
+            raise _Problem(
+                f"{record.name}, field {field.name}: invalid default: {exc}",
+                source=record.source,
+                needle=field.name,
+            ) from exc
+
+
+def _default_value(node: _Type, default: object) -> object:
+    """The Python form of a schema default (Avro JSON encoding of defaults).
+
+    :raises ValueError: the default does not fit the type (a union's default must fit its first
+        branch).
+    """
+    if isinstance(node, _Union):
+        if not node.branches:
+            raise ValueError("an empty union has no values")
+        first = node.branches[0]
+        try:
+            return _default_value(first, default)
+        except ValueError as exc:
+            raise ValueError(
+                f"a union's default must be a value of its first branch ({_expected(first)}); "
+                "for a nullable field put 'null' first and default to null"
+            ) from exc
+    if isinstance(node, _Primitive):
+        return _default_primitive(node.kind, default)
+    if isinstance(node, _Logical):
+        base = _default_primitive(node.base, default)
+        try:
+            return _from_json_logical(node, base, None)
+        except RecordInvalid as exc:
+            raise ValueError(str(exc)) from None
+    if isinstance(node, _Enum):
+        if not isinstance(default, str) or default not in node.symbols:
+            raise ValueError(f"expected one of {', '.join(node.symbols)}")
+        return default
+    if isinstance(node, _Fixed):
+        value = _default_primitive("bytes", default)
+        if not isinstance(value, bytes) or len(value) != node.size:
+            raise ValueError(f"expected {node.size} bytes")
+        return value
+    if isinstance(node, _Array):
+        items = _as_list(default)
+        if items is None:
+            raise ValueError("expected a list")
+        return [_default_value(node.items, item) for item in items]
+    if isinstance(node, _Map):
+        values = _as_object(default)
+        if values is None:
+            raise ValueError("expected an object")
+        return {key: _default_value(node.values, value) for key, value in values.items()}
+    body = _as_object(default)
+    if body is None:
+        raise ValueError(f"expected an object for record {node.name}")
+    out: dict[str, object] = {}
+    for field in node.fields:
+        if field.name in body:
+            out[field.name] = _default_value(field.type, body[field.name])
+        elif field.has_default:
+            out[field.name] = _default_value(field.type, field.default)
+        else:
+            raise ValueError(f"the default for record {node.name} lacks field {field.name}")
+    return out
+
+
+def _default_primitive(kind: str, default: object) -> object:
+    if kind == "null" and default is None:
+        return None
+    if kind == "boolean" and isinstance(default, bool):
+        return default
+    if kind in _INT_RANGE and isinstance(default, int) and not isinstance(default, bool):
+        low, high = _INT_RANGE[kind]
+        if low <= default <= high:
+            return default
+    if kind in ("float", "double") and _is_number(default):
+        return float(cast(int | float, default))
+    if kind == "string" and isinstance(default, str):
+        return default
+    if kind == "bytes" and isinstance(default, str):
+        # Avro writes a bytes default as a string of code points 0-255.
+        try:
+            return default.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError("a bytes default is a string of code points 0-255") from None
+    raise ValueError(f"expected {kind}, got {json.dumps(default)}")
+
+
+def _parse_sources(
+    sources: list[tuple[str, object]],
+    *,
+    expected_names: Mapping[str, str] | None = None,
+) -> dict[str, Schema]:
+    """Build a :class:`Schema` for every named type defined by ``sources`` (label, JSON).
+
+    :raises _Problem: the first defect found.
+    """
+    parser = _Parser()
+    for source, definition in sources:
+        body = _as_object(definition)
+        if body is None or body.get("type") not in _NAMED_KINDS:
+            raise _Problem(
+                "a schema file must hold one named type (a JSON object whose type is record, enum "
+                "or fixed)",
+                source=source,
+            )
+        full = parser.full_name(body, "", source)
+        if expected_names is not None and expected_names[source] != full:
+            raise _Problem(
+                f"the file defines {full} but is named {expected_names[source]}.avsc; name the "
+                f"file {full}.avsc",
+                source=source,
+                needle=full.rpartition(".")[2],
+            )
+        parser.collect(definition, "", source)
+    for full in list(parser.definitions):
+        parser.named(full)
+    schemas: dict[str, Schema] = {}
+    for full, node in parser.built.items():
+        if isinstance(node, _Record):
+            _check_defaults(node)
+        schemas[full] = _make_schema(node)
+    return schemas
+
+
+def _make_schema(node: _Named) -> Schema:
+    canonical = _canonical(node, set())
+    try:
+        parsed = _avro.parse(_fastavro_definition(node, set()))
+    except SchemaError as exc:
+        raise _Problem(exc.message, source=node.source, needle=node.name) from exc
+    is_event = isinstance(node, _Record) and node.attributes.get(EVENT_ATTRIBUTE) is True
+    return Schema(
+        full_name=EventType(node.name),
+        fingerprint=hashlib.sha256(canonical.encode("utf-8")).digest(),
+        canonical_form=canonical,
+        is_event=is_event,
+        fields=_field_infos(node, "", (node.name,)) if isinstance(node, _Record) else (),
+        doc=node.doc,
+        parsed=parsed,
+        tree=node,
+    )
+
+
+def _line_of(text: str, needle: str | None) -> int | None:
+    """The line of the first ``"name": "<needle>"`` in ``text``, else of ``"<needle>"``."""
+    if needle is None:
+        return None
+    quoted = json.dumps(needle)
+    found = re.search(r'"name"\s*:\s*' + re.escape(quoted), text)
+    index = found.start() if found else text.find(quoted)
+    return None if index < 0 else text.count("\n", 0, index) + 1
+
+
+def parsing_canonical_form(definition: object) -> str:
+    """The Avro Parsing Canonical Form of one self-contained schema definition (parsed JSON).
+
+    Implements the spec's transformation: primitives in their simple form, full names, only the
+    attributes that matter for parsing (``name, type, fields, symbols, items, values, size``, in
+    that order), a named type written out at its first use and referred to by name after, no
+    whitespace. Logical types, docs, defaults, aliases and custom attributes are dropped.
+
+    :raises SchemaError: the definition is not a valid schema (an unknown type name, a record
+        without fields, ...).
+    """
+    parser = _Parser()
+    try:
+        parser.collect(definition, "", "<definition>")
+        node = parser.build(definition, "", "<definition>", "schema")
+    except _Problem as exc:
+        raise SchemaError(exc.message) from exc
+    return _canonical(node, set())
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _canonical(node: _Type, seen: set[str]) -> str:
+    if isinstance(node, _Primitive):
+        return _quote(node.kind)
+    if isinstance(node, _Logical):
+        return _quote(node.base)
+    if isinstance(node, _Array):
+        return '{"type":"array","items":' + _canonical(node.items, seen) + "}"
+    if isinstance(node, _Map):
+        return '{"type":"map","values":' + _canonical(node.values, seen) + "}"
+    if isinstance(node, _Union):
+        return "[" + ",".join(_canonical(branch, seen) for branch in node.branches) + "]"
+    if node.name in seen:
+        return _quote(node.name)
+    seen.add(node.name)
+    name = '{"name":' + _quote(node.name)
+    if isinstance(node, _Enum):
+        return name + ',"type":"enum","symbols":[' + ",".join(map(_quote, node.symbols)) + "]}"
+    if isinstance(node, _Fixed):
+        return name + f',"type":"fixed","size":{node.size}}}'
+    fields = ",".join(
+        '{"name":' + _quote(field.name) + ',"type":' + _canonical(field.type, seen) + "}"
+        for field in node.fields
+    )
+    return name + ',"type":"record","fields":[' + fields + "]}"
+
+
+def _fastavro_definition(node: _Type, seen: set[str]) -> _avro.Definition:
+    """The self-contained definition handed to fastavro: only what encoding needs."""
+    if isinstance(node, _Primitive):
+        return node.kind
+    if isinstance(node, _Logical):
+        return {"type": node.base, "logicalType": node.kind}
+    if isinstance(node, _Array):
+        return {"type": "array", "items": _fastavro_definition(node.items, seen)}
+    if isinstance(node, _Map):
+        return {"type": "map", "values": _fastavro_definition(node.values, seen)}
+    if isinstance(node, _Union):
+        return [_fastavro_definition(branch, seen) for branch in node.branches]
+    if node.name in seen:
+        return node.name
+    seen.add(node.name)
+    if isinstance(node, _Enum):
+        return {"type": "enum", "name": node.name, "symbols": list(node.symbols)}
+    if isinstance(node, _Fixed):
+        return {"type": "fixed", "name": node.name, "size": node.size}
+    fields: list[object] = [
+        {"name": field.name, "type": _fastavro_definition(field.type, seen)}
+        for field in node.fields
+    ]
+    return {"type": "record", "name": node.name, "fields": fields}
+
+
+# --- field descriptions --------------------------------------------------------------------------
+
+
+def _kind(node: _Type) -> str:
+    if isinstance(node, _Primitive | _Logical):
+        return node.kind
+    if isinstance(node, _Array):
+        return "array"
+    if isinstance(node, _Map):
+        return "map"
+    if isinstance(node, _Union):
+        return "union"
+    if isinstance(node, _Record):
+        return "record"
+    if isinstance(node, _Enum):
+        return "enum"
+    return "fixed"
+
+
+def _is_null(node: _Type) -> bool:
+    return isinstance(node, _Primitive) and node.kind == "null"
+
+
+def _unwrap_nullable(node: _Type) -> tuple[_Type, bool]:
+    """The type without its ``null`` branch, and whether there was one."""
+    if not isinstance(node, _Union):
+        return node, _is_null(node)
+    rest = tuple(branch for branch in node.branches if not _is_null(branch))
+    nullable = len(rest) != len(node.branches)
+    if len(rest) == 1:
+        return rest[0], nullable
+    if not rest and nullable:
+        return _Primitive("null"), True
+    return _Union(rest), nullable
+
+
+def _field_infos(record: _Record, prefix: str, stack: tuple[str, ...]) -> tuple[FieldInfo, ...]:
+    return tuple(_field_info(field, f"{prefix}{field.name}", stack) for field in record.fields)
+
+
+def _field_info(field: _Field, path: str, stack: tuple[str, ...]) -> FieldInfo:
+    inner, nullable = _unwrap_nullable(field.type)
+    item_kind: str | None = None
+    item_nullable = False
+    if isinstance(inner, _Array | _Map):
+        item, item_nullable = _unwrap_nullable(
+            inner.items if isinstance(inner, _Array) else inner.values
+        )
+        item_kind = _kind(item)
+        marker = "[]" if isinstance(inner, _Array) else "{}"
+        children, symbols, type_name, size = _details(item, path + marker, stack)
+    else:
+        children, symbols, type_name, size = _details(inner, path, stack)
+    return FieldInfo(
+        path=path,
+        name=field.name,
+        kind=_kind(inner),
+        nullable=nullable,
+        doc=field.doc,
+        children=children,
+        item_kind=item_kind,
+        item_nullable=item_nullable,
+        symbols=symbols,
+        type_name=type_name,
+        size=size,
+        has_default=field.has_default,
+    )
+
+
+def _details(
+    node: _Type, path: str, stack: tuple[str, ...]
+) -> tuple[tuple[FieldInfo, ...], tuple[str, ...], str | None, int | None]:
+    """Children, symbols, type name and size of a (non-null) type, following nested containers."""
+    if isinstance(node, _Record):
+        # A recursive type would describe itself forever; its repetition gets no children.
+        children: tuple[FieldInfo, ...] = (
+            () if node.name in stack else _field_infos(node, path + ".", (*stack, node.name))
+        )
+        return children, (), node.name, None
+    if isinstance(node, _Enum):
+        return (), node.symbols, node.name, None
+    if isinstance(node, _Fixed):
+        return (), (), node.name, node.size
+    if isinstance(node, _Array | _Map):
+        item, _ = _unwrap_nullable(node.items if isinstance(node, _Array) else node.values)
+        return _details(item, path + ("[]" if isinstance(node, _Array) else "{}"), stack)
+    return (), (), None, None
+
+
+# --- checking and converting records -------------------------------------------------------------
+
+
+def _join(path: str | None, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _expected(node: _Type) -> str:
+    if isinstance(node, _Union):
+        inner, nullable = _unwrap_nullable(node)
+        if isinstance(inner, _Union):
+            names = [_expected(branch) for branch in inner.branches]
+        else:
+            names = [] if _is_null(inner) else [_expected(inner)]
+        return " or ".join([*names, "null"] if nullable else names) or "nothing (empty union)"
+    if isinstance(node, _Record):
+        return f"record {node.name}"
+    if isinstance(node, _Enum):
+        return f"enum {node.name}"
+    if isinstance(node, _Fixed):
+        return f"fixed {node.name} ({node.size} bytes)"
+    return _kind(node)
+
+
+def _describe(value: object) -> str:
+    """The type of a value, in words; never the value (messages end up in logs)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dt.datetime):
+        return "naive datetime" if value.utcoffset() is None else "datetime"
+    if isinstance(value, dt.date):
+        return "date"
+    if isinstance(value, dt.time):
+        return "time"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bytes | bytearray):
+        return "bytes"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return type(value).__name__
+
+
+def _mismatch(node: _Type, value: object, path: str | None, or_null: bool) -> RecordInvalid:
+    expected = _expected(node) + (" or null" if or_null else "")
+    return RecordInvalid(f"expected {expected}, got {_describe(value)}", field=path)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_range(kind: str, value: int, path: str | None) -> int:
+    low, high = _INT_RANGE[kind]
+    if not low <= value <= high:
+        bits = 32 if kind == "int" else 64
+        raise RecordInvalid(f"expected {kind}, got an int outside the {bits}-bit range", field=path)
+    return value
+
+
+def _check_float(kind: str, value: int | float, path: str | None) -> None:
+    try:
+        as_float = float(value)
+    except OverflowError:
+        raise RecordInvalid(f"expected {kind}, got an int too large for it", field=path) from None
+    if kind == "float" and math.isfinite(as_float) and abs(as_float) > _FLOAT32_MAX:
+        raise RecordInvalid("expected float, got a number beyond 32-bit float range", field=path)
+
+
+def _check_text(value: str, path: str | None) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordInvalid(
+            "expected string, got a string that is not valid Unicode (lone surrogate)", field=path
+        ) from None
+    return value
+
+
+def _conform(node: _Type, value: object, path: str | None, or_null: bool = False) -> object:
+    """Check ``value`` against ``node``; return it with record defaults filled in.
+
+    :raises RecordInvalid: at the first value that does not conform, naming its path.
+    """
+    if isinstance(node, _Union):
+        rest, nullable = _unwrap_nullable(node)
+        if value is None and nullable:
+            return None
+        if not isinstance(rest, _Union):
+            return _conform(rest, value, path, or_null=nullable)
+        for branch in rest.branches:
+            try:
+                return _conform(branch, value, path)
+            except RecordInvalid:
+                continue
+        raise _mismatch(node, value, path, False)
+    if isinstance(node, _Primitive):
+        return _conform_primitive(node, value, path, or_null)
+    if isinstance(node, _Logical):
+        return _conform_logical(node, value, path, or_null)
+    if isinstance(node, _Enum):
+        if isinstance(value, str) and value in node.symbols:
+            return value
+        if isinstance(value, str):
+            null = ", or null" if or_null else ""
+            raise RecordInvalid(
+                f"expected one of {', '.join(node.symbols)}{null} ({node.name}), got another "
+                "string",
+                field=path,
+            )
+        raise _mismatch(node, value, path, or_null)
+    if isinstance(node, _Fixed):
+        if isinstance(value, bytes | bytearray) and len(value) == node.size:
+            return bytes(value)
+        raise _mismatch(node, value, path, or_null)
+    if isinstance(node, _Array):
+        if not isinstance(value, list):
+            raise _mismatch(node, value, path, or_null)
+        items = cast("list[object]", value)
+        return [_conform(node.items, item, f"{path}[{i}]") for i, item in enumerate(items)]
+    if isinstance(node, _Map):
+        if not isinstance(value, Mapping):
+            raise _mismatch(node, value, path, or_null)
+        mapping = cast("Mapping[object, object]", value)
+        out: dict[str, object] = {}
+        for key, item in mapping.items():
+            if not isinstance(key, str):
+                raise RecordInvalid(f"map keys must be strings, got {_describe(key)}", field=path)
+            out[key] = _conform(node.values, item, f"{path}[{key!r}]")
+        return out
+    return _conform_record(node, value, path, or_null)
+
+
+def _conform_record(
+    node: _Record, value: object, path: str | None, or_null: bool
+) -> dict[str, object]:
+    if not isinstance(value, Mapping):
+        raise _mismatch(node, value, path, or_null)
+    mapping = cast("Mapping[object, object]", value)
+    out: dict[str, object] = {}
+    for field in node.fields:
+        child = _join(path, field.name)
+        if field.name in mapping:
+            out[field.name] = _conform(field.type, mapping[field.name], child)
+        elif field.has_default:
+            out[field.name] = _default_value(field.type, field.default)
+        else:
+            raise RecordInvalid(
+                f"missing required field (expected {_expected(field.type)})", field=child
+            )
+    for key in mapping:
+        if key not in out:
+            raise RecordInvalid(
+                f"unknown field: {node.name} has no such field", field=_join(path, str(key))
+            )
+    return out
+
+
+def _conform_primitive(node: _Primitive, value: object, path: str | None, or_null: bool) -> object:
+    kind = node.kind
+    if kind == "null" and value is None:
+        return None
+    if kind == "boolean" and isinstance(value, bool):
+        return value
+    if kind in _INT_RANGE and isinstance(value, int) and not isinstance(value, bool):
+        return _check_range(kind, value, path)
+    if kind in ("float", "double") and _is_number(value):
+        _check_float(kind, cast(int | float, value), path)
+        return value
+    if kind == "string" and isinstance(value, str):
+        return _check_text(value, path)
+    if kind == "bytes" and isinstance(value, bytes | bytearray):
+        return bytes(value)
+    raise _mismatch(node, value, path, or_null)
+
+
+def _conform_logical(node: _Logical, value: object, path: str | None, or_null: bool) -> object:
+    kind = node.kind
+    if kind == "date":
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+    elif kind in ("timestamp-millis", "timestamp-micros"):
+        if isinstance(value, dt.datetime) and value.utcoffset() is not None:
+            try:
+                value.astimezone(dt.UTC)
+            except OverflowError:
+                raise RecordInvalid(
+                    f"expected {kind}, got a datetime out of range", field=path
+                ) from None
+            return _check_precision(kind, value, value.microsecond, path)
+        if isinstance(value, dt.datetime):
+            raise RecordInvalid(
+                f"expected {kind} (a timezone-aware datetime), got a naive datetime", field=path
+            )
+    elif kind in ("local-timestamp-millis", "local-timestamp-micros"):
+        if isinstance(value, dt.datetime) and value.utcoffset() is None:
+            return _check_precision(kind, value, value.microsecond, path)
+    elif kind in ("time-millis", "time-micros"):
+        if isinstance(value, dt.time) and value.utcoffset() is None:
+            return _check_precision(kind, value, value.microsecond, path)
+    elif isinstance(value, uuid.UUID):  # uuid
+        return value
+    raise _mismatch(node, value, path, or_null)
+
+
+def _check_precision(kind: str, value: object, microsecond: int, path: str | None) -> object:
+    if kind.endswith("-millis") and microsecond % 1000:
+        raise RecordInvalid(
+            f"expected {kind}, got a value with sub-millisecond digits (truncate them)", field=path
+        )
+    return value
+
+
+def _from_json(node: _Type, value: object, path: str | None, or_null: bool = False) -> object:
+    """Convert the JSON form of ``value`` to the Python form, filling record defaults.
+
+    :raises RecordInvalid: at the first value that does not fit, naming its path.
+    """
+    if isinstance(node, _Union):
+        rest, nullable = _unwrap_nullable(node)
+        if value is None and nullable:
+            return None
+        if not isinstance(rest, _Union):
+            return _from_json(rest, value, path, or_null=nullable)
+        for branch in rest.branches:
+            try:
+                return _from_json(branch, value, path)
+            except RecordInvalid:
+                continue
+        raise _mismatch(node, value, path, False)
+    if isinstance(node, _Primitive):
+        if node.kind in ("float", "double") and _is_number(value):
+            number = cast(int | float, value)
+            _check_float(node.kind, number, path)
+            # A float field holds 32 bits: round now so that the converted record round-trips.
+            return _round_float32(float(number)) if node.kind == "float" else float(number)
+        if node.kind == "bytes":
+            return _from_base64(node, value, path, or_null)
+        return _conform_primitive(node, value, path, or_null)
+    if isinstance(node, _Logical):
+        return _from_json_logical(node, value, path, or_null)
+    if isinstance(node, _Enum):
+        return _conform(node, value, path, or_null)
+    if isinstance(node, _Fixed):
+        data = _from_base64(node, value, path, or_null)
+        if len(data) != node.size:
+            raise RecordInvalid(
+                f"expected {_expected(node)} as base64, got {len(data)} bytes", field=path
+            )
+        return data
+    if isinstance(node, _Array):
+        items = _as_list(value)
+        if items is None:
+            raise _mismatch(node, value, path, or_null)
+        return [_from_json(node.items, item, f"{path}[{i}]") for i, item in enumerate(items)]
+    if isinstance(node, _Map):
+        if not isinstance(value, Mapping):
+            raise _mismatch(node, value, path, or_null)
+        mapping = cast("Mapping[object, object]", value)
+        out: dict[str, object] = {}
+        for key, item in mapping.items():
+            if not isinstance(key, str):
+                raise RecordInvalid(f"map keys must be strings, got {_describe(key)}", field=path)
+            out[key] = _from_json(node.values, item, f"{path}[{key!r}]")
+        return out
+    if not isinstance(value, Mapping):
+        raise _mismatch(node, value, path, or_null)
+    mapping = cast("Mapping[object, object]", value)
+    record: dict[str, object] = {}
+    for field in node.fields:
+        child = _join(path, field.name)
+        if field.name in mapping:
+            record[field.name] = _from_json(field.type, mapping[field.name], child)
+        elif field.has_default:
+            record[field.name] = _default_value(field.type, field.default)
+        else:
+            raise RecordInvalid(
+                f"missing required field (expected {_expected(field.type)})", field=child
+            )
+    for key in mapping:
+        if key not in record:
+            raise RecordInvalid(
+                f"unknown field: {node.name} has no such field", field=_join(path, str(key))
+            )
+    return record
+
+
+def _from_base64(node: _Type, value: object, path: str | None, or_null: bool) -> bytes:
+    if not isinstance(value, str):
+        raise _mismatch(node, value, path, or_null)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RecordInvalid(
+            f"expected {_expected(node)} as base64, got a string that is not base64", field=path
+        ) from None
+
+
+def _round_float32(value: float) -> float:
+    return ctypes.c_float(value).value
+
+
+_UNITS = {"millis": 1000, "micros": 1}  # microseconds per unit
+
+
+def _from_json_logical(
+    node: _Logical, value: object, path: str | None, or_null: bool = False
+) -> object:
+    kind = node.kind
+    try:
+        if kind == "date":
+            if isinstance(value, str) and _DATE_RE.fullmatch(value):
+                return dt.date.fromisoformat(value)
+            if _is_int(value):  # days since the epoch: the Avro form, used by schema defaults
+                return dt.date(1970, 1, 1) + dt.timedelta(days=cast(int, value))
+        elif kind == "uuid":
+            if isinstance(value, str):
+                return uuid.UUID(value)
+        elif kind.startswith("time-"):
+            unit = _UNITS[kind.removeprefix("time-")]
+            if isinstance(value, str) and _TIME_RE.fullmatch(value):
+                return _truncate(dt.time.fromisoformat(value), unit)
+            if _is_int(value):
+                since_midnight = dt.datetime.min + dt.timedelta(
+                    microseconds=cast(int, value) * unit
+                )
+                if since_midnight.date() == dt.datetime.min.date():
+                    return since_midnight.time()
+        else:
+            local = kind.startswith("local-")
+            unit = _UNITS[kind.rpartition("-")[2]]
+            epoch = _EPOCH_NAIVE if local else _EPOCH
+            if _is_int(value):
+                return epoch + dt.timedelta(microseconds=cast(int, value) * unit)
+            pattern = _NAIVE_RE if local else _AWARE_RE
+            if isinstance(value, str) and pattern.fullmatch(value):
+                parsed = dt.datetime.fromisoformat(value)
+                if not local:
+                    parsed = parsed.astimezone(dt.UTC)
+                return _truncate(parsed, unit)
+    except (ValueError, OverflowError):
+        raise RecordInvalid(
+            f"expected {_json_expected(kind)}, got an invalid or out-of-range value", field=path
+        ) from None
+    null = " or null" if or_null else ""
+    raise RecordInvalid(
+        f"expected {_json_expected(kind)}{null}, got {_describe(value)}", field=path
+    )
+
+
+def _json_expected(kind: str) -> str:
+    if kind == "date":
+        return "date as YYYY-MM-DD"
+    if kind == "uuid":
+        return "uuid as a string"
+    if kind.startswith("time-"):
+        return f"{kind} as HH:MM:SS[.fff]"
+    if kind.startswith("local-"):
+        return f"{kind} as an ISO-8601 date-time without offset, or an integer"
+    return f"{kind} as an ISO-8601 date-time with Z or an offset, or an integer since the epoch"
+
+
+_Clock = TypeVar("_Clock", dt.datetime, dt.time)
+
+
+def _truncate(value: _Clock, unit: int) -> _Clock:
+    return value.replace(microsecond=value.microsecond // unit * unit)
+
+
+def _to_json(node: _Type, value: object) -> object:
+    """The JSON form of a value that :func:`_conform` accepted."""
+    if isinstance(node, _Union):
+        rest, nullable = _unwrap_nullable(node)
+        if value is None and nullable:
+            return None
+        if not isinstance(rest, _Union):
+            return _to_json(rest, value)
+        for branch in rest.branches:
+            try:
+                _conform(branch, value, None)
+            except RecordInvalid:
+                continue
+            return _to_json(branch, value)
+        raise AssertionError("unreachable: the value conformed to the union")
+    if isinstance(node, _Primitive):
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode("ascii")
+        return value
+    if isinstance(node, _Fixed):
+        return base64.b64encode(cast(bytes, value)).decode("ascii")
+    if isinstance(node, _Logical):
+        return _to_json_logical(node.kind, value)
+    if isinstance(node, _Enum):
+        return value
+    if isinstance(node, _Array):
+        return [_to_json(node.items, item) for item in cast("list[object]", value)]
+    if isinstance(node, _Map):
+        mapping = cast("dict[str, object]", value)
+        return {key: _to_json(node.values, item) for key, item in mapping.items()}
+    record = cast("dict[str, object]", value)
+    return {field.name: _to_json(field.type, record[field.name]) for field in node.fields}
+
+
+def _to_json_logical(kind: str, value: object) -> object:
+    spec = "milliseconds" if kind.endswith("-millis") else "microseconds"
+    if isinstance(value, dt.datetime):
+        if kind.startswith("local-"):
+            return value.isoformat(timespec=spec)
+        return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat() if isinstance(value, dt.date) else value.isoformat(timespec=spec)
+    return str(value)  # uuid
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+
+class SchemaRegistry:
+    """Every named type of the contract, by full name and by fingerprint; encode and decode.
+
+    Immutable after construction; safe to share between threads.
+    """
+
+    __slots__ = ("_by_fingerprint", "_by_name")
+
+    def __init__(self, schemas: Iterable[Schema]) -> None:
+        """Index ``schemas`` (normally use :meth:`load`).
+
+        :raises ValueError: two schemas share a full name.
+        """
+        self._by_name: dict[str, Schema] = {}
+        self._by_fingerprint: dict[bytes, Schema] = {}
+        for schema in schemas:
+            if schema.full_name in self._by_name:
+                raise ValueError(f"two schemas are named {schema.full_name}")
+            self._by_name[schema.full_name] = schema
+            self._by_fingerprint[schema.fingerprint] = schema
+
+    @classmethod
+    def load(cls, directory: Path) -> SchemaRegistry:
+        """Load every ``*.avsc`` file of ``directory`` and resolve references between them.
+
+        Every file must hold one named type and be called ``<full name>.avsc``; references
+        between files may go in any direction. Defaults are checked against their types.
+
+        :raises SchemaError: the folder is missing or empty, or a file is unreadable, is not
+            JSON, is not a valid schema, refers to an unknown type, defines a type twice, or has a
+            default that does not fit its field. The error names the file and, where it can, the
+            line.
+        """
+        if not directory.is_dir():
+            raise SchemaError(
+                "schema folder not found (point the gateway at the federation's schemas/avro)",
+                file=str(directory),
+            )
+        paths = sorted(directory.glob("*.avsc"))
+        if not paths:
+            raise SchemaError("no .avsc files in the schema folder", file=str(directory))
+        texts: dict[str, str] = {}
+        sources: list[tuple[str, object]] = []
+        for path in paths:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SchemaError(f"cannot read the schema file: {exc}", file=str(path)) from exc
+            try:
+                definition = cast(object, json.loads(text))
+            except json.JSONDecodeError as exc:
+                raise SchemaError(
+                    f"invalid JSON: {exc.msg} (column {exc.colno})", file=str(path), line=exc.lineno
+                ) from exc
+            texts[str(path)] = text
+            sources.append((str(path), definition))
+        expected = {str(path): path.name.removesuffix(".avsc") for path in paths}
+        try:
+            schemas = _parse_sources(sources, expected_names=expected)
+        except _Problem as exc:
+            line = _line_of(texts.get(exc.source, ""), exc.needle)
+            raise SchemaError(exc.message, file=exc.source, line=line) from exc
+        return cls(schemas.values())
+
+    @classmethod
+    def from_definitions(cls, definitions: Mapping[str, object]) -> SchemaRegistry:
+        """Build a registry from parsed JSON definitions, keyed by a label used in errors.
+
+        Each definition is one named type, as in a file; file names are not checked.
+
+        :raises SchemaError: as :meth:`load`, naming the label.
+        """
+        try:
+            schemas = _parse_sources(list(definitions.items()))
+        except _Problem as exc:
+            raise SchemaError(exc.message, file=exc.source) from exc
+        return cls(schemas.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[Schema]:
+        return iter(self._by_name[name] for name in sorted(self._by_name))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    @property
+    def names(self) -> tuple[EventType, ...]:
+        """Full names of every named type, sorted."""
+        return tuple(EventType(name) for name in sorted(self._by_name))
+
+    @property
+    def event_types(self) -> tuple[EventType, ...]:
+        """Full names of the domain event types (records with ``"fxgw.event": true``), sorted."""
+        return tuple(
+            EventType(name) for name in sorted(self._by_name) if self._by_name[name].is_event
+        )
+
+    def get(self, name: str) -> Schema:
+        """The schema with full name ``name``.
+
+        :raises UnknownEventType: the contract defines no type of that name.
+        """
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownEventType(f"the contract defines no type {name!r}") from None
+
+    def by_fingerprint(self, fingerprint: bytes) -> Schema:
+        """The schema whose fingerprint is ``fingerprint`` (32 bytes).
+
+        :raises UnknownEventType: no schema has that fingerprint (another version of the
+            contract, or garbage).
+        """
+        try:
+            return self._by_fingerprint[fingerprint]
+        except KeyError:
+            raise UnknownEventType(
+                f"no schema in the contract has fingerprint {fingerprint.hex()}"
+            ) from None
+
+    def _record(self, name: str) -> tuple[Schema, _Record]:
+        schema = self.get(name)
+        if not isinstance(schema.tree, _Record):
+            raise UnknownEventType(f"{name} is an Avro {schema.kind}, not a record type")
+        return schema, schema.tree
+
+    def validate(self, name: str, record: Mapping[str, object]) -> dict[str, object]:
+        """Check ``record`` against the record type ``name``; return it with defaults filled in.
+
+        :raises UnknownEventType: no record type of that name.
+        :raises RecordInvalid: the record does not conform; ``field`` names the first bad field.
+        """
+        _, node = self._record(name)
+        return _conform_record(node, record, None, False)
+
+    def encode(self, name: str, record: Mapping[str, object]) -> bytes:
+        """Validate ``record`` and encode it with Avro's binary encoding (no framing, no header).
+
+        :raises UnknownEventType: no record type of that name.
+        :raises RecordInvalid: the record does not conform; ``field`` names the first bad field
+            (``firearms[2].calibre``), the message what was expected.
+        """
+        schema, node = self._record(name)
+        return _avro.write(schema.parsed, _conform_record(node, record, None, False))
+
+    def decode(self, name: str, data: bytes) -> dict[str, object]:
+        """Decode bytes written by :meth:`encode` with the same schema.
+
+        :raises UnknownEventType: no record type of that name.
+        :raises RecordInvalid: the bytes are truncated, have trailing bytes, or do not decode
+            (reason ``schema_invalid``).
+        """
+        schema, _ = self._record(name)
+        datum = _avro.read(schema.parsed, data)
+        if not isinstance(datum, dict):
+            raise RecordInvalid(f"bytes decode to {_describe(datum)}, not a record")
+        return cast("dict[str, object]", datum)
+
+    def from_json(self, name: str, obj: Mapping[str, object]) -> dict[str, object]:
+        """Convert the national system's JSON form of a record to the Python form.
+
+        See the module docstring for the JSON form. Missing fields with a default are filled in.
+
+        :raises UnknownEventType: no record type of that name.
+        :raises RecordInvalid: a value does not fit its field (wrong type, bad date string, enum
+            symbol unknown, unknown or missing field); ``field`` names it.
+        """
+        _, node = self._record(name)
+        return cast("dict[str, object]", _from_json(node, obj, None))
+
+    def to_json(self, name: str, record: Mapping[str, object]) -> dict[str, object]:
+        """The JSON form of a record (json.dumps can write it): ISO dates, UTC ``Z`` timestamps,
+        base64 bytes.
+
+        :raises UnknownEventType: no record type of that name.
+        :raises RecordInvalid: the record does not conform (it is validated first).
+        """
+        _, node = self._record(name)
+        complete = _conform_record(node, record, None, False)
+        return cast("dict[str, object]", _to_json(node, complete))
+
+
+# --- compatibility -------------------------------------------------------------------------------
+
+_PROMOTIONS = {
+    "int": frozenset({"long", "float", "double"}),
+    "long": frozenset({"float", "double"}),
+    "float": frozenset({"double"}),
+    "string": frozenset({"bytes"}),
+    "bytes": frozenset({"string"}),
+}
+
+
+def check_compatibility(reader: Schema, writer: Schema) -> tuple[str, ...]:
+    """Problems that keep a reader using ``reader`` from reading data written with ``writer``.
+
+    Follows Avro's schema-resolution rules: a reader field the writer lacks needs a default
+    (writer fields the reader lacks are skipped); types must match or promote (int to long, float
+    or double; long to float or double; float to double; string to and from bytes); named types
+    match by unqualified name or a reader alias; enum symbols the writer may write must be known
+    to the reader unless the reader's enum has a default; fixed sizes must agree; every branch of
+    a writer's union must be readable. Stricter than the spec on one point: a change of logical
+    type (``date`` to ``timestamp-millis``, say) is a problem, because the reader would misread
+    the value even though the bytes parse.
+
+    Each message starts with the field path (``firearms[].calibre``); an empty tuple means
+    compatible. To check both directions (old and new readers), call it twice.
+    """
+    problems: list[str] = []
+    _compare(reader.tree, writer.tree, "", problems, set())
+    return tuple(problems)
+
+
+def _short(name: str) -> str:
+    return name.rpartition(".")[2]
+
+
+def _same_name(reader: _Named, writer: _Named) -> bool:
+    return _short(reader.name) == _short(writer.name) or writer.name in reader.aliases
+
+
+def _matches(reader: _Type, writer: _Type) -> bool:
+    """Avro's shallow 'schemas match' test (no recursion into fields, items or values)."""
+    if isinstance(reader, _Record):
+        return isinstance(writer, _Record) and _same_name(reader, writer)
+    if isinstance(reader, _Enum):
+        return isinstance(writer, _Enum) and _same_name(reader, writer)
+    if isinstance(reader, _Fixed):
+        return isinstance(writer, _Fixed) and _same_name(reader, writer)
+    if isinstance(reader, _Array):
+        return isinstance(writer, _Array)
+    if isinstance(reader, _Map):
+        return isinstance(writer, _Map)
+    if isinstance(reader, _Union):
+        return isinstance(writer, _Union)
+    if not isinstance(writer, _Primitive | _Logical):
+        return False
+    read_base = reader.base if isinstance(reader, _Logical) else reader.kind
+    write_base = writer.base if isinstance(writer, _Logical) else writer.kind
+    return read_base == write_base or read_base in _PROMOTIONS.get(write_base, frozenset())
+
+
+def _logical_kind(node: _Type) -> str | None:
+    return node.kind if isinstance(node, _Logical) else None
+
+
+def _compare(
+    reader: _Type, writer: _Type, path: str, problems: list[str], seen: set[tuple[str, str]]
+) -> None:
+    where = path or "(top level)"
+    if isinstance(writer, _Union):
+        for branch in writer.branches:
+            if isinstance(reader, _Union):
+                match = _union_match(reader, branch)
+                if match is None:
+                    problems.append(
+                        f"{where}: the writer may write {_expected(branch)}, which the reader's "
+                        f"union ({_expected(reader)}) has no branch for"
+                    )
+                else:
+                    _compare(match, branch, path, problems, seen)
+            elif _matches(reader, branch):
+                _compare(reader, branch, path, problems, seen)
+            else:
+                problems.append(
+                    f"{where}: the writer may write {_expected(branch)}, the reader expects "
+                    f"{_expected(reader)}"
+                )
+        return
+    if isinstance(reader, _Union):
+        match = _union_match(reader, writer)
+        if match is None:
+            problems.append(
+                f"{where}: the reader expects {_expected(reader)}, the writer writes "
+                f"{_expected(writer)}"
+            )
+        else:
+            _compare(match, writer, path, problems, seen)
+        return
+    if not _matches(reader, writer):
+        problems.append(
+            f"{where}: the reader expects {_expected(reader)}, "
+            f"the writer writes {_expected(writer)}"
+        )
+        return
+    if _logical_kind(reader) != _logical_kind(writer):
+        problems.append(
+            f"{where}: the logical type changes from {_logical_kind(writer) or 'none'} (writer) "
+            f"to {_logical_kind(reader) or 'none'} (reader)"
+        )
+    if isinstance(reader, _Array) and isinstance(writer, _Array):
+        _compare(reader.items, writer.items, f"{path}[]", problems, seen)
+    elif isinstance(reader, _Map) and isinstance(writer, _Map):
+        _compare(reader.values, writer.values, f"{path}{{}}", problems, seen)
+    elif isinstance(reader, _Enum) and isinstance(writer, _Enum):
+        unknown = [symbol for symbol in writer.symbols if symbol not in reader.symbols]
+        if unknown and reader.default is None:
+            problems.append(
+                f"{where}: the writer's symbols {', '.join(unknown)} are unknown to the reader's "
+                f"{reader.name}, which has no default symbol"
+            )
+    elif isinstance(reader, _Fixed) and isinstance(writer, _Fixed):
+        if reader.size != writer.size:
+            problems.append(
+                f"{where}: the reader's {reader.name} is {reader.size} bytes, the writer's "
+                f"{writer.size}"
+            )
+    elif isinstance(reader, _Record) and isinstance(writer, _Record):
+        key = (reader.name, writer.name)
+        if key in seen:
+            return
+        seen.add(key)
+        written = {field.name: field for field in writer.fields}
+        for field in reader.fields:
+            child = _join(path, field.name)
+            source = written.get(field.name) or next(
+                (written[alias] for alias in field.aliases if alias in written), None
+            )
+            if source is not None:
+                _compare(field.type, source.type, child, problems, seen)
+            elif not field.has_default:
+                problems.append(
+                    f"{child}: the reader needs this field, the writer does not write it, and the "
+                    "reader's field has no default"
+                )
+
+
+def _union_match(reader: _Union, writer: _Type) -> _Type | None:
+    """The reader branch a written value of type ``writer`` resolves to: an exact match first."""
+    for branch in reader.branches:
+        if _matches(branch, writer) and _union_key(branch) == _union_key(writer):
+            return branch
+    for branch in reader.branches:
+        if _matches(branch, writer):
+            return branch
+    return None
