@@ -1,0 +1,313 @@
+"""The federation trust list: which agencies exist, where, in which groups, with which keys.
+
+The list is a YAML file published by the federation authority together with a detached Ed25519
+signature (``<file>.sig``). A node loads it only if the signature verifies against an authority
+key pinned in the node's config, the list has not expired, and its version is not older than the
+last one the node accepted. Pure: the caller reads the files and passes bytes and the time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import nacl.exceptions
+import nacl.signing
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from gateway._yamlfile import YamlDocument, load_model, read_yaml
+from gateway.errors import TrustError, UntrustedSender
+from gateway.keys import SigningKey
+from gateway.types import AgencyId, CountryCode, KeyId
+
+SIGNATURE_FORMAT = "fxgw-trust-sig-1"
+_SIGNING_CONTEXT = b"fxgw.trust-list.v1\x00"
+
+
+def _public_key(value: str) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError("not valid base64") from exc
+    if len(raw) != 32:
+        raise ValueError(f"a public key is 32 bytes, this one is {len(raw)}")
+    return value
+
+
+def _country(value: str) -> str:
+    if len(value) != 2 or not value.isalpha() or not value.isupper():
+        raise ValueError("expected an ISO 3166-1 alpha-2 code in capitals, e.g. 'NL'")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrustKeyModel(_Strict):
+    """One public key of an agency, as written in the trust-list file."""
+
+    id: str = Field(min_length=1)
+    use: Literal["sign", "encrypt"]
+    public: Annotated[str, AfterValidator(_public_key)]
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+
+
+class TrustAgencyModel(_Strict):
+    """One agency, as written in the trust-list file."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Z]{2}-[A-Z0-9-]+$")
+    country: Annotated[str, AfterValidator(_country)]
+    name: str | None = None
+    groups: list[str] = []
+    roles: list[str] = []
+    legal_bases: list[str] = []
+    keys: list[TrustKeyModel]
+    revoked: list[str] = []
+
+
+class TrustListModel(_Strict):
+    """The trust-list file."""
+
+    federation: str = Field(min_length=1)
+    version: int = Field(ge=1)
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    agencies: list[TrustAgencyModel]
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A public key on the trust list, with its validity window."""
+
+    key_id: KeyId
+    use: Literal["sign", "encrypt"]
+    public: bytes
+    valid_from: datetime
+    valid_until: datetime
+    revoked: bool
+
+    def valid_at(self, moment: datetime) -> bool:
+        """True when the key is unrevoked and ``moment`` lies in its window."""
+        return not self.revoked and self.valid_from <= moment < self.valid_until
+
+
+@dataclass(frozen=True, slots=True)
+class Agency:
+    """One member of the federation."""
+
+    agency_id: AgencyId
+    country: CountryCode
+    name: str | None
+    groups: frozenset[str]
+    roles: frozenset[str]
+    legal_bases: frozenset[str]
+    keys: tuple[PublicKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TrustList:
+    """A verified trust list, with the look-ups the pipeline needs."""
+
+    federation: str
+    version: int
+    issued_at: datetime
+    expires_at: datetime
+    digest: bytes
+    agencies: Mapping[AgencyId, Agency]
+
+    def agency(self, agency_id: str) -> Agency | None:
+        """The agency with this id, or None."""
+        return self.agencies.get(AgencyId(agency_id))
+
+    def members(self, *, group: str | None = None, country: str | None = None) -> list[AgencyId]:
+        """Agencies in ``group`` and/or ``country``, sorted by id."""
+        return sorted(
+            a.agency_id
+            for a in self.agencies.values()
+            if (group is None or group in a.groups) and (country is None or a.country == country)
+        )
+
+    def signing_key(self, agency_id: str, key_id: str, at: datetime) -> bytes:
+        """The Ed25519 public key ``key_id`` of ``agency_id``, valid at ``at``.
+
+        :raises UntrustedSender: the agency or key is not listed, is revoked, or out of its window.
+        """
+        agency = self.agency(agency_id)
+        if agency is None:
+            raise UntrustedSender(f"sender {agency_id!r} is not on the trust list")
+        for key in agency.keys:
+            if key.key_id == key_id and key.use == "sign":
+                if key.valid_at(at):
+                    return key.public
+                raise UntrustedSender(
+                    f"signing key {key_id!r} of {agency_id} is revoked or outside its validity"
+                )
+        raise UntrustedSender(f"signing key {key_id!r} is not listed for {agency_id}")
+
+    def encryption_key(self, agency_id: str, at: datetime) -> PublicKey | None:
+        """The newest X25519 key of ``agency_id`` valid at ``at``, or None if there is none."""
+        agency = self.agency(agency_id)
+        if agency is None:
+            return None
+        valid = [k for k in agency.keys if k.use == "encrypt" and k.valid_at(at)]
+        return max(valid, key=lambda k: k.valid_from) if valid else None
+
+
+def signing_input(trust_list_bytes: bytes) -> bytes:
+    """The bytes the authority signs: a context label and the exact file contents."""
+    return _SIGNING_CONTEXT + trust_list_bytes
+
+
+def sign_trust_list(trust_list_bytes: bytes, authority: SigningKey) -> bytes:
+    """The detached signature file (JSON) for a trust-list file."""
+    signature = authority.sign(signing_input(trust_list_bytes))
+    document = {
+        "format": SIGNATURE_FORMAT,
+        "key_id": authority.key_id,
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }
+    return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+
+def _verify_signature(
+    path: Path, raw: bytes, signature_file: bytes, authorities: Mapping[str, bytes]
+) -> None:
+    sig_path = f"{path}.sig"
+    try:
+        document = json.loads(signature_file)
+        key_id = document["key_id"]
+        signature = base64.b64decode(document["signature"], validate=True)
+        if document.get("format") != SIGNATURE_FORMAT:
+            raise ValueError("unknown format")
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise TrustError(f"not a {SIGNATURE_FORMAT} signature file", file=sig_path) from exc
+    public = authorities.get(key_id)
+    if public is None:
+        raise TrustError(
+            f"signed by {key_id!r}, which is not a federation authority key pinned in the node "
+            "config (trust.authority_keys)",
+            file=sig_path,
+        )
+    try:
+        nacl.signing.VerifyKey(public).verify(signing_input(raw), signature)
+    except (nacl.exceptions.BadSignatureError, ValueError) as exc:
+        raise TrustError(
+            "the trust list does not match its signature: it was altered after signing, "
+            "or the signature belongs to another file; ask the federation authority for a "
+            "signed copy",
+            file=str(path),
+        ) from exc
+
+
+def parse_trust_list(
+    document: YamlDocument,
+    signature_file: bytes | None,
+    authorities: Mapping[str, bytes],
+    *,
+    now: datetime,
+    min_version: int = 0,
+) -> TrustList:
+    """Verify and parse a trust list.
+
+    :raises TrustError: unsigned, signature invalid or by an unknown authority, malformed (with
+        the line), expired, not yet issued, or older than ``min_version``.
+    """
+    path = document.path
+    if signature_file is None:
+        raise TrustError(
+            f"the trust list is unsigned ({path}.sig is missing); a node accepts only a list "
+            "signed by the federation authority",
+            file=str(path),
+        )
+    _verify_signature(path, document.raw, signature_file, authorities)
+    model = load_model(document, TrustListModel, "trust list", TrustError)
+    if model.expires_at <= now:
+        raise TrustError(
+            f"the trust list expired at {model.expires_at.isoformat()}; install a newer one",
+            file=str(path),
+        )
+    if model.issued_at > now:
+        raise TrustError(
+            f"the trust list is issued in the future ({model.issued_at.isoformat()}); "
+            "check this machine's clock",
+            file=str(path),
+        )
+    if model.version < min_version:
+        raise TrustError(
+            f"trust list version {model.version} is older than version {min_version} "
+            "accepted before; refusing a rollback",
+            file=str(path),
+        )
+    return _build(model, document)
+
+
+def _build(model: TrustListModel, document: YamlDocument) -> TrustList:
+    agencies: dict[AgencyId, Agency] = {}
+    seen_keys: set[str] = set()
+    for index, entry in enumerate(model.agencies):
+        line = document.line_of(("agencies", index))
+        if entry.id in agencies:
+            raise TrustError(
+                f"agency {entry.id} is listed twice", file=str(document.path), line=line
+            )
+        keys = []
+        for key in entry.keys:
+            if key.id in seen_keys:
+                raise TrustError(
+                    f"key id {key.id!r} is used twice", file=str(document.path), line=line
+                )
+            seen_keys.add(key.id)
+            keys.append(
+                PublicKey(
+                    KeyId(key.id),
+                    key.use,
+                    base64.b64decode(key.public),
+                    key.valid_from,
+                    key.valid_until,
+                    key.id in entry.revoked,
+                )
+            )
+        agencies[AgencyId(entry.id)] = Agency(
+            AgencyId(entry.id),
+            CountryCode(entry.country),
+            entry.name,
+            frozenset(entry.groups),
+            frozenset(entry.roles),
+            frozenset(entry.legal_bases),
+            tuple(keys),
+        )
+    return TrustList(
+        model.federation,
+        model.version,
+        model.issued_at,
+        model.expires_at,
+        hashlib.sha256(document.raw).digest(),
+        agencies,
+    )
+
+
+def load_trust_list(
+    path: Path, authorities: Mapping[str, bytes], *, now: datetime, min_version: int = 0
+) -> TrustList:
+    """Read ``path`` and ``path.sig`` and verify them (see :func:`parse_trust_list`).
+
+    :raises TrustError: as :func:`parse_trust_list`, or the file cannot be read.
+    """
+    document = read_yaml(path, "trust list", TrustError)
+    sig_path = Path(f"{path}.sig")
+    signature = sig_path.read_bytes() if sig_path.exists() else None
+    return parse_trust_list(document, signature, authorities, now=now, min_version=min_version)
+
+
+def authority_keys(entries: Iterable[tuple[str, str]]) -> dict[str, bytes]:
+    """Pinned authority keys from (key id, base64 public key) pairs."""
+    return {key_id: base64.b64decode(public) for key_id, public in entries}

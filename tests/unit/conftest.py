@@ -1,0 +1,68 @@
+"""Fixtures for the pure modules: schemas, a sandbox federation's keys and trust list."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.config import DEFAULT_SCHEMAS, load_config
+from gateway.keys import AgencyKeys, load_encryption_key, load_signing_key
+from gateway.sandbox import Federation, build_federation
+from gateway.schemas import SchemaRegistry
+from gateway.trust import TrustList, authority_keys, load_trust_list
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def registry() -> SchemaRegistry:
+    """The federation's schemas from schemas/avro."""
+    return SchemaRegistry.load(DEFAULT_SCHEMAS)
+
+
+@pytest.fixture(scope="session")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    """A sandbox federation's files (no Kafka is contacted by the unit tests)."""
+    return build_federation(tmp_path_factory.mktemp("fed"), "127.0.0.1:1", now=NOW)
+
+
+@pytest.fixture(scope="session")
+def trust(fed: Federation) -> TrustList:
+    """The sandbox's verified trust list."""
+    config = load_config(fed.config("NL-POL"))
+    return load_trust_list(config.trust_file, authority_keys(config.authority_keys), now=NOW)
+
+
+def agency_keys(fed: Federation, agency: str) -> AgencyKeys:
+    """The private keys of one sandbox agency."""
+    config = load_config(fed.config(agency))
+    return AgencyKeys(
+        config.agency,
+        load_signing_key(config.signing_key),
+        tuple(load_encryption_key(p) for p in config.encryption_keys),
+    )
+
+
+@pytest.fixture(scope="session")
+def nl_keys(fed: Federation) -> AgencyKeys:
+    """NL-POL's keys."""
+    return agency_keys(fed, "NL-POL")
+
+
+@pytest.fixture(scope="session")
+def be_keys(fed: Federation) -> AgencyKeys:
+    """BE-FPJ's keys."""
+    return agency_keys(fed, "BE-FPJ")
+
+
+@pytest.fixture(scope="session")
+def us_keys(fed: Federation) -> AgencyKeys:
+    """US-ATF's keys."""
+    return agency_keys(fed, "US-ATF")
+
+
+def repo_file(*parts: str) -> Path:
+    """A file of the repository."""
+    return Path(__file__).resolve().parents[2].joinpath(*parts)

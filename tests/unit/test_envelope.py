@@ -1,0 +1,273 @@
+"""Envelopes: open(seal(x)) == x for the addressee only; any altered byte is refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.envelope import (
+    DataKeyRing,
+    Handling,
+    Header,
+    Sealed,
+    UnwrapCache,
+    message_id_for,
+    open_envelope,
+    seal,
+)
+from gateway.errors import (
+    BadSignature,
+    DecryptionFailed,
+    MalformedEnvelope,
+    NotForUs,
+    PeerError,
+    Stale,
+    UntrustedSender,
+)
+from gateway.keys import AgencyKeys, generate_encryption_key, generate_signing_key
+from gateway.schemas import SchemaRegistry
+from gateway.trust import TrustList
+from gateway.types import AgencyId, EventId, EventType, KeyId
+from tests.unit.conftest import NOW
+
+HANDLING = Handling("H2", "test", "B", 2, "NONE", 30, None)
+
+
+def _template(recipient: str = "BE-FPJ") -> Header:
+    return Header(
+        message_id=message_id_for("NL-POL", "ev-1", recipient),
+        event_id=EventId("ev-1"),
+        sender=AgencyId("NL-POL"),
+        recipient=AgencyId(recipient),
+        event_type=EventType("fxgw.SeizureEvent"),
+        schema_fingerprint=b"\x01" * 32,
+        policy_id="nl-pol-release@1",
+        policy_rule="seizure-eu",
+        policy_digest=b"\x02" * 32,
+        handling=HANDLING,
+        created_at=NOW,
+        expires_at=NOW + timedelta(days=1),
+        withheld=("persons",),
+    )
+
+
+def _seal(
+    registry: SchemaRegistry,
+    trust: TrustList,
+    sender: AgencyKeys,
+    plaintext: bytes,
+    recipient: str = "BE-FPJ",
+) -> Sealed:
+    public = trust.encryption_key(recipient, NOW)
+    assert public is not None
+    data_key = DataKeyRing().key_for(AgencyId(recipient), public, NOW)
+    return seal(
+        _template(recipient), plaintext, signer=sender.signing, data_key=data_key, codec=registry
+    )
+
+
+def _open(
+    registry: SchemaRegistry, trust: TrustList, keys: AgencyKeys, data: bytes, **kw: object
+) -> bytes:
+    return open_envelope(
+        data,
+        keys=keys,
+        trust=trust,
+        cache=UnwrapCache(),
+        codec=registry,
+        now=kw.pop("now", NOW),
+        **kw,  # type: ignore[arg-type]
+    ).plaintext
+
+
+class TestRoundTrip:
+    """The addressee opens what was sealed for it."""
+
+    @settings(max_examples=30, deadline=None)
+    @given(plaintext=st.binary(max_size=2048))
+    def test_open_seal_is_identity(
+        self,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+        plaintext: bytes,
+    ) -> None:
+        """open(seal(x)) == x."""
+        sealed = _seal(registry, trust, nl_keys, plaintext)
+        assert plaintext == _open(registry, trust, be_keys, sealed.data)
+
+    def test_header_carries_key_ids(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """The sealed header names the signing key and the recipient's encryption key."""
+        sealed = _seal(registry, trust, nl_keys, b"x")
+        assert nl_keys.signing.key_id == sealed.header.sender_key_id
+        assert be_keys.encryption[0].key_id == sealed.header.recipient_key_id
+        assert 24 == len(sealed.header.nonce)
+
+    def test_another_recipient_cannot_open(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, us_keys: AgencyKeys
+    ) -> None:
+        """US-ATF's keys refuse an envelope sealed for BE-FPJ."""
+        sealed = _seal(registry, trust, nl_keys, b"secret")
+        with pytest.raises(NotForUs):
+            _open(registry, trust, us_keys, sealed.data)
+
+    def test_readdressed_header_breaks_the_signature(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, us_keys: AgencyKeys
+    ) -> None:
+        """Changing the recipient in the header (to re-address it) fails the signature check."""
+        sealed = _seal(registry, trust, nl_keys, b"secret")
+        record = registry.decode("fxgw.Envelope", sealed.data)
+        header = dict(record["header"])  # type: ignore[call-overload]
+        header["recipient"] = "US-ATF"
+        forged = registry.encode("fxgw.Envelope", {**record, "header": header})
+        with pytest.raises(BadSignature):
+            _open(registry, trust, us_keys, forged)
+
+
+class TestTamper:
+    """Flipping any byte of any part makes the envelope unopenable."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(data=st.data())
+    def test_any_flipped_byte_is_refused(
+        self,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+        data: st.DataObject,
+    ) -> None:
+        """Whatever byte is altered, opening raises a PeerError and returns no plaintext."""
+        sealed = _seal(registry, trust, nl_keys, b"released record bytes")
+        index = data.draw(st.integers(0, len(sealed.data) - 1), label="index")
+        mask = data.draw(st.integers(1, 255), label="mask")
+        altered = bytearray(sealed.data)
+        altered[index] ^= mask
+        with pytest.raises(PeerError):
+            _open(registry, trust, be_keys, bytes(altered))
+
+    def test_appended_bytes_are_refused(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """Trailing bytes after a valid envelope make it malformed."""
+        sealed = _seal(registry, trust, nl_keys, b"x")
+        with pytest.raises(MalformedEnvelope):
+            _open(registry, trust, be_keys, sealed.data + b"\x00")
+
+    def test_truncated_envelope_is_malformed(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """A cut envelope is malformed."""
+        sealed = _seal(registry, trust, nl_keys, b"x")
+        with pytest.raises(MalformedEnvelope):
+            _open(registry, trust, be_keys, sealed.data[:-10])
+
+    def test_unlisted_signing_key_is_untrusted(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """An envelope signed with a key that is not on the trust list is refused."""
+        rogue = replace(nl_keys, signing=generate_signing_key(KeyId("NL-POL/sign/rogue")))
+        sealed = _seal(registry, trust, rogue, b"x")
+        with pytest.raises(UntrustedSender):
+            _open(registry, trust, be_keys, sealed.data)
+
+    def test_listed_key_id_with_other_key_fails_signature(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """Claiming NL-POL's key id while signing with another key fails the signature."""
+        impostor = replace(nl_keys, signing=replace(generate_signing_key(nl_keys.signing.key_id)))
+        sealed = _seal(registry, trust, impostor, b"x")
+        with pytest.raises(BadSignature):
+            _open(registry, trust, be_keys, sealed.data)
+
+    def test_wrong_data_key_fails_decryption(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """A data key wrapped to a key BE-FPJ does not hold is refused."""
+        other = generate_encryption_key(be_keys.encryption[0].key_id)
+        keys = replace(be_keys, encryption=(other,))
+        sealed = _seal(registry, trust, nl_keys, b"x")
+        with pytest.raises(DecryptionFailed):
+            _open(registry, trust, keys, sealed.data)
+
+
+class TestFreshness:
+    """Expired and future-dated envelopes are stale."""
+
+    def test_expired_is_stale(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """After expires_at the envelope is refused."""
+        sealed = _seal(registry, trust, nl_keys, b"x")
+        with pytest.raises(Stale, match="expired"):
+            _open(registry, trust, be_keys, sealed.data, now=NOW + timedelta(days=2))
+
+    def test_future_dated_is_stale(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """An envelope created well ahead of the receiver's clock is refused."""
+        sealed = _seal(registry, trust, nl_keys, b"x")
+        with pytest.raises(Stale, match="future"):
+            _open(registry, trust, be_keys, sealed.data, now=NOW - timedelta(hours=1))
+
+
+class TestDataKeys:
+    """Data keys rotate by count and by age, and are cached by the recipient."""
+
+    def test_rotation_by_count(self, trust: TrustList) -> None:
+        """After max_uses envelopes a new data key is made."""
+        ring = DataKeyRing(max_uses=2)
+        public = trust.encryption_key("BE-FPJ", NOW)
+        assert public is not None
+        ids = [ring.key_for(AgencyId("BE-FPJ"), public, NOW).key_id for _ in range(5)]
+        assert ids[0] == ids[1] != ids[2] == ids[3] != ids[4]
+
+    def test_rotation_by_age(self, trust: TrustList) -> None:
+        """A key older than max_age is replaced."""
+        ring = DataKeyRing(max_age=timedelta(minutes=10))
+        public = trust.encryption_key("BE-FPJ", NOW)
+        assert public is not None
+        first = ring.key_for(AgencyId("BE-FPJ"), public, NOW).key_id
+        same = ring.key_for(AgencyId("BE-FPJ"), public, NOW + timedelta(minutes=9)).key_id
+        later = ring.key_for(AgencyId("BE-FPJ"), public, NOW + timedelta(minutes=10)).key_id
+        assert first == same != later
+
+    def test_recipients_have_separate_keys(self, trust: TrustList) -> None:
+        """Two recipients never share a data key."""
+        ring = DataKeyRing()
+        be, us = trust.encryption_key("BE-FPJ", NOW), trust.encryption_key("US-ATF", NOW)
+        assert be is not None and us is not None
+        assert (
+            ring.key_for(AgencyId("BE-FPJ"), be, NOW).secret
+            != ring.key_for(AgencyId("US-ATF"), us, NOW).secret
+        )
+
+    def test_recipient_cache_unwraps_once(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """Envelopes of one epoch share one cached unwrapped key."""
+        public = trust.encryption_key("BE-FPJ", NOW)
+        assert public is not None
+        ring, cache = DataKeyRing(), UnwrapCache()
+        for i in range(3):
+            key = ring.key_for(AgencyId("BE-FPJ"), public, NOW)
+            sealed = seal(
+                _template(), b"%d" % i, signer=nl_keys.signing, data_key=key, codec=registry
+            )
+            opened = open_envelope(
+                sealed.data, keys=be_keys, trust=trust, cache=cache, codec=registry, now=NOW
+            )
+            assert b"%d" % i == opened.plaintext
+        assert 1 == len(cache._keys)
+
+    def test_message_id_is_stable_per_event_and_recipient(self) -> None:
+        """The same event to the same recipient always gets the same message id."""
+        assert message_id_for("A", "e", "B") == message_id_for("A", "e", "B")
+        assert message_id_for("A", "e", "B") != message_id_for("A", "e", "C")
