@@ -1,0 +1,353 @@
+"""The ``fxgw`` command: keys, trust list, policy and schema checks, sending, running, demo.
+
+Exit codes: 0 done; 1 some input was rejected (each rejection is printed with its file, line and
+field); 2 the command could not run (bad config or files; the message says what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import structlog
+import yaml
+
+from gateway.errors import ConfigError, GatewayError, PeerError
+from gateway.schemas import SchemaRegistry
+from gateway.types import AgencyId
+
+EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
+
+
+def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
+    """Structured logs on stderr: one JSON object per line (metadata only, never payload)."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # the libraries' own records (aiokafka) go out as JSON too, at WARNING and above
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "logger": record.name,
+                "level": record.levelname.lower(),
+                "event": record.getMessage(),
+                "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            }
+        )
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+# --- keygen --------------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from gateway import keys
+
+    out = Path(args.out)
+    now = datetime.now(UTC)
+    if args.authority:
+        key_id = keys.new_key_id(AgencyId(args.id), "sign", now)
+        signing = keys.generate_signing_key(key_id)
+        keys.write_key_file(out / f"{args.id}.authority.key", signing, owner=args.id)
+        _print(
+            yaml.safe_dump(
+                {
+                    "authority_keys": [
+                        {"id": key_id, "public": base64.b64encode(signing.public).decode()}
+                    ]
+                },
+                sort_keys=False,
+            ).rstrip()
+        )
+        return EXIT_OK
+    if not args.agency or not args.country:
+        raise ConfigError("keygen needs --agency and --country (or --authority --id)")
+    agency = AgencyId(args.agency)
+    signing = keys.generate_signing_key(keys.new_key_id(agency, "sign", now))
+    encryption = keys.generate_encryption_key(keys.new_key_id(agency, "encrypt", now))
+    keys.write_key_file(out / f"{agency}.sign.key", signing, owner=agency)
+    keys.write_key_file(out / f"{agency}.enc.key", encryption, owner=agency)
+    entry = keys.public_entry(
+        agency,
+        args.country,
+        signing,
+        encryption,
+        groups=tuple(g for g in args.groups.split(",") if g),
+        valid_from=now - timedelta(minutes=5),
+        valid_until=now + timedelta(days=args.valid_days),
+    )
+    _print(yaml.safe_dump([entry], sort_keys=False).rstrip())
+    return EXIT_OK
+
+
+# --- trust ---------------------------------------------------------------------------------------
+
+
+def cmd_trust_sign(args: argparse.Namespace) -> int:
+    from gateway.keys import load_signing_key
+    from gateway.trust import sign_trust_list
+
+    authority = load_signing_key(Path(args.key))
+    path = Path(args.file)
+    Path(f"{path}.sig").write_bytes(sign_trust_list(path.read_bytes(), authority))
+    _print(f"signed {path} with {authority.key_id}: {path}.sig")
+    return EXIT_OK
+
+
+def cmd_trust_verify(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.trust import authority_keys, load_trust_list
+
+    if args.config:
+        config = load_config(Path(args.config))
+        pinned = authority_keys(config.authority_keys)
+        path = Path(args.file) if args.file else config.trust_file
+    else:
+        if not args.authority_key or not args.file:
+            raise ConfigError("give -c NODE.yaml, or a FILE and --authority-key ID=BASE64")
+        pairs = [tuple(item.split("=", 1)) for item in args.authority_key]
+        pinned = authority_keys((k, v) for k, v in pairs)
+        path = Path(args.file)
+    trust = load_trust_list(path, pinned, now=datetime.now(UTC))
+    _print(
+        f"{path}: valid, federation {trust.federation} version {trust.version}, "
+        f"{len(trust.agencies)} agencies, expires {trust.expires_at.isoformat()}"
+    )
+    return EXIT_OK
+
+
+# --- policy and schema ---------------------------------------------------------------------------
+
+
+def _registry(schemas: str | None) -> SchemaRegistry:
+    from gateway.config import DEFAULT_SCHEMAS
+
+    return SchemaRegistry.load(Path(schemas) if schemas else DEFAULT_SCHEMAS)
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy import load_policy
+
+    registry = _registry(args.schemas)
+    failed = 0
+    for name in args.files:
+        try:
+            policy = load_policy(Path(name), registry)
+        except ConfigError as exc:
+            _print(f"error: {exc}")
+            failed += 1
+            continue
+        _print(f"{name}: ok, {policy.policy_id} for {policy.agency}, {len(policy.rules)} rules")
+    return EXIT_REJECTED if failed else EXIT_OK
+
+
+def cmd_schema_check(args: argparse.Namespace) -> int:
+    registry = _registry(args.dir)
+    for name in registry.event_types:
+        schema = registry.get(name)
+        _print(f"{name}  sha256:{schema.fingerprint.hex()}")
+        if args.fields:
+            for info in schema.iter_fields():
+                optional = "optional" if info.nullable else "required"
+                _print(f"    {info.path}  {info.kind}  {optional}")
+    return EXIT_OK
+
+
+# --- send and run --------------------------------------------------------------------------------
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.outbound import parse_plain_event
+    from gateway.schemas import SchemaRegistry
+
+    config = load_config(Path(args.config))
+    registry = SchemaRegistry.load(config.schemas_dir)
+    path = Path(args.file)
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read events: {exc.strerror}", file=str(path)) from exc
+    good: list[bytes] = []
+    rejected = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            parse_plain_event(line, registry)
+        except PeerError as exc:
+            rejected += 1
+            _print(f"{path}:{number}: rejected ({exc.reason}): {exc}")
+            continue
+        good.append(line)
+    if good:
+        if config.outbound_topic:
+            asyncio.run(_send_to_topic(config.local_bootstrap, config.outbound_topic, good))
+            where = f"topic {config.outbound_topic}"
+        elif config.spool_outbound:
+            from gateway.sinks import write_atomically
+
+            config.spool_outbound.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+            write_atomically(config.spool_outbound / f"{stamp}.jsonl", b"\n".join(good) + b"\n")
+            where = f"spool {config.spool_outbound}"
+        else:
+            raise ConfigError(
+                "the node has neither local.outbound_topic nor spool.outbound_dir",
+                file=str(config.path),
+            )
+        _print(f"sent {len(good)} events to {where}")
+    if rejected:
+        _print(f"{rejected} events rejected; fix the named fields and send them again")
+    return EXIT_REJECTED if rejected else EXIT_OK
+
+
+async def _send_to_topic(bootstrap: str, topic: str, lines: Sequence[bytes]) -> None:
+    from gateway.transport import Producer, TopicSpec, ensure_topics
+
+    await ensure_topics(bootstrap, [TopicSpec(topic)])
+    producer = Producer(bootstrap, "fxgw-send")
+    await producer.start()
+    try:
+        await producer.send_many([(topic, line, None, ()) for line in lines])
+    finally:
+        await producer.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.node import Node
+
+    config = load_config(Path(args.config))
+    node = Node(config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await node.run(stop)
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(Path(args.dir) if args.dir else None, keep=args.keep)
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fxgw", description=__doc__)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", help="make an agency's signing and encryption keys (0600)")
+    p.add_argument("--agency", help="agency id, e.g. NL-POL")
+    p.add_argument("--country", help="ISO 3166-1 alpha-2 country code")
+    p.add_argument("--groups", default="", help="comma-separated groups, e.g. EU,INTERPOL")
+    p.add_argument("--valid-days", type=int, default=365)
+    p.add_argument("--authority", action="store_true", help="make a federation authority key")
+    p.add_argument("--id", default="FED", help="authority id (with --authority)")
+    p.add_argument("--out", required=True, help="folder for the private key files")
+    p.set_defaults(func=cmd_keygen)
+
+    trust = sub.add_parser("trust", help="sign or verify the federation trust list")
+    tsub = trust.add_subparsers(dest="trust_command", required=True)
+    p = tsub.add_parser("sign", help="write FILE.sig with the authority key")
+    p.add_argument("--key", required=True)
+    p.add_argument("file")
+    p.set_defaults(func=cmd_trust_sign)
+    p = tsub.add_parser("verify", help="check a trust list and its signature")
+    p.add_argument("-c", "--config")
+    p.add_argument("--authority-key", action="append", help="ID=BASE64 public key")
+    p.add_argument("file", nargs="?")
+    p.set_defaults(func=cmd_trust_verify)
+
+    policy = sub.add_parser("policy", help="check release policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    p = psub.add_parser("check", help="validate policy files against the schemas")
+    p.add_argument("--schemas")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_policy_check)
+
+    schema = sub.add_parser("schema", help="inspect the Avro schemas")
+    ssub = schema.add_subparsers(dest="schema_command", required=True)
+    p = ssub.add_parser("check", help="load the schemas, print event types and fingerprints")
+    p.add_argument("dir", nargs="?")
+    p.add_argument("--fields", action="store_true", help="also list every field path")
+    p.set_defaults(func=cmd_schema_check)
+
+    p = sub.add_parser("send", help="hand plain events (JSON lines) to the node's outbound path")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("file")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("run", help="run the node")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="three agencies on a local Kafka, end to end")
+    p.add_argument("--dir", help="work folder (default: a new temporary folder)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fxgw`` command."""
+    args = build_parser().parse_args(argv)
+    quiet_demo = args.command == "demo" and args.log_level is None
+    configure_logging(args.log_level or ("warning" if quiet_demo else "info"))
+    if quiet_demo:  # the client library's start-up chatter would drown the report
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        code = args.func(args)
+    except GatewayError as exc:
+        sys.stderr.write(f"fxgw: error: {exc}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

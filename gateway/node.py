@@ -1,0 +1,450 @@
+"""The node: wires config, cores, Kafka, sinks and the journal together, and owns the loops.
+
+No business rule lives here: what to release and what to accept is decided by
+:class:`~gateway.outbound.OutboundCore` and :class:`~gateway.inbound.InboundCore`. The node reads,
+hands over, writes, and commits offsets only once what it read is durably handled:
+
+- outbound: an event's offset is committed after every envelope made from it is acknowledged
+  by the exchange cluster (or the event was quarantined locally);
+- inbound: an envelope's offset is committed after the sink holds the delivery and the journal
+  of delivered ids is synced (or the envelope was quarantined).
+
+A failure of Kafka or of the disk is retried with back-off, never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from gateway.config import NodeConfig
+from gateway.dedup import DeliveredJournal
+from gateway.envelope import DataKeyRing, Sealed
+from gateway.errors import ConfigError, InfrastructureError, PeerError, TrustError
+from gateway.inbound import Delivery, DuplicateDrop, InboundCore, Rejection
+from gateway.keys import AgencyKeys, load_encryption_key, load_signing_key
+from gateway.outbound import OutboundCore, Outcome, parse_plain_event
+from gateway.policy import Policy, load_policy
+from gateway.schemas import SchemaRegistry
+from gateway.sinks import KafkaSink, Sink, SpoolSink, delivery_document
+from gateway.transport import Consumer, Headers, Producer, TopicSpec, ensure_topics, read_topic
+from gateway.trust import TrustList, authority_keys, load_trust_list
+
+log = structlog.get_logger("fxgw.node")
+T = TypeVar("T")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Everything a node loads from files at start-up."""
+
+    keys: AgencyKeys
+    registry: SchemaRegistry
+    trust: TrustList
+    policy: Policy
+
+
+def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
+    """Load keys, schemas, trust list and policy; refuse anything inconsistent.
+
+    :raises ConfigError: a file is missing or invalid (the message names it and the fix).
+    """
+    signing = load_signing_key(config.signing_key)
+    encryption = tuple(load_encryption_key(p) for p in config.encryption_keys)
+    keys = AgencyKeys(config.agency, signing, encryption)
+    registry = SchemaRegistry.load(config.schemas_dir)
+    trust_state = config.state_dir / "trust-version"
+    min_version = int(trust_state.read_text()) if trust_state.exists() else 0
+    trust = load_trust_list(
+        config.trust_file,
+        authority_keys(config.authority_keys),
+        now=now,
+        min_version=min_version,
+    )
+    me = trust.agency(config.agency)
+    if me is None:
+        raise TrustError(
+            f"this node's agency {config.agency} is not on the trust list",
+            file=str(config.trust_file),
+        )
+    try:
+        trust.signing_key(config.agency, signing.key_id, now)
+    except PeerError as exc:
+        raise TrustError(
+            f"our signing key {signing.key_id!r} is not valid on the trust list ({exc}); "
+            "publish its public entry (fxgw keygen prints it) before starting the node",
+            file=str(config.trust_file),
+        ) from exc
+    policy = load_policy(config.policy_file, registry)
+    if policy.agency != config.agency:
+        raise ConfigError(
+            f"policy belongs to {policy.agency}, but this node is {config.agency}",
+            file=str(config.policy_file),
+        )
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically_replace(trust_state, str(trust.version).encode())
+    return Loaded(keys, registry, trust, policy)
+
+
+def write_atomically_replace(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class Node:
+    """One agency's gateway node."""
+
+    def __init__(self, config: NodeConfig, *, now: Callable[[], datetime] = _now) -> None:
+        self.config = config
+        self._now = now
+        loaded = load_node_files(config, now())
+        self.registry = loaded.registry
+        self.outbound = OutboundCore(
+            keys=loaded.keys,
+            registry=loaded.registry,
+            policy=loaded.policy,
+            trust=loaded.trust,
+            routes=config.routes,
+            ttl=config.ttl,
+            keyring=DataKeyRing(config.data_key_max_age, config.data_key_max_uses),
+        )
+        self.inbound = InboundCore(
+            keys=loaded.keys,
+            registry=loaded.registry,
+            trust=loaded.trust,
+            max_skew=config.max_skew,
+            max_lifetime=config.max_lifetime,
+        )
+        self.counters: Counter[str] = Counter()
+        self.ready = asyncio.Event()
+        self._log = log.bind(agency=config.agency)
+
+    # --- wiring ----------------------------------------------------------------------------------
+
+    def _exchange_topics(self) -> list[TopicSpec]:
+        """Our inbox and receipts topics; with ``provision_inboxes`` (dev and test clusters),
+        every listed agency's too. In production the federation operator creates them."""
+        c = self.config
+        agencies = sorted(self.outbound.trust.agencies) if c.provision_inboxes else [c.agency]
+        names = [c.inbox_topic(a) for a in agencies] + [c.receipts_topic(a) for a in agencies]
+        return [TopicSpec(n) for n in names]
+
+    def _local_topics(self) -> list[TopicSpec]:
+        c = self.config
+        names = [c.quarantine_topic] + [t for t in (c.outbound_topic, c.inbound_topic) if t]
+        return [TopicSpec(n) for n in names]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then finish the batch in hand and close.
+
+        :raises InfrastructureError: Kafka or the disk failed at start-up.
+        """
+        c = self.config
+        await ensure_topics(c.exchange_bootstrap, self._exchange_topics())
+        await ensure_topics(c.local_bootstrap, self._local_topics())
+        self._exchange = Producer(c.exchange_bootstrap, f"fxgw-{c.agency}-exchange")
+        self._local = (
+            self._exchange
+            if c.local_bootstrap == c.exchange_bootstrap
+            else Producer(c.local_bootstrap, f"fxgw-{c.agency}-local")
+        )
+        await self._exchange.start()
+        if self._local is not self._exchange:
+            await self._local.start()
+        sink: Sink
+        if c.sink == "kafka":
+            assert c.inbound_topic is not None  # checked by the config model
+            sink = KafkaSink(self._local, c.inbound_topic)
+        else:
+            assert c.spool_inbound is not None  # checked by the config model
+            sink = SpoolSink(c.spool_inbound)
+        journal = DeliveredJournal(c.state_dir / "delivered.journal", _ms(self._now()))
+        await self._recover_deliveries(journal, sink)
+        tasks = [asyncio.create_task(self._inbound_loop(stop, sink, journal), name="inbound")]
+        if c.outbound_topic:
+            tasks.append(asyncio.create_task(self._outbound_loop(stop), name="outbound"))
+        if c.spool_outbound:
+            tasks.append(asyncio.create_task(self._spool_loop(stop), name="spool"))
+        self._log.info("node_started", tasks=[t.get_name() for t in tasks])
+        try:
+            done, _ = await asyncio.wait(
+                [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task in tasks and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]  # checked just above
+            stop.set()
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            journal.close()
+            await self._exchange.stop()
+            if self._local is not self._exchange:
+                await self._local.stop()
+            self._log.info("node_stopped", counters=dict(self.counters))
+
+    async def _recover_deliveries(self, journal: DeliveredJournal, sink: Sink) -> None:
+        """Add to the journal what the sink holds but the journal missed (a crash between the
+        sink's acknowledgement and the journal's sync)."""
+        now_ms = _ms(self._now())
+        expires = now_ms + int(self.config.max_lifetime.total_seconds() * 1000)
+        found = sink.delivered_ids()
+        if isinstance(sink, KafkaSink):
+            since = (journal.newest_recorded_ms or 0) - 300_000
+            floor = now_ms - int(self.config.max_lifetime.total_seconds() * 1000)
+            records = await read_topic(
+                self.config.local_bootstrap, sink.topic, since_ms=max(since, floor)
+            )
+            found |= {
+                m.header("fxgw-message-id").decode()  # type: ignore[union-attr]  # filtered below
+                for m in records
+                if m.header("fxgw-message-id") is not None
+            }
+        added = 0
+        for message_id in found:
+            if message_id not in journal:
+                journal.remember(message_id, expires, now_ms)
+                added += 1
+        journal.sync()
+        self._log.info("deliveries_recovered", known=len(journal), added=added)
+
+    async def _retry(self, what: str, action: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+        """Run ``action`` until it succeeds; back off on retriable infrastructure errors."""
+        delay = 0.2
+        while True:
+            try:
+                return await action()
+            except InfrastructureError as exc:
+                if stop.is_set():
+                    raise  # shutting down: the offset stays uncommitted, the work is redone
+                self.counters["retries"] += 1
+                level = self._log.warning if exc.retriable else self._log.error
+                level("retrying", what=what, error=str(exc), delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _quarantine(
+        self, raw: bytes, reason: str, detail: str, direction: str, extra: Headers = ()
+    ) -> None:
+        headers: Headers = (
+            ("fxgw-reason", reason.encode()),
+            ("fxgw-detail", detail.encode()),
+            ("fxgw-direction", direction.encode()),
+            ("fxgw-quarantined-at", _ms(self._now()).to_bytes(8, "big")),
+            *extra,
+        )
+        await self._local.send(self.config.quarantine_topic, raw, headers=headers)
+        self.counters[f"quarantined_{direction}"] += 1
+
+    # --- outbound --------------------------------------------------------------------------------
+
+    async def _outbound_loop(self, stop: asyncio.Event) -> None:
+        c = self.config
+        assert c.outbound_topic is not None
+        consumer = Consumer(
+            [c.outbound_topic],
+            bootstrap_servers=c.local_bootstrap,
+            group_id=f"fxgw.{c.agency}.outbound",
+            client_id=f"fxgw-{c.agency}-outbound",
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.poll(timeout_ms=300, max_records=200)
+                for message in batch:
+                    await self._retry(
+                        "release", partial(self.release_one, message.value, message.topic), stop
+                    )
+                await self._retry("commit outbound", partial(consumer.commit, batch), stop)
+        finally:
+            await consumer.stop()
+
+    async def release_one(self, raw: bytes, source: str) -> Outcome | None:
+        """Release one plain event: publish its envelopes, quarantine it if it is invalid.
+
+        :raises InfrastructureError: publishing failed (the caller retries the same event; the
+            message ids are the same, so recipients drop what they already have).
+        """
+        now = self._now()
+        try:
+            event = parse_plain_event(raw, self.registry)
+        except PeerError as exc:
+            self._log.warning("event_rejected", source=source, reason=exc.reason, detail=str(exc))
+            await self._quarantine(raw, exc.reason, str(exc), "outbound")
+            return None
+        try:
+            outcome = self.outbound.release(event, now)
+        except PeerError as exc:  # a released view that does not encode: keep the event
+            self._log.error("release_failed", event_id=event.event_id, reason=exc.reason)
+            await self._quarantine(raw, "release_failed", str(exc), "outbound")
+            return None
+        await self._publish(outcome.envelopes)
+        for sealed in outcome.envelopes:
+            h = sealed.header
+            self.counters["released"] += 1
+            self._log.info(
+                "released",
+                message_id=h.message_id,
+                event_id=h.event_id,
+                event_type=h.event_type,
+                recipient=h.recipient,
+                policy=h.policy_id,
+                rule=h.policy_rule,
+                withheld=len(h.withheld),
+            )
+        for denied in outcome.denied:
+            self.counters["denied"] += 1
+            self._log.info(
+                "not_released",
+                event_id=event.event_id,
+                event_type=event.event_type,
+                recipient=denied.recipient,
+                reason=denied.reason,
+            )
+        for refused in outcome.refused:
+            self.counters["refused"] += 1
+            self._log.warning(
+                "release_refused",
+                event_id=event.event_id,
+                recipient=refused.recipient,
+                reason=refused.reason,
+                detail=refused.detail,
+            )
+            await self._quarantine(
+                raw,
+                refused.reason,
+                f"recipient {refused.recipient}: {refused.detail}",
+                "outbound",
+                (("fxgw-recipient", refused.recipient.encode()),),
+            )
+        return outcome
+
+    async def _publish(self, envelopes: tuple[Sealed, ...]) -> None:
+        if not envelopes:
+            return
+        await self._exchange.send_many(
+            [
+                (
+                    self.config.inbox_topic(s.header.recipient),
+                    s.data,
+                    s.header.message_id.encode(),
+                    (
+                        ("fxgw-sender", s.header.sender.encode()),
+                        ("fxgw-message-id", s.header.message_id.encode()),
+                    ),
+                )
+                for s in envelopes
+            ]
+        )
+
+    async def _spool_loop(self, stop: asyncio.Event) -> None:
+        """Release every ``*.jsonl``/``*.json`` file dropped into the outbound spool folder, one
+        event per line; then move the file to ``done/``."""
+        folder = self.config.spool_outbound
+        assert folder is not None
+        done = folder / "done"
+        done.mkdir(parents=True, exist_ok=True)
+        while not stop.is_set():
+            files = sorted(
+                p
+                for p in folder.iterdir()
+                if p.is_file() and p.suffix in (".json", ".jsonl") and not p.name.startswith(".")
+            )
+            for path in files:
+                for line in path.read_bytes().splitlines():
+                    if line.strip():
+                        await self._retry(
+                            "release", partial(self.release_one, line, str(path)), stop
+                        )
+                os.replace(path, done / path.name)
+            if not files:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+    # --- inbound ---------------------------------------------------------------------------------
+
+    async def _inbound_loop(
+        self, stop: asyncio.Event, sink: Sink, journal: DeliveredJournal
+    ) -> None:
+        c = self.config
+        consumer = Consumer(
+            [c.inbox_topic(c.agency)],
+            bootstrap_servers=c.exchange_bootstrap,
+            group_id=f"fxgw.{c.agency}.inbox",
+            client_id=f"fxgw-{c.agency}-inbox",
+        )
+        await consumer.start()
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                batch = await consumer.poll(timeout_ms=300, max_records=200)
+                for message in batch:
+                    await self._retry(
+                        "deliver", partial(self._receive_one, message.value, sink, journal), stop
+                    )
+                if batch:
+                    journal.sync()
+                    await self._retry("commit inbox", partial(consumer.commit, batch), stop)
+        finally:
+            await consumer.stop()
+
+    async def _receive_one(self, raw: bytes, sink: Sink, journal: DeliveredJournal) -> None:
+        now = self._now()
+        result = self.inbound.receive(raw, now, journal)
+        if isinstance(result, Delivery):
+            h = result.header
+            await sink.deliver(result, delivery_document(result, self.registry))
+            journal.remember(h.message_id, _ms(h.expires_at), _ms(now))
+            self.counters["delivered"] += 1
+            self._log.info(
+                "delivered",
+                message_id=h.message_id,
+                event_id=h.event_id,
+                event_type=h.event_type,
+                sender=h.sender,
+                handling=h.handling.code,
+            )
+        elif isinstance(result, DuplicateDrop):
+            self.counters["duplicates"] += 1
+            self._log.info("duplicate_dropped", message_id=result.header.message_id)
+        else:
+            await self._reject(raw, result)
+
+    async def _reject(self, raw: bytes, rejection: Rejection) -> None:
+        h = rejection.header
+        extra: Headers = ()
+        if h is not None:
+            extra = (
+                ("fxgw-message-id", h.message_id.encode()),
+                ("fxgw-sender", h.sender.encode()),
+            )
+        self._log.warning(
+            "envelope_rejected",
+            reason=rejection.reason,
+            detail=rejection.detail,
+            message_id=h.message_id if h else None,
+            sender=h.sender if h else None,
+        )
+        await self._quarantine(raw, rejection.reason, rejection.detail, "inbound", extra)

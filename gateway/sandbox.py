@@ -1,0 +1,204 @@
+"""A complete local federation in one folder: authority, agencies, keys, trust list, node configs.
+
+Used by ``fxgw demo`` and by the integration tests, so both run exactly the files an operator
+would write: key files from :mod:`gateway.keys`, a trust list signed by an authority key, the
+release policies of ``policies/``, and one ``node.yaml`` per agency.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from gateway import keys
+from gateway.trust import sign_trust_list
+from gateway.types import AgencyId
+
+REPO = Path(__file__).resolve().parents[1]
+POLICIES = REPO / "policies"
+
+
+@dataclass(frozen=True, slots=True)
+class AgencySpec:
+    """One agency of the sandbox federation."""
+
+    agency: str
+    country: str
+    groups: tuple[str, ...]
+    roles: tuple[str, ...] = ("trace",)
+    sink: Literal["kafka", "spool"] = "kafka"
+    routes: tuple[dict[str, object], ...] = ()
+
+
+DEFAULT_ROUTES: tuple[dict[str, object], ...] = (
+    {"event": "fxgw.SeizureEvent", "to": {"groups": ["EU"]}},
+    {
+        "event": "fxgw.TraceRequest",
+        "to": {
+            "countries_from": ["firearm.manufacture_country", "firearm.import_country"],
+            "role": "trace",
+        },
+    },
+    {"event": "fxgw.TraceResponse", "to": {"agencies_from": ["requesting_agency.agency_id"]}},
+)
+
+THREE_AGENCIES: tuple[AgencySpec, ...] = (
+    AgencySpec(
+        "NL-POL",
+        "NL",
+        ("EU", "INTERPOL"),
+        routes=(
+            {"event": "fxgw.SeizureEvent", "to": {"groups": ["EU"], "agencies": ["US-ATF"]}},
+            *DEFAULT_ROUTES[1:],
+        ),
+    ),
+    AgencySpec("BE-FPJ", "BE", ("EU", "INTERPOL"), sink="spool"),
+    AgencySpec(
+        "US-ATF",
+        "US",
+        ("INTERPOL",),
+        routes=(
+            {"event": "fxgw.SeizureEvent", "to": {"agencies": ["NL-POL", "BE-FPJ"]}},
+            *DEFAULT_ROUTES[1:],
+        ),
+    ),
+)
+
+
+@dataclass(slots=True)
+class Federation:
+    """The files of a sandbox federation."""
+
+    root: Path
+    prefix: str
+    bootstrap: str
+    configs: dict[AgencyId, Path] = field(default_factory=dict)
+    authority: keys.SigningKey | None = None
+    trust_file: Path | None = None
+
+    def config(self, agency: str) -> Path:
+        """The node.yaml of ``agency``."""
+        return self.configs[AgencyId(agency)]
+
+    def local_topic(self, agency: str, kind: str) -> str:
+        """A local topic of ``agency``: ``outbound``, ``inbound`` or ``quarantine``."""
+        return f"{self.prefix}.local.{agency}.{kind}"
+
+    def inbox(self, agency: str) -> str:
+        """The exchange inbox topic of ``agency``."""
+        return f"{self.prefix}.inbox.{agency}"
+
+    def spool_in(self, agency: str) -> Path:
+        """The inbound spool folder of ``agency``."""
+        return self.root / agency / "spool" / "in"
+
+    def spool_out(self, agency: str) -> Path:
+        """The outbound spool folder of ``agency``."""
+        return self.root / agency / "spool" / "out"
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_federation(
+    root: Path,
+    bootstrap: str,
+    *,
+    prefix: str = "fx",
+    agencies: Sequence[AgencySpec] = THREE_AGENCIES,
+    policies: Path = POLICIES,
+    now: datetime | None = None,
+) -> Federation:
+    """Write keys, a signed trust list and node configs for ``agencies`` under ``root``."""
+    now = now or datetime.now(UTC)
+    fed = Federation(root, prefix, bootstrap)
+    authority_dir = root / "authority"
+    fed.authority = keys.generate_signing_key(keys.new_key_id(AgencyId("FED"), "sign", now))
+    keys.write_key_file(authority_dir / "FED.authority.key", fed.authority, owner="FED")
+    entries: list[dict[str, object]] = []
+    for spec in agencies:
+        agency = AgencyId(spec.agency)
+        key_dir = root / agency / "keys"
+        signing = keys.generate_signing_key(keys.new_key_id(agency, "sign", now))
+        encryption = keys.generate_encryption_key(keys.new_key_id(agency, "encrypt", now))
+        keys.write_key_file(key_dir / f"{agency}.sign.key", signing, owner=agency)
+        keys.write_key_file(key_dir / f"{agency}.enc.key", encryption, owner=agency)
+        entry = keys.public_entry(
+            agency,
+            spec.country,
+            signing,
+            encryption,
+            groups=spec.groups,
+            valid_from=now - timedelta(hours=1),
+            valid_until=now + timedelta(days=365),
+        )
+        entry["roles"] = list(spec.roles)
+        entries.append(entry)
+    trust = {
+        "federation": "fxgw-sandbox",
+        "version": 1,
+        "issued_at": _stamp(now - timedelta(minutes=1)),
+        "expires_at": _stamp(now + timedelta(days=30)),
+        "agencies": entries,
+    }
+    trust_file = root / "trust" / "trust.yaml"
+    trust_file.parent.mkdir(parents=True, exist_ok=True)
+    trust_file.write_text(yaml.safe_dump(trust, sort_keys=False), encoding="utf-8")
+    Path(f"{trust_file}.sig").write_bytes(sign_trust_list(trust_file.read_bytes(), fed.authority))
+    fed.trust_file = trust_file
+    for spec in agencies:
+        agency = AgencyId(spec.agency)
+        node = {
+            "agency": agency,
+            "keys": {
+                "signing": f"keys/{agency}.sign.key",
+                "encryption": [f"keys/{agency}.enc.key"],
+            },
+            "trust": {
+                "file": "../trust/trust.yaml",
+                "authority_keys": [
+                    {
+                        "id": fed.authority.key_id,
+                        "public": base64.b64encode(fed.authority.public).decode("ascii"),
+                    }
+                ],
+            },
+            "policy": str(policies / f"{agency.lower()}.yaml"),
+            "state_dir": "state",
+            "exchange": {
+                "bootstrap_servers": bootstrap,
+                "topic_prefix": prefix,
+                "provision_inboxes": True,
+            },
+            "local": {
+                "outbound_topic": fed.local_topic(agency, "outbound"),
+                "inbound_topic": fed.local_topic(agency, "inbound"),
+                "quarantine_topic": fed.local_topic(agency, "quarantine"),
+            },
+            "spool": {"outbound_dir": "spool/out", "inbound_dir": "spool/in"},
+            "delivery": {"sink": spec.sink},
+            "routes": list(spec.routes or DEFAULT_ROUTES),
+        }
+        path = root / agency / "node.yaml"
+        path.write_text(yaml.safe_dump(node, sort_keys=False), encoding="utf-8")
+        fed.configs[agency] = path
+    return fed
+
+
+def replace_sink(agencies: Sequence[AgencySpec], agency: str, sink: str) -> tuple[AgencySpec, ...]:
+    """``agencies`` with ``agency`` delivering to ``sink`` (``kafka`` or ``spool``)."""
+    if sink not in ("kafka", "spool"):
+        raise ValueError(f"unknown sink {sink!r}")
+    return tuple(
+        replace(spec, sink="kafka" if sink == "kafka" else "spool")
+        if spec.agency == agency
+        else spec
+        for spec in agencies
+    )

@@ -1,0 +1,281 @@
+"""Kafka, behind our own types. The only module that imports aiokafka.
+
+- :class:`Producer`: idempotent, ``acks=all``; :meth:`Producer.send` returns once the record is
+  durably in the cluster (all in-sync replicas have it).
+- :class:`Consumer`: a consumer-group member with auto-commit off; the node commits an offset
+  only after the sink and the dedup journal hold what came before it.
+- :func:`ensure_topics`: create the topics a node needs, if missing.
+
+Every aiokafka exception is translated to :class:`~gateway.errors.TransportError` here, with the
+original chained, and ``retriable`` taken from aiokafka's own flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiokafka
+import aiokafka.errors
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+
+from gateway.errors import TransportError
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One record read from Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    timestamp_ms: int
+
+    def header(self, name: str) -> bytes | None:
+        """The first header called ``name``, or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create: name, partitions, replication factor, topic configs."""
+
+    name: str
+    partitions: int = 1
+    replication: int = 1
+    configs: tuple[tuple[str, str], ...] = ()
+
+
+@asynccontextmanager
+async def _translated(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except aiokafka.errors.KafkaError as exc:
+        error = TransportError(f"{what}: {type(exc).__name__}: {exc}")
+        error.retriable = bool(getattr(exc, "retriable", False)) or isinstance(
+            exc, aiokafka.errors.KafkaConnectionError | aiokafka.errors.KafkaTimeoutError
+        )
+        raise error from exc
+    except (TimeoutError, OSError) as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
+def _messages(batches: dict[TopicPartition, list[aiokafka.ConsumerRecord]]) -> list[Message]:
+    messages: list[Message] = []
+    for records in batches.values():
+        for r in records:
+            messages.append(
+                Message(
+                    topic=str(r.topic),
+                    partition=int(r.partition),
+                    offset=int(r.offset),
+                    key=r.key,
+                    value=bytes(r.value) if r.value is not None else b"",
+                    headers=tuple((str(k), bytes(v)) for k, v in (r.headers or ())),
+                    timestamp_ms=int(r.timestamp),
+                )
+            )
+    return messages
+
+
+class Producer:
+    """An idempotent producer with ``acks=all``."""
+
+    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+        self._producer = aiokafka.AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=4 * 1024 * 1024,
+            request_timeout_ms=30_000,
+        )
+
+    async def start(self) -> None:
+        """Connect.
+
+        :raises TransportError: the cluster cannot be reached.
+        """
+        async with _translated("producer start"):
+            await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush what is pending and disconnect."""
+        async with _translated("producer stop"):
+            await self._producer.stop()
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
+    ) -> tuple[int, int]:
+        """Publish one record and wait until the cluster has it; returns (partition, offset).
+
+        :raises TransportError: the record was not acknowledged.
+        """
+        async with _translated(f"send to {topic}"):
+            meta = await self._producer.send_and_wait(
+                topic, value=value, key=key, headers=list(headers)
+            )
+        return int(meta.partition), int(meta.offset)
+
+    async def send_many(
+        self, records: Sequence[tuple[str, bytes, bytes | None, Headers]]
+    ) -> list[tuple[int, int]]:
+        """Publish several records, batched, and wait until the cluster has all of them.
+
+        :raises TransportError: any record was not acknowledged (some others may have been;
+            callers rely on the receiver's duplicate check when they retry).
+        """
+        async with _translated("send batch"):
+            futures = [
+                await self._producer.send(topic, value=value, key=key, headers=list(headers))
+                for topic, value, key, headers in records
+            ]
+            metas = await asyncio.gather(*futures)
+        return [(int(m.partition), int(m.offset)) for m in metas]
+
+
+class Consumer:
+    """A consumer-group member with manual commits."""
+
+    def __init__(
+        self,
+        topics: Iterable[str],
+        *,
+        bootstrap_servers: str,
+        group_id: str | None,
+        client_id: str,
+        max_poll_records: int = 500,
+    ) -> None:
+        self._consumer = aiokafka.AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=max_poll_records,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+
+    async def start(self) -> None:
+        """Connect and join the group.
+
+        :raises TransportError: the cluster cannot be reached.
+        """
+        async with _translated("consumer start"):
+            await self._consumer.start()
+
+    async def stop(self) -> None:
+        """Leave the group and disconnect (uncommitted records will be read again)."""
+        async with _translated("consumer stop"):
+            await self._consumer.stop()
+
+    async def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Message]:
+        """The next batch of records (possibly empty), in offset order per partition."""
+        async with _translated("poll"):
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return _messages(batches)
+
+    async def commit(self, messages: Iterable[Message]) -> None:
+        """Commit past every message given (the highest offset per partition, plus one).
+
+        :raises TransportError: the commit failed (the records will be read again).
+        """
+        offsets: dict[TopicPartition, int] = {}
+        for m in messages:
+            tp = TopicPartition(m.topic, m.partition)
+            offsets[tp] = max(offsets.get(tp, 0), m.offset + 1)
+        if offsets:
+            async with _translated("commit"):
+                await self._consumer.commit(offsets)
+
+
+async def ensure_topics(bootstrap_servers: str, topics: Iterable[TopicSpec]) -> None:
+    """Create every topic that does not exist yet (existing ones are left as they are).
+
+    :raises TransportError: the cluster cannot be reached or refuses.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="fxgw-admin")
+    async with _translated("topic administration"):
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [
+                NewTopic(
+                    name=t.name,
+                    num_partitions=t.partitions,
+                    replication_factor=t.replication,
+                    topic_configs=dict(t.configs),
+                )
+                for t in topics
+                if t.name not in existing
+            ]
+            if missing:
+                # another replica may create it between our listing and our request
+                with contextlib.suppress(aiokafka.errors.TopicAlreadyExistsError):
+                    await admin.create_topics(missing)
+        finally:
+            await admin.close()
+
+
+async def read_topic(
+    bootstrap_servers: str, topic: str, *, since_ms: int | None = None, timeout_s: float = 30.0
+) -> list[Message]:
+    """Every record of ``topic`` (from ``since_ms`` on, if given) up to its current end,
+    read without a consumer group. For recovery scans, tools and tests.
+
+    :raises TransportError: the cluster cannot be reached, or the end is not reached in time.
+    """
+    consumer = aiokafka.AIOKafkaConsumer(
+        topic,  # subscribing (without a group) makes the client load the topic's metadata
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        client_id="fxgw-reader",
+    )
+    async with _translated(f"read {topic}"):
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            if not tps:
+                raise TransportError(f"read {topic}: no such topic")
+            consumer.unsubscribe()
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            if since_ms is not None:
+                found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+                for tp in tps:
+                    position = found.get(tp)
+                    consumer.seek(tp, position.offset if position is not None else ends[tp])
+            else:
+                await consumer.seek_to_beginning(*tps)
+            messages: list[Message] = []
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            while True:
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                    break
+                if loop.time() > deadline:
+                    raise TransportError(f"read {topic}: end not reached in {timeout_s} s")
+                messages.extend(_messages(await consumer.getmany(timeout_ms=200)))
+            return [m for m in messages if m.offset < ends[TopicPartition(m.topic, m.partition)]]
+        finally:
+            await consumer.stop()
