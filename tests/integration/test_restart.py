@@ -1,0 +1,84 @@
+"""Killing a receiving node mid-stream and starting it again loses nothing and repeats nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.demo import seizure_nl
+from gateway.sandbox import THREE_AGENCIES, build_federation, replace_sink
+from tests.integration.conftest import delivered, national_send, running, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+EVENTS = 120
+
+
+def _start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+class TestReceiverCrash:
+    """SIGKILL of the receiving node while envelopes stream in."""
+
+    @pytest.mark.parametrize("sink", ["kafka", "spool"])
+    async def test_kill_and_restart_delivers_each_envelope_exactly_once(
+        self, tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, sink: str
+    ) -> None:
+        """Every one of the events arrives at BE-FPJ once, though its node was killed mid-stream."""
+        agencies = replace_sink(THREE_AGENCIES[:2], "BE-FPJ", sink)
+        fed = build_federation(
+            tmp_path / "fed", kafka_bootstrap, prefix=topic_prefix, agencies=agencies
+        )
+        log = tmp_path / "be-node.log"
+        receiver = _start_node(fed.config("BE-FPJ"), log)
+        try:
+            async with running(fed, "NL-POL"):
+
+                async def stream() -> None:
+                    for _ in range(EVENTS // 10):
+                        await national_send(fed, "NL-POL", *(seizure_nl() for _ in range(10)))
+                        await asyncio.sleep(0.05)
+
+                sender = asyncio.create_task(stream())
+
+                async def some_arrived() -> bool:
+                    return len(await delivered(fed, "BE-FPJ")) >= EVENTS // 4
+
+                await wait_until(some_arrived, "the first deliveries", within_s=90)
+                receiver.send_signal(signal.SIGKILL)
+                receiver.wait(timeout=10)
+                killed_at = len(await delivered(fed, "BE-FPJ"))
+                await sender
+                receiver = _start_node(fed.config("BE-FPJ"), log)
+
+                async def all_arrived() -> bool:
+                    return len(await delivered(fed, "BE-FPJ")) >= EVENTS
+
+                await wait_until(all_arrived, "every delivery after the restart", within_s=120)
+                await asyncio.sleep(2.0)  # time for any duplicate to show up
+                docs = await delivered(fed, "BE-FPJ")
+        finally:
+            receiver.send_signal(signal.SIGTERM)
+            try:
+                receiver.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                receiver.kill()
+        ids = [d["provenance"]["message_id"] for d in docs]  # type: ignore[index]
+        assert killed_at < EVENTS, "the node was killed after the stream had ended"
+        assert EVENTS == len(ids)
+        assert EVENTS == len(set(ids))
+        assert 0 == receiver.returncode
