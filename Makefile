@@ -23,7 +23,7 @@ lint: $(STAMP)
 	@if command -v shellcheck >/dev/null; then shellcheck deploy/kafka/kafka-local .ci/run; fi
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov --cov-report=term
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

@@ -27,6 +27,19 @@ from gateway.types import AgencyId
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time (a test harness may swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _CurrentStderr()
+
+
 def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
     """Structured logs on stderr: one JSON object per line (metadata only, never payload)."""
     renderer: structlog.typing.Processor = (
@@ -42,11 +55,11 @@ def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),  # type: ignore[arg-type]  # a TextIO stand-in
         cache_logger_on_first_use=False,
     )
     # the libraries' own records (aiokafka) go out as JSON too, at WARNING and above
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(_JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
