@@ -79,7 +79,7 @@ class TestFailClosed:
     async def test_unknown_recipient_is_refused_and_others_still_served(
         self, federation: Federation
     ) -> None:
-        """An explicit recipient not on the trust list is refused; BE-FPJ and US-ATF still get theirs."""
+        """A recipient not on the trust list is refused; BE-FPJ and US-ATF still get theirs."""
         event = seizure_nl()
         event["recipients"] = ["DE-BKA"]
         async with running(federation, "NL-POL", "BE-FPJ", "US-ATF"):
