@@ -112,6 +112,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     encryption = keys.generate_encryption_key(keys.new_key_id(agency, "encrypt", now))
     keys.write_key_file(out / f"{agency}.sign.key", signing, owner=agency)
     keys.write_key_file(out / f"{agency}.enc.key", encryption, owner=agency)
+    pseudonym = keys.generate_pseudonym_key(keys.new_key_id(agency, "pseudonym", now))
+    keys.write_key_file(out / f"{agency}.pseudonym.key", pseudonym, owner=agency)
     entry = keys.public_entry(
         agency,
         args.country,
@@ -174,15 +176,102 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.policy import load_policy
 
     registry = _registry(args.schemas)
+    trust = None
+    if args.config:
+        from gateway.config import load_config
+        from gateway.trust import authority_keys, load_trust_list
+
+        config = load_config(Path(args.config))
+        pinned = authority_keys(config.authority_keys)
+        trust = load_trust_list(config.trust_file, pinned, now=datetime.now(UTC))
     failed = 0
     for name in args.files:
         try:
             policy = load_policy(Path(name), registry)
+            if trust is not None:
+                policy.check_against(trust)
         except ConfigError as exc:
             _print(f"error: {exc}")
             failed += 1
             continue
         _print(f"{name}: ok, {policy.policy_id} for {policy.agency}, {len(policy.rules)} rules")
+    return EXIT_REJECTED if failed else EXIT_OK
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.node import load_node_files
+    from gateway.outbound import parse_plain_event
+    from gateway.policytools import explain
+
+    config = load_config(Path(args.config))
+    now = datetime.now(UTC)
+    loaded = load_node_files(config, now)
+    policy = loaded.policy
+    if args.policy:
+        from gateway.policy import load_policy
+
+        policy = load_policy(Path(args.policy), loaded.registry)
+        policy.check_against(loaded.trust)
+    event_path = Path(args.event)
+    try:
+        text = event_path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the event: {exc.strerror}", file=str(event_path)) from exc
+    try:
+        event = parse_plain_event(text.splitlines()[0] if text else b"", loaded.registry)
+    except PeerError as exc:
+        _print(f"{event_path}: rejected ({exc.reason}): {exc}")
+        return EXIT_REJECTED
+    status = EXIT_OK
+    for recipient in args.to:
+        agency = loaded.trust.agency(recipient)
+        if agency is None:
+            _print(f"{recipient}: not on the trust list; nothing would be released")
+            status = EXIT_REJECTED
+            continue
+        explanation = explain(
+            policy,
+            loaded.registry,
+            event.event_type,
+            event.record,
+            agency,
+            pseudonymiser=loaded.pseudonymiser,
+            now=now,
+        )
+        if args.json:
+            _print(json.dumps(explanation.to_json(), ensure_ascii=False))
+        else:
+            _print(explanation.to_text())
+    return status
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from gateway.policytools import run_policy_tests
+
+    registry = _registry(args.schemas)
+    files = [Path(f) for f in args.files] or sorted(Path("policies").glob("*.test.yaml"))
+    if not files:
+        raise ConfigError("no policy test files given, and none in policies/*.test.yaml")
+    passed = failed = 0
+    for path in files:
+        try:
+            results = run_policy_tests(path, registry)
+        except ConfigError as exc:
+            _print(f"ERROR {exc}")
+            failed += 1
+            continue
+        for result in results:
+            if result.passed:
+                passed += 1
+                if args.verbose:
+                    _print(f"PASS {path}: {result.case} -> {result.recipient}")
+            else:
+                failed += 1
+                _print(f"FAIL {path}: {result.case} -> {result.recipient}")
+                for failure in result.failures:
+                    _print(f"     {failure}")
+    _print(f"{passed} passed, {failed} failed")
     return EXIT_REJECTED if failed else EXIT_OK
 
 
@@ -321,8 +410,23 @@ def build_parser() -> argparse.ArgumentParser:
     psub = policy.add_subparsers(dest="policy_command", required=True)
     p = psub.add_parser("check", help="validate policy files against the schemas")
     p.add_argument("--schemas")
+    p.add_argument(
+        "-c", "--config", help="also check against this node's trust list (rule overlaps)"
+    )
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_policy_check)
+    p = psub.add_parser("explain", help="what an event would release to a recipient, and why")
+    p.add_argument("-c", "--config", required=True, help="the sending node's node.yaml")
+    p.add_argument("--policy", help="explain this policy file instead of the node's")
+    p.add_argument("--event", required=True, help="a plain event (JSON), as for fxgw send")
+    p.add_argument("--to", required=True, action="append", help="recipient agency id")
+    p.add_argument("--json", action="store_true", help="one JSON object per recipient")
+    p.set_defaults(func=cmd_policy_explain)
+    p = psub.add_parser("test", help="run the test cases stored beside the policies")
+    p.add_argument("--schemas")
+    p.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    p.add_argument("files", nargs="*", help="*.test.yaml files (default: policies/*.test.yaml)")
+    p.set_defaults(func=cmd_policy_test)
 
     schema = sub.add_parser("schema", help="inspect the Avro schemas")
     ssub = schema.add_subparsers(dest="schema_command", required=True)

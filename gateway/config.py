@@ -28,6 +28,7 @@ class _Strict(BaseModel):
 class KeysModel(_Strict):
     signing: str
     encryption: list[str] = Field(min_length=1)
+    pseudonym: str | None = None
 
 
 class AuthorityKeyModel(_Strict):
@@ -116,6 +117,7 @@ class NodeConfig:
     agency: AgencyId
     signing_key: Path
     encryption_keys: tuple[Path, ...]
+    pseudonym_key: Path | None
     trust_file: Path
     authority_keys: tuple[tuple[str, str], ...]
     policy_file: Path
@@ -178,6 +180,7 @@ def load_config(path: Path) -> NodeConfig:
         agency=AgencyId(model.agency),
         signing_key=resolve(model.keys.signing),
         encryption_keys=tuple(resolve(p) for p in model.keys.encryption),
+        pseudonym_key=resolve(model.keys.pseudonym) if model.keys.pseudonym else None,
         trust_file=resolve(model.trust.file),
         authority_keys=tuple((k.id, k.public) for k in model.trust.authority_keys),
         policy_file=resolve(model.policy),

@@ -12,8 +12,9 @@ import base64
 import binascii
 import json
 import os
+import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,7 @@ import nacl.signing
 from gateway.errors import KeyFileError
 from gateway.types import AgencyId, KeyId
 
-KeyUse = Literal["sign", "encrypt"]
+KeyUse = Literal["sign", "encrypt", "pseudonym"]
 
 _FORMAT = "fxgw-key-1"
 _KEY_LEN = 32
@@ -58,6 +59,14 @@ class EncryptionKey:
     def public(self) -> bytes:
         """The 32-byte X25519 public key."""
         return bytes(self.key.public_key)
+
+
+@dataclass(frozen=True, slots=True)
+class PseudonymKey:
+    """The agency's secret for keyed pseudonyms (HMAC-SHA256); never leaves the node."""
+
+    key_id: KeyId
+    secret: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +105,24 @@ def generate_encryption_key(key_id: KeyId) -> EncryptionKey:
     return EncryptionKey(key_id, nacl.public.PrivateKey.generate())
 
 
-def write_key_file(path: Path, key: SigningKey | EncryptionKey, *, owner: str) -> None:
+def generate_pseudonym_key(key_id: KeyId) -> PseudonymKey:
+    """A fresh 32-byte pseudonym secret."""
+    return PseudonymKey(key_id, secrets.token_bytes(_KEY_LEN))
+
+
+def write_key_file(
+    path: Path, key: SigningKey | EncryptionKey | PseudonymKey, *, owner: str
+) -> None:
     """Write ``key`` to ``path`` with mode 0600, atomically; never overwrite an existing file.
 
     :raises KeyFileError: the file exists already, or cannot be written.
     """
     if isinstance(key, SigningKey):
         kind, secret = "ed25519", bytes(key.key)
-    else:
+    elif isinstance(key, EncryptionKey):
         kind, secret = "x25519", bytes(key.key)
+    else:
+        kind, secret = "hmac-sha256", key.secret
     document = {
         "format": _FORMAT,
         "owner": owner,
@@ -153,9 +171,9 @@ def _read_key_document(path: Path) -> dict[str, str]:
         raise KeyFileError(f"not a readable key file: {exc}", file=str(path)) from exc
     if not isinstance(document, dict) or document.get("format") != _FORMAT:
         raise KeyFileError(f"not an {_FORMAT} key file", file=str(path))
-    for field in ("key_id", "algorithm", "private", "owner"):
-        if not isinstance(document.get(field), str):
-            raise KeyFileError(f"field '{field}' is missing or not a string", file=str(path))
+    for name in ("key_id", "algorithm", "private", "owner"):
+        if not isinstance(document.get(name), str):
+            raise KeyFileError(f"field '{name}' is missing or not a string", file=str(path))
     return {k: str(v) for k, v in document.items()}
 
 
@@ -233,3 +251,14 @@ def public_entry(
             },
         ],
     }
+
+
+def load_pseudonym_key(path: Path) -> PseudonymKey:
+    """Load a pseudonym secret written by :func:`write_key_file`.
+
+    :raises KeyFileError: missing, readable by others, malformed, or not a pseudonym secret.
+    """
+    document = _read_key_document(path)
+    if document["algorithm"] != "hmac-sha256":
+        raise KeyFileError("expected an hmac-sha256 pseudonym secret", file=str(path))
+    return PseudonymKey(KeyId(document["key_id"]), _decode_secret(document, path))

@@ -1,43 +1,67 @@
-"""Release policy: which fields of which event may leave, to whom, under which handling.
+"""The release policy: what leaves the country, to whom, in what form, under which handling.
 
-A policy file (YAML, one per sending agency, under ``policies/``) is a list of rules. A rule names
-an event type, the recipients it covers and a field plan; the first rule (in file order) that
-covers an (event type, recipient) pair decides. Everything is denied by default:
+A policy file (YAML, one per sending agency, under ``policies/``) is a versioned list of rules. A
+rule names an event type, the recipients it covers (``to``), optional conditions on the event
+(``when``), the handling attached to what it releases, and a field plan.
 
-- an event type or recipient no rule covers is not released at all (a :class:`Denied` value, not
-  an error);
-- a field the plan does not name is withheld: released as null and listed in the envelope
-  header, so the recipient can tell "withheld" from "unknown".
+Recipients: listed ``agencies``, members of ``groups`` or ``countries`` of the trust list, or
+``all``; minus ``except`` (agencies, groups, countries); and, with ``legal_basis``, only those the
+trust list credits with one of the named legal bases (an MLAT in force, EU membership, ...).
 
-Fields the schema makes required (identifiers, timestamps, the role of a person) are the
-skeleton of every released view and always leave; a plan cannot drop them.
+Field plan actions, by dotted path (``[]`` walks a list: ``persons[].family_name``):
+``keep`` (on a record or list: the whole subtree, which inner paths may still narrow),
+``drop``, ``redact``, ``pseudonymise``, ``generalise``, ``truncate`` (see
+:mod:`gateway.transforms`), each optionally with its own ``when``.
 
-Field actions in this version: ``keep`` (release as is; on a record or list, the whole subtree)
-and ``drop`` (withhold, stated explicitly for the reader). The file format leaves room for more
-actions (``redact``, ``pseudonymise``, ``generalise``, ``truncate``) and for conditions.
+Default deny everywhere:
 
-Pure: load-time validation reads the file once; compiling and applying plans is computation.
+- an event type, recipient or event no rule covers is not released (a :class:`Denied` decision,
+  not an error);
+- a field no action names is withheld: null in the body and listed in the envelope header;
+- only fields the schema requires (identifiers, timestamps, a person's role) always leave.
+
+Rules must not disagree: if two rules with different plans or handling could cover the same
+recipient and event, loading fails and names both (with the trust list at hand, per agency;
+without, wherever their selectors name the same agency, group or country, or one says ``all``).
+
+Pure: loading reads one file; compiling, matching and applying plans is computation.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway._yamlfile import YamlDocument, load_model, read_yaml
 from gateway.envelope import Handling
 from gateway.errors import PolicyError
+from gateway.routing import values_at
 from gateway.schemas import FieldInfo, Schema, SchemaRegistry
-from gateway.trust import Agency
+from gateway.transforms import (
+    AgeBand,
+    Context,
+    Pseudonymise,
+    Pseudonymiser,
+    Redact,
+    RoundNumber,
+    Transform,
+    Truncate,
+    TruncateTime,
+    apply_transform,
+)
+from gateway.trust import Agency, TrustList
 from gateway.types import AgencyId, EventType
 
-Action = Literal["keep", "drop"]
+# --- the file ------------------------------------------------------------------------------------
+
+Scalar = str | int | float | bool | None
 
 
 class _Strict(BaseModel):
@@ -45,7 +69,7 @@ class _Strict(BaseModel):
 
 
 class PolicyHeaderModel(_Strict):
-    """The ``policy:`` block: who owns the file and which version it is."""
+    """The ``policy:`` block: whose file it is and which version."""
 
     id: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: int = Field(ge=1)
@@ -53,14 +77,23 @@ class PolicyHeaderModel(_Strict):
     description: str | None = None
 
 
+class ExceptModel(_Strict):
+    """Recipients a selector leaves out."""
+
+    agencies: list[str] = []
+    groups: list[str] = []
+    countries: list[str] = []
+
+
 class SelectorModel(_Strict):
-    """Recipients a rule covers: listed agencies, members of groups or countries, or all."""
+    """Recipients a rule covers."""
 
     agencies: list[str] = []
     groups: list[str] = []
     countries: list[str] = []
     all: bool = False
-    except_: list[str] = Field(default=[], alias="except")
+    except_: ExceptModel = Field(default=ExceptModel(), alias="except")
+    legal_basis: list[str] = []
 
 
 class HandlingModel(_Strict):
@@ -71,8 +104,57 @@ class HandlingModel(_Strict):
     source: Literal["A", "B", "C", "X"]
     information: int = Field(ge=1, le=4)
     onward_transfer: Literal["NONE", "WITH_CONSENT", "ALLOWED"] = "NONE"
-    retention_days: int | None = Field(default=None, ge=1)
+    retention_days: int | None = Field(default=None, ge=1, le=36_525)
     conditions: str | None = None
+
+
+Condition = dict[str, Scalar | list[Scalar]]
+
+
+class GeneraliseModel(_Strict):
+    """How far to generalise: one of the options, fitting the field's type."""
+
+    precision: int | None = Field(default=None, ge=0, le=10)
+    grid: float | None = Field(default=None, gt=0)
+    step: int | None = Field(default=None, ge=1)
+    to: Literal["hour", "day", "month", "year", "age_band"] | None = None
+    width: int = Field(default=10, ge=1, le=50)
+    into: str = "age_band"
+
+    @model_validator(mode="after")
+    def _one_option(self) -> GeneraliseModel:
+        chosen = [n for n in ("precision", "grid", "step", "to") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of precision, grid, step or to")
+        return self
+
+
+class FieldActionModel(_Strict):
+    """One field's action in the long form (a mapping), with an optional condition."""
+
+    keep: bool | None = None
+    drop: bool | None = None
+    redact: bool | None = None
+    pseudonymise: bool | None = None
+    generalise: GeneraliseModel | Literal["hour", "day", "month", "year"] | None = None
+    truncate: int | None = Field(default=None, ge=1)
+    when: Condition | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> FieldActionModel:
+        chosen = [
+            n
+            for n in ("keep", "drop", "redact", "pseudonymise", "generalise", "truncate")
+            if getattr(self, n) not in (None, False)
+        ]
+        if len(chosen) != 1:
+            raise ValueError(
+                "give exactly one action: keep, drop, redact, pseudonymise, generalise or truncate"
+            )
+        return self
+
+
+ShortAction = Literal["keep", "drop", "redact", "pseudonymise"]
 
 
 class RuleModel(_Strict):
@@ -81,8 +163,9 @@ class RuleModel(_Strict):
     id: str = Field(min_length=1)
     event: str
     to: SelectorModel
+    when: Condition | None = None
     handling: HandlingModel
-    fields: dict[str, Action] = {}
+    fields: dict[str, ShortAction | FieldActionModel] = {}
     description: str | None = None
 
 
@@ -93,19 +176,31 @@ class PolicyModel(_Strict):
     rules: list[RuleModel]
 
 
+# --- compiled values -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Selector:
     """Compiled recipient selector."""
 
-    agencies: frozenset[str]
-    groups: frozenset[str]
-    countries: frozenset[str]
-    everyone: bool
-    excluded: frozenset[str]
+    agencies: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    countries: frozenset[str] = frozenset()
+    everyone: bool = False
+    except_agencies: frozenset[str] = frozenset()
+    except_groups: frozenset[str] = frozenset()
+    except_countries: frozenset[str] = frozenset()
+    legal_basis: frozenset[str] = frozenset()
 
     def covers(self, agency: Agency) -> bool:
-        """True when this selector names ``agency`` (and does not exclude it)."""
-        if agency.agency_id in self.excluded:
+        """True when this selector takes in ``agency``."""
+        if (
+            agency.agency_id in self.except_agencies
+            or agency.country in self.except_countries
+            or self.except_groups & agency.groups
+        ):
+            return False
+        if self.legal_basis and not self.legal_basis & agency.legal_bases:
             return False
         return (
             self.everyone
@@ -114,18 +209,93 @@ class Selector:
             or bool(self.groups & agency.groups)
         )
 
+    def _excludes(self, kind: str, value: str) -> bool:
+        return (
+            value
+            in {
+                "agency": self.except_agencies,
+                "group": self.except_groups,
+                "country": self.except_countries,
+            }[kind]
+        )
 
-FieldPlanKind = Literal["keep", "withhold", "descend"]
+    def _literals(self) -> list[tuple[str, str]]:
+        return (
+            [("agency", a) for a in sorted(self.agencies)]
+            + [("group", g) for g in sorted(self.groups)]
+            + [("country", c) for c in sorted(self.countries)]
+        )
+
+    def may_overlap(self, other: Selector) -> str | None:
+        """What both selectors may cover (judged without a trust list), or None if nothing."""
+        if self.everyone and other.everyone:
+            return "all recipients"
+        if self.everyone or other.everyone:
+            wide, narrow = (self, other) if self.everyone else (other, self)
+            for kind, value in narrow._literals():
+                if not wide._excludes(kind, value):
+                    return f"{kind} {value}"
+            return None
+        for kind, mine, theirs in (
+            ("agency", self.agencies, other.agencies),
+            ("group", self.groups, other.groups),
+            ("country", self.countries, other.countries),
+        ):
+            if mine & theirs:
+                return f"{kind} {sorted(mine & theirs)[0]}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """A condition on the event: every path's value is one of the allowed values."""
+
+    tests: tuple[tuple[str, frozenset[Scalar]], ...]
+
+    def holds(self, record: Mapping[str, object]) -> bool:
+        """True when ``record`` satisfies every test (a missing or null value is None)."""
+        for path, allowed in self.tests:
+            found = values_at(record, path)
+            value = found[0] if found else None
+            if not isinstance(value, str | int | float | bool) and value is not None:
+                return False
+            if value not in allowed:
+                return False
+        return True
+
+    def disjoint(self, other: When | None) -> bool:
+        """True when no event can satisfy both conditions."""
+        if other is None:
+            return False
+        mine = dict(self.tests)
+        return any(path in mine and not mine[path] & allowed for path, allowed in other.tests)
+
+    def describe(self) -> str:
+        return " and ".join(
+            f"{path} in {sorted(map(str, allowed))}" for path, allowed in self.tests
+        )
+
+
+FieldPlanKind = Literal["keep", "withhold", "descend", "transform", "derived"]
 
 
 @dataclass(frozen=True, slots=True)
 class FieldPlan:
-    """What happens to one field: copy it, withhold it, or apply child plans inside it."""
+    """What happens to one field.
+
+    ``keep`` copies it, ``withhold`` nulls it, ``descend`` applies ``children`` inside the record
+    (or inside each item of a list of records), ``transform`` applies ``transform``, ``derived``
+    takes the value another field's transform wrote (an age band). ``when`` makes the action
+    conditional: if it does not hold, the field is withheld. ``reason`` says why (for explain).
+    """
 
     name: str
     path: str
     kind: FieldPlanKind
+    reason: str
     children: tuple[FieldPlan, ...] = ()
+    transform: Transform | None = None
+    when: When | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,23 +306,28 @@ class Plan:
     event_type: EventType
     handling: Handling
     fields: tuple[FieldPlan, ...]
-    withheld: tuple[str, ...]
-    kept: tuple[str, ...]
+    reference_field: str | None
+    """Top-level timestamp the event happened at (age bands are computed at that time)."""
+
+    def same_release(self, other: Plan) -> bool:
+        """True when both plans release the same view under the same handling."""
+        return self.fields == other.fields and self.handling == other.handling
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A compiled rule: its selector and its plan."""
+    """A compiled rule."""
 
     rule_id: str
     selector: Selector
+    when: When | None
     plan: Plan
     line: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class Released:
-    """A released view: the record to encrypt and the fields withheld from it."""
+    """A released view: the record to encrypt, the fields withheld, the fields transformed."""
 
     record: dict[str, object]
     withheld: tuple[str, ...]
@@ -161,11 +336,12 @@ class Released:
 
 @dataclass(frozen=True, slots=True)
 class Denied:
-    """No rule releases this event type to this recipient (a decision, not an error)."""
+    """No rule releases this event to this recipient (a decision, not an error)."""
 
     recipient: AgencyId
     event_type: EventType
     reason: str
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,102 +354,351 @@ class Policy:
     path: str
     rules: tuple[Rule, ...]
 
-    def plan_for(self, event_type: str, recipient: Agency) -> Plan | Denied:
-        """The plan of the first rule covering ``event_type`` for ``recipient``, else Denied."""
-        for rule in self.rules:
-            if rule.plan.event_type == event_type and rule.selector.covers(recipient):
-                return rule.plan
-        return Denied(recipient.agency_id, EventType(event_type), "no_rule")
+    @property
+    def uses_pseudonyms(self) -> bool:
+        """True when some rule pseudonymises a field (the node then needs a secret)."""
 
+        def walk(plans: Iterable[FieldPlan]) -> bool:
+            return any(isinstance(p.transform, Pseudonymise) or walk(p.children) for p in plans)
 
-def _compile_fields(
-    fields: tuple[FieldInfo, ...], actions: Mapping[str, Action]
-) -> tuple[tuple[FieldPlan, ...], list[str], list[str]]:
-    plans: list[FieldPlan] = []
-    withheld: list[str] = []
-    kept: list[str] = []
-    for info in fields:
-        action = actions.get(info.path)
-        keeps_below = any(
-            act == "keep"
-            and (path.startswith(info.path + ".") or path.startswith(info.path + "[]"))
-            for path, act in actions.items()
-        )
-        if action == "keep":
-            plans.append(FieldPlan(info.name, info.path, "keep"))
-            kept.append(info.path)
-        elif info.children and (keeps_below or not info.nullable):
-            child_plans, child_withheld, child_kept = _compile_fields(info.children, actions)
-            plans.append(FieldPlan(info.name, info.path, "descend", child_plans))
-            withheld.extend(child_withheld)
-            kept.extend(child_kept)
-        elif not info.nullable:
-            # the skeleton: identifiers and timestamps every released view carries
-            plans.append(FieldPlan(info.name, info.path, "keep"))
-            kept.append(info.path)
-        else:
-            plans.append(FieldPlan(info.name, info.path, "withhold"))
-            withheld.append(info.path)
-    return tuple(plans), withheld, kept
+        return any(walk(rule.plan.fields) for rule in self.rules)
 
+    def plan_for(
+        self, event_type: str, recipient: Agency, record: Mapping[str, object]
+    ) -> Plan | Denied:
+        """The plan of the rule covering this event for ``recipient``, or :class:`Denied`.
 
-def compile_plan(
-    schema: Schema, rule_id: str, handling: Handling, actions: Mapping[str, Action]
-) -> Plan:
-    """Compile a rule's field actions against ``schema`` (paths already validated)."""
-    fields, withheld, kept = _compile_fields(schema.fields, actions)
-    return Plan(rule_id, schema.full_name, handling, fields, tuple(withheld), tuple(kept))
-
-
-def _apply_fields(plans: tuple[FieldPlan, ...], record: Mapping[str, object]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for plan in plans:
-        value = record.get(plan.name)
-        if plan.kind == "keep":
-            out[plan.name] = value
-        elif plan.kind == "withhold" or value is None:
-            out[plan.name] = None
-        elif isinstance(value, list):
-            out[plan.name] = [
-                _apply_fields(plan.children, item) if isinstance(item, Mapping) else item
-                for item in value
-            ]
-        elif isinstance(value, Mapping):
-            out[plan.name] = _apply_fields(plan.children, value)
-        else:  # a scalar where the schema has a record: the encoder will name the field
-            out[plan.name] = value
-    return out
-
-
-def apply_plan(plan: Plan, record: Mapping[str, object]) -> Released:
-    """The view of ``record`` that ``plan`` releases.
-
-    Every field the plan does not keep is null in the result. The withheld list is the plan's
-    (the same for every record), so it does not reveal whether the sender held a value.
-    """
-    return Released(_apply_fields(plan.fields, record), plan.withheld, ())
-
-
-def _validate_paths(schema: Schema, rule: RuleModel, document: YamlDocument, index: int) -> None:
-    known = {info.path: info for info in schema.iter_fields()}
-    for path, action in rule.fields.items():
-        line = document.line_of(("rules", index, "fields", path))
-        info = known.get(path)
-        if info is None:
-            close = difflib.get_close_matches(path, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise PolicyError(
-                f"rule '{rule.id}': {schema.full_name} has no field '{path}'{hint} "
-                f"(run 'fxgw schema check' to list the paths)",
-                file=str(document.path),
-                line=line,
+        Two rules with different plans matching at once (which loading rules out wherever it
+        can) deny the release: the node fails closed.
+        """
+        matched = [
+            rule
+            for rule in self.rules
+            if rule.plan.event_type == event_type
+            and rule.selector.covers(recipient)
+            and (rule.when is None or rule.when.holds(record))
+        ]
+        if not matched:
+            return Denied(recipient.agency_id, EventType(event_type), "no_rule")
+        first = matched[0].plan
+        if any(not first.same_release(rule.plan) for rule in matched[1:]):
+            names = ", ".join(rule.rule_id for rule in matched)
+            return Denied(
+                recipient.agency_id, EventType(event_type), "ambiguous_rules", f"rules {names}"
             )
-        if action == "drop" and not info.nullable:
+        return first
+
+    def check_against(self, trust: TrustList) -> None:
+        """Check, agency by agency, that no two disagreeing rules can cover the same recipient.
+
+        :raises PolicyError: naming both rules and an agency they both cover.
+        """
+        for agency in trust.agencies.values():
+            _check_pairs(
+                self.path,
+                [r for r in self.rules if r.selector.covers(agency)],
+                f"agency {agency.agency_id}",
+            )
+
+
+# --- compiling -----------------------------------------------------------------------------------
+
+_STRING_KINDS = frozenset({"string"})
+_FLOAT_KINDS = frozenset({"float", "double"})
+_INT_KINDS = frozenset({"int", "long"})
+_TIMESTAMP_KINDS = frozenset({"timestamp-millis", "timestamp-micros"})
+
+
+def _is_list_of(info: FieldInfo, kinds: frozenset[str]) -> bool:
+    return info.kind == "array" and info.item_kind in kinds
+
+
+def _transform_for(
+    spec: FieldActionModel, info: FieldInfo, siblings: Mapping[str, FieldInfo]
+) -> Transform:
+    """The transform a long-form action asks for, checked against the field's type.
+
+    :raises ValueError: with the message to show; the caller adds file and line.
+    """
+    kind = info.kind
+    if spec.redact:
+        if kind in ("string", "bytes") or _is_list_of(info, _STRING_KINDS):
+            return Redact()
+        raise ValueError(
+            f"redact applies to strings, lists of strings and bytes; '{info.path}' is {kind}: "
+            "use drop, or generalise for numbers and dates"
+        )
+    if spec.pseudonymise:
+        if kind == "string" or _is_list_of(info, _STRING_KINDS):
+            return Pseudonymise()
+        raise ValueError(
+            f"pseudonymise applies to strings (names, identifiers); '{info.path}' is {kind}: "
+            "use drop, or generalise for numbers and dates"
+        )
+    if spec.truncate is not None:
+        if kind in ("string", "array"):
+            return Truncate(spec.truncate)
+        raise ValueError(
+            f"truncate applies to strings and lists; '{info.path}' is {kind}: use generalise"
+        )
+    g = spec.generalise
+    assert g is not None
+    if isinstance(g, str):
+        g = GeneraliseModel(to=g)
+    if kind in _STRING_KINDS or _is_list_of(info, _STRING_KINDS):
+        raise ValueError(
+            f"generalise applies to numbers, dates and timestamps; '{info.path}' is a string: "
+            "use truncate, redact or pseudonymise"
+        )
+    if kind in _FLOAT_KINDS and (g.precision is not None or g.grid is not None):
+        return RoundNumber(precision=g.precision, grid=g.grid)
+    if kind in _INT_KINDS and g.step is not None:
+        return RoundNumber(step=g.step)
+    if kind == "date" and g.to in ("month", "year"):
+        return TruncateTime(g.to)
+    if kind in _TIMESTAMP_KINDS and g.to in ("hour", "day", "month", "year"):
+        return TruncateTime(g.to)
+    if kind == "date" and g.to == "age_band":
+        target = siblings.get(g.into)
+        if target is None or target.kind != "string" or not target.nullable:
+            raise ValueError(
+                f"an age band is written into a nullable string field '{g.into}' beside "
+                f"'{info.path}', and the record has none; name one with 'into:'"
+            )
+        return AgeBand(g.width, g.into)
+    options = {
+        "float": "precision or grid",
+        "double": "precision or grid",
+        "int": "step",
+        "long": "step",
+        "date": "to: month | year | age_band",
+        "timestamp-millis": "to: hour | day | month | year",
+    }.get(kind)
+    if options is None:
+        raise ValueError(f"'{info.path}' is {kind}, which cannot be generalised; use drop")
+    raise ValueError(f"'{info.path}' is {kind}: generalise it with {options}")
+
+
+def _is_below(path: str, parent: str) -> bool:
+    return path.startswith(parent + ".") or path.startswith(parent + "[]")
+
+
+class _Compiler:
+    """Turns one rule's field actions into a plan, checking each against the schema."""
+
+    def __init__(
+        self,
+        schema: Schema,
+        rule: RuleModel,
+        document: YamlDocument,
+        index: int,
+    ) -> None:
+        self.schema = schema
+        self.rule = rule
+        self.document = document
+        self.index = index
+        self.actions: dict[str, FieldActionModel] = {
+            path: FieldActionModel(**{action: True}) if isinstance(action, str) else action
+            for path, action in rule.fields.items()
+        }
+        self.derived: set[str] = set()
+
+    def error(self, message: str, path: str | None = None) -> PolicyError:
+        loc: tuple[str | int, ...] = ("rules", self.index, "fields")
+        if path is not None:
+            loc = (*loc, path)
+        return PolicyError(
+            f"rule '{self.rule.id}': {message}",
+            file=str(self.document.path),
+            line=self.document.line_of(loc),
+        )
+
+    def when(self, condition: Condition | None, loc: tuple[str | int, ...]) -> When | None:
+        if condition is None:
+            return None
+        known = {info.path: info for info in self.schema.iter_fields()}
+        tests: list[tuple[str, frozenset[Scalar]]] = []
+        for path, expected in condition.items():
+            line = self.document.line_of((*loc, path))
+            info = known.get(path)
+            if info is None or "[]" in path:
+                close = difflib.get_close_matches(path, [p for p in known if "[]" not in p], n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise PolicyError(
+                    f"rule '{self.rule.id}': condition on '{path}', which is not a single field "
+                    f"of {self.schema.full_name}{hint}",
+                    file=str(self.document.path),
+                    line=line,
+                )
+            values = expected if isinstance(expected, list) else [expected]
+            for value in values:
+                problem = _condition_value_problem(info, value)
+                if problem:
+                    raise PolicyError(
+                        f"rule '{self.rule.id}': condition on '{path}': {problem}",
+                        file=str(self.document.path),
+                        line=line,
+                    )
+            tests.append((path, frozenset(values)))
+        return When(tuple(tests))
+
+    def check_paths(self) -> None:
+        known = {info.path: info for info in self.schema.iter_fields()}
+        for path, action in self.actions.items():
+            info = known.get(path)
+            if info is None:
+                close = difflib.get_close_matches(path, known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise self.error(
+                    f"{self.schema.full_name} has no field '{path}'{hint} "
+                    "(fxgw schema check --fields lists them)",
+                    path,
+                )
+            if (action.drop or action.when is not None) and not info.nullable:
+                what = "dropped" if action.drop else "made conditional"
+                raise self.error(
+                    f"field '{path}' is required by {self.schema.full_name} and cannot be "
+                    f"{what}; required fields always leave, remove the line",
+                    path,
+                )
+            if info.children and not (action.keep or action.drop):
+                raise self.error(
+                    f"'{path}' is a record or a list of records: keep or drop it, or name "
+                    "the fields inside it",
+                    path,
+                )
+
+    def compile(
+        self, infos: tuple[FieldInfo, ...], inherited: Literal["keep", "withhold"]
+    ) -> tuple[FieldPlan, ...]:
+        siblings = {info.name: info for info in infos}
+        plans: list[FieldPlan] = []
+        for info in infos:
+            spec = self.actions.get(info.path)
+            below = any(_is_below(p, info.path) for p in self.actions)
+            when = (
+                self.when(spec.when, ("rules", self.index, "fields", info.path, "when"))
+                if spec is not None
+                else None
+            )
+            if spec is not None and spec.drop:
+                plans.append(FieldPlan(info.name, info.path, "withhold", "dropped by the rule"))
+            elif spec is not None and spec.keep:
+                if info.children and below:
+                    children = self.compile(info.children, "keep")
+                    plans.append(
+                        FieldPlan(info.name, info.path, "descend", "kept", children, when=when)
+                    )
+                else:
+                    plans.append(
+                        FieldPlan(info.name, info.path, "keep", "kept by the rule", when=when)
+                    )
+            elif spec is not None:
+                try:
+                    transform = _transform_for(spec, info, siblings)
+                except ValueError as exc:
+                    raise self.error(str(exc), info.path) from exc
+                if isinstance(transform, AgeBand):
+                    self.derived.add(
+                        info.path.rsplit(".", 1)[0] + "." + transform.into
+                        if "." in info.path
+                        else transform.into
+                    )
+                plans.append(
+                    FieldPlan(
+                        info.name,
+                        info.path,
+                        "transform",
+                        transform.describe(),
+                        transform=transform,
+                        when=when,
+                    )
+                )
+            elif info.children and (below or not info.nullable or inherited == "keep"):
+                children = self.compile(info.children, inherited)
+                reason = "required" if not info.nullable else "fields inside are named"
+                plans.append(FieldPlan(info.name, info.path, "descend", reason, children))
+            elif inherited == "keep":
+                plans.append(FieldPlan(info.name, info.path, "keep", "inside a kept record"))
+            elif not info.nullable:
+                plans.append(
+                    FieldPlan(info.name, info.path, "keep", "required: every view carries it")
+                )
+            else:
+                plans.append(
+                    FieldPlan(info.name, info.path, "withhold", "no action names it (default deny)")
+                )
+        return tuple(plans)
+
+
+def _mark_derived(plans: tuple[FieldPlan, ...], derived: set[str]) -> tuple[FieldPlan, ...]:
+    out: list[FieldPlan] = []
+    for p in plans:
+        if p.path in derived:
+            out.append(FieldPlan(p.name, p.path, "derived", "filled by a generalised birth date"))
+        elif p.children:
+            out.append(
+                FieldPlan(
+                    p.name,
+                    p.path,
+                    p.kind,
+                    p.reason,
+                    _mark_derived(p.children, derived),
+                    p.transform,
+                    p.when,
+                )
+            )
+        else:
+            out.append(p)
+    return tuple(out)
+
+
+def _condition_value_problem(info: FieldInfo, value: Scalar) -> str | None:
+    if value is None:
+        return None if info.nullable else "the field is required, it is never null"
+    kind = info.kind
+    if kind == "boolean":
+        return None if isinstance(value, bool) else "expected true or false"
+    if kind == "enum":
+        if value in info.symbols:
+            return None
+        return f"not a symbol of the enum; expected one of {', '.join(info.symbols)}"
+    if kind == "string":
+        return None if isinstance(value, str) else "expected a string"
+    if kind in _INT_KINDS:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else "expected a whole number"
+    return f"conditions apply to booleans, enums, strings and whole numbers, not {kind}"
+
+
+def _reference_field(schema: Schema) -> str | None:
+    for info in schema.fields:
+        if info.kind in _TIMESTAMP_KINDS and not info.nullable:
+            return info.path
+    return None
+
+
+def _check_pairs(path: str, rules: list[Rule], scope: str | None) -> None:
+    for i, later in enumerate(rules):
+        for earlier in rules[:i]:
+            if earlier.plan.event_type != later.plan.event_type:
+                continue
+            if earlier.plan.same_release(later.plan):
+                continue
+            if earlier.when is not None and earlier.when.disjoint(later.when):
+                continue
+            if later.when is not None and later.when.disjoint(earlier.when):
+                continue
+            shared = scope or earlier.selector.may_overlap(later.selector)
+            if shared is None:
+                continue
             raise PolicyError(
-                f"rule '{rule.id}': field '{path}' is required by {schema.full_name} and cannot "
-                "be dropped; remove the line (required fields always leave)",
-                file=str(document.path),
-                line=line,
+                f"rules '{earlier.rule_id}' (line {earlier.line}) and '{later.rule_id}' both "
+                f"cover {shared} for {later.plan.event_type} but release different views; a "
+                "recipient must fall under one rule only: narrow 'to' (e.g. except: {groups: "
+                "[EU]}) or give the rules exclusive 'when' conditions",
+                file=path,
+                line=later.line,
             )
 
 
@@ -281,7 +706,9 @@ def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
     """Validate a policy document against the schemas and compile it.
 
     :raises PolicyError: naming file, line and fix: bad structure, unknown event type or field
-        path, dropping a required field, or a duplicate rule id.
+        path, dropping a required field, an action that does not fit the field's type, a bad
+        condition, a duplicate rule id, or two rules that could cover the same recipient with
+        different plans.
     """
     model = load_model(document, PolicyModel, "policy", PolicyError)
     events = set(registry.event_types)
@@ -312,8 +739,16 @@ def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
                 file=str(document.path),
                 line=document.line_of(("rules", index, "to")),
             )
+        if rule.handling.code == "H3" and not rule.handling.conditions:
+            raise PolicyError(
+                f"rule '{rule.id}': handling code H3 needs 'conditions' stating the restrictions",
+                file=str(document.path),
+                line=document.line_of(("rules", index, "handling")),
+            )
         schema = registry.get(rule.event)
-        _validate_paths(schema, rule, document, index)
+        compiler = _Compiler(schema, rule, document, index)
+        compiler.check_paths()
+        fields = _mark_derived(compiler.compile(schema.fields, "withhold"), compiler.derived)
         handling = Handling(
             code=rule.handling.code,
             purpose=rule.handling.purpose,
@@ -323,21 +758,20 @@ def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
             retention_days=rule.handling.retention_days,
             conditions=rule.handling.conditions,
         )
-        if handling.code == "H3" and not handling.conditions:
-            raise PolicyError(
-                f"rule '{rule.id}': handling code H3 needs 'conditions' stating the restrictions",
-                file=str(document.path),
-                line=document.line_of(("rules", index, "handling")),
-            )
         selector = Selector(
             frozenset(to.agencies),
             frozenset(to.groups),
             frozenset(to.countries),
             to.all,
-            frozenset(to.except_),
+            frozenset(to.except_.agencies),
+            frozenset(to.except_.groups),
+            frozenset(to.except_.countries),
+            frozenset(to.legal_basis),
         )
-        plan = compile_plan(schema, rule.id, handling, rule.fields)
-        rules.append(Rule(rule.id, selector, plan, line))
+        plan = Plan(rule.id, schema.full_name, handling, fields, _reference_field(schema))
+        when = compiler.when(rule.when, ("rules", index, "when"))
+        rules.append(Rule(rule.id, selector, when, plan, line))
+    _check_pairs(str(document.path), rules, None)
     header = model.policy
     return Policy(
         policy_id=f"{header.id}@{header.version}",
@@ -354,3 +788,118 @@ def load_policy(path: Path, registry: SchemaRegistry) -> Policy:
     :raises PolicyError: the file is missing, not YAML, or invalid.
     """
     return parse_policy(read_yaml(path, "policy file", PolicyError), registry)
+
+
+# --- applying ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Trail:
+    withheld: list[str] = field(default_factory=list)
+    transformed: list[str] = field(default_factory=list)
+
+    def add(self, bucket: list[str], path: str) -> None:
+        if path not in bucket:
+            bucket.append(path)
+
+
+def _apply(
+    plans: tuple[FieldPlan, ...],
+    record: Mapping[str, object],
+    root: Mapping[str, object],
+    ctx: Context,
+) -> dict[str, object]:
+    out: dict[str, object] = {}
+    derived: dict[str, object] = {}
+    for plan in plans:
+        value = record.get(plan.name)
+        if plan.kind == "derived":
+            continue
+        if plan.when is not None and not plan.when.holds(root):
+            out[plan.name] = None
+        elif plan.kind == "keep":
+            out[plan.name] = value
+        elif plan.kind == "withhold":
+            out[plan.name] = None
+        elif plan.kind == "transform":
+            assert plan.transform is not None
+            result = apply_transform(plan.transform, value, ctx)
+            if isinstance(plan.transform, AgeBand):
+                out[plan.name] = None
+                derived[plan.transform.into] = result
+            else:
+                out[plan.name] = result
+        elif value is None:
+            out[plan.name] = None
+        elif isinstance(value, list):
+            out[plan.name] = [
+                _apply(plan.children, item, root, ctx) if isinstance(item, Mapping) else None
+                for item in value
+            ]
+        elif isinstance(value, Mapping):
+            out[plan.name] = _apply(plan.children, value, root, ctx)
+        else:  # a scalar where the schema has a record: never release it
+            out[plan.name] = None
+    for plan in plans:
+        if plan.kind == "derived":
+            out[plan.name] = derived.get(plan.name)
+    return out
+
+
+def _list_paths(plans: tuple[FieldPlan, ...], root: Mapping[str, object], trail: _Trail) -> None:
+    """Fill ``trail`` from the plan alone: conditions read only top-level event fields, so the
+    lists never depend on whether a nested record or list item happens to hold a value."""
+    for plan in plans:
+        if plan.kind == "withhold" or (plan.when is not None and not plan.when.holds(root)):
+            trail.add(trail.withheld, plan.path)
+        elif plan.kind == "transform":
+            trail.add(trail.transformed, plan.path)
+        elif plan.kind == "descend":
+            _list_paths(plan.children, root, trail)
+
+
+def reference_time(plan: Plan, record: Mapping[str, object], now: datetime) -> datetime:
+    """The instant the event happened (its top-level timestamp), else ``now``."""
+    if plan.reference_field is not None:
+        value = record.get(plan.reference_field)
+        if isinstance(value, datetime):
+            return value
+    return now
+
+
+def apply_plan(
+    plan: Plan,
+    record: Mapping[str, object],
+    *,
+    recipient: str,
+    pseudonymiser: Pseudonymiser | None = None,
+    now: datetime | None = None,
+) -> Released:
+    """The view of ``record`` that ``plan`` releases to ``recipient``.
+
+    Every field the plan does not keep or transform is null. ``withheld`` lists every path the
+    plan withholds (whether or not this record had a value there, so the list does not reveal
+    it) plus those whose condition failed; ``transformed`` the paths released transformed.
+    """
+    trail = _Trail()
+    _list_paths(plan.fields, record, trail)
+    ctx = Context(recipient, pseudonymiser, reference_time(plan, record, now or datetime.now(UTC)))
+    released = _apply(plan.fields, record, record, ctx)
+    return Released(released, tuple(trail.withheld), tuple(trail.transformed))
+
+
+__all__ = [
+    "Denied",
+    "FieldPlan",
+    "Plan",
+    "Policy",
+    "PolicyError",
+    "Released",
+    "Rule",
+    "Selector",
+    "When",
+    "apply_plan",
+    "load_policy",
+    "parse_policy",
+    "reference_time",
+]

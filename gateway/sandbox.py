@@ -32,6 +32,7 @@ class AgencySpec:
     country: str
     groups: tuple[str, ...]
     roles: tuple[str, ...] = ("trace",)
+    legal_bases: tuple[str, ...] = ()
     sink: Literal["kafka", "spool"] = "kafka"
     routes: tuple[dict[str, object], ...] = ()
 
@@ -53,16 +54,18 @@ THREE_AGENCIES: tuple[AgencySpec, ...] = (
         "NL-POL",
         "NL",
         ("EU", "INTERPOL"),
+        legal_bases=("EU-LED",),
         routes=(
             {"event": "fxgw.SeizureEvent", "to": {"groups": ["EU"], "agencies": ["US-ATF"]}},
             *DEFAULT_ROUTES[1:],
         ),
     ),
-    AgencySpec("BE-FPJ", "BE", ("EU", "INTERPOL"), sink="spool"),
+    AgencySpec("BE-FPJ", "BE", ("EU", "INTERPOL"), sink="spool", legal_bases=("EU-LED",)),
     AgencySpec(
         "US-ATF",
         "US",
         ("INTERPOL",),
+        legal_bases=("MLAT-EU-US",),
         routes=(
             {"event": "fxgw.SeizureEvent", "to": {"agencies": ["NL-POL", "BE-FPJ"]}},
             *DEFAULT_ROUTES[1:],
@@ -130,6 +133,8 @@ def build_federation(
         encryption = keys.generate_encryption_key(keys.new_key_id(agency, "encrypt", now))
         keys.write_key_file(key_dir / f"{agency}.sign.key", signing, owner=agency)
         keys.write_key_file(key_dir / f"{agency}.enc.key", encryption, owner=agency)
+        pseudonym = keys.generate_pseudonym_key(keys.new_key_id(agency, "pseudonym", now))
+        keys.write_key_file(key_dir / f"{agency}.pseudonym.key", pseudonym, owner=agency)
         entry = keys.public_entry(
             agency,
             spec.country,
@@ -140,6 +145,7 @@ def build_federation(
             valid_until=now + timedelta(days=365),
         )
         entry["roles"] = list(spec.roles)
+        entry["legal_bases"] = list(spec.legal_bases)
         entries.append(entry)
     trust = {
         "federation": "fxgw-sandbox",
@@ -160,6 +166,7 @@ def build_federation(
             "keys": {
                 "signing": f"keys/{agency}.sign.key",
                 "encryption": [f"keys/{agency}.enc.key"],
+                "pseudonym": f"keys/{agency}.pseudonym.key",
             },
             "trust": {
                 "file": "../trust/trust.yaml",

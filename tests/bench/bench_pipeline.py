@@ -40,9 +40,9 @@ def main() -> None:
     registry = nl.registry
     raw = json.dumps(seizure_nl()).encode()
     event = parse_plain_event(raw, registry)
-    plan = nl.policy.plan_for(event.event_type, nl.trust.agencies[AgencyId("BE-FPJ")])
+    plan = nl.policy.plan_for(event.event_type, nl.trust.agencies[AgencyId("BE-FPJ")], event.record)
     assert isinstance(plan, Plan)
-    released = apply_plan(plan, event.record)
+    released = apply_plan(plan, event.record, recipient="BE-FPJ", pseudonymiser=nl.pseudonymiser)
     body = registry.encode(event.event_type, released.record)
     ring = DataKeyRing()
     public = nl.trust.encryption_key("BE-FPJ", now)
@@ -71,7 +71,9 @@ def main() -> None:
     sealed = do_seal()
     stages: dict[str, Callable[[], object]] = {
         "parse+validate event (JSON)": lambda: parse_plain_event(raw, registry),
-        "apply policy plan": lambda: apply_plan(plan, event.record),
+        "apply policy plan": lambda: apply_plan(
+            plan, event.record, recipient="BE-FPJ", pseudonymiser=nl.pseudonymiser, now=now
+        ),
         "Avro encode released view": lambda: registry.encode(event.event_type, released.record),
         "seal (encrypt + sign)": do_seal,
         "open (verify + decrypt)": lambda: open_envelope(

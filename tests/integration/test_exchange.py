@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -55,12 +56,14 @@ class TestSeizureFanOut:
         assert isinstance(be_record, dict) and isinstance(us_record, dict)
         assert "Jansen" == be_record["persons"][0]["family_name"]
         assert be_record["persons"][0]["address"] is None
-        assert be_record["persons"][0]["identity_document_number"] is None
+        assert "[REDACTED]" == be_record["persons"][0]["identity_document_number"]
         assert "NL-2026-RTM-004512" == be_record["case_reference"]
-        assert us_record["persons"] is None
+        assert re.fullmatch("[A-Z2-7]{26}", us_record["persons"][0]["family_name"])
+        assert us_record["persons"][0]["given_names"] is None
+        assert "30-39" == us_record["persons"][0]["age_band"]
         assert us_record["case_reference"] is None
         assert "FN4711-22" == us_record["firearms"][0]["serial_number"]
-        assert "persons" in us["provenance"]["withheld"]  # type: ignore[index]
+        assert "persons[].given_names" in us["provenance"]["withheld"]  # type: ignore[index]
         assert "persons[].address" in be["provenance"]["withheld"]  # type: ignore[index]
         # values of withheld fields appear nowhere in what was delivered
         for doc, secrets in (
@@ -182,7 +185,10 @@ class TestTraceRoundTrip:
             assert "fxgw.TraceRequest" == request["event_type"]
             record, provenance = request["record"], request["provenance"]
             assert isinstance(record, dict) and isinstance(provenance, dict)
-            assert record["possessor"] is None  # NL-POL's policy withholds the possessor
+            possessor = record["possessor"]
+            assert isinstance(possessor, dict)  # urgent: a pseudonym, no name
+            assert re.fullmatch("[A-Z2-7]{26}", possessor["family_name"])
+            assert possessor["given_names"] is None
             await national_send(federation, "BE-FPJ", trace_response_be(record, provenance))
             await wait_until(lambda: _count(delivered(federation, "NL-POL"), 1), "response at NL")
             response = (await delivered(federation, "NL-POL"))[0]

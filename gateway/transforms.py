@@ -1,0 +1,214 @@
+"""Field transforms of the release policy: redact, pseudonymise, generalise, truncate.
+
+Each transform maps one field value (in the Avro record's Python form) to a value that says less.
+Pure and deterministic: the same value, secret and recipient always give the same result, so a
+recipient can link events about the same person or place without learning who or where.
+
+- **redact** keeps the field and replaces its value with a marker: ``[REDACTED]`` for a string
+  (each item of a list of strings), empty bytes for bytes. The recipient learns that a value
+  exists, not what it is.
+- **pseudonymise** replaces a string with 26 base32 characters of an HMAC-SHA256 under the
+  sending agency's secret (the header's ``transformed`` list tells the recipient which fields hold
+  pseudonyms; there is no marker prefix, because a fixed prefix would contain short originals).
+  The recipient's id is part of the input, so two recipients
+  get different pseudonyms for the same person and cannot join their data on them. Values are
+  normalised (Unicode NFKC, case-folded, spaces collapsed) first, so "JANSEN" and "Jansen" link.
+  A pseudonym never contains the original value.
+- **generalise** lowers precision: a float or double to ``precision`` decimal places or to a
+  ``grid`` of the given size (both round down); an int or long down to a multiple of ``step``; a
+  date to its ``month`` or ``year``; a timestamp to its ``hour``, ``day``, ``month`` or
+  ``year``; a birth date to an ``age_band`` of ``width`` years at the event's date, written into a
+  sibling string field while the date itself is withheld.
+- **truncate** keeps the first ``length`` characters of a string or items of a list.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import math
+import unicodedata
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Literal
+
+REDACTED = "[REDACTED]"
+PSEUDONYM_LENGTH = 26
+_MAX_DERIVATIONS = 1024
+_PSEUDONYM_CONTEXT = b"fxgw.pseudonym.v1\x00"
+
+TimeUnit = Literal["hour", "day", "month", "year"]
+
+
+@dataclass(frozen=True, slots=True)
+class Redact:
+    """Replace the value with a marker of its type."""
+
+    def describe(self) -> str:
+        return "redacted (a marker shows that a value exists)"
+
+
+@dataclass(frozen=True, slots=True)
+class Pseudonymise:
+    """Replace a string with a keyed, per-recipient pseudonym."""
+
+    def describe(self) -> str:
+        return "pseudonymised (HMAC-SHA256, stable per recipient)"
+
+
+@dataclass(frozen=True, slots=True)
+class RoundNumber:
+    """Round a number down to ``precision`` decimals, a ``grid`` size, or a multiple of ``step``."""
+
+    precision: int | None = None
+    grid: float | None = None
+    step: int | None = None
+
+    def describe(self) -> str:
+        if self.precision is not None:
+            return f"generalised to {self.precision} decimal place(s)"
+        if self.grid is not None:
+            return f"generalised to a grid of {self.grid}"
+        return f"generalised to a multiple of {self.step}"
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateTime:
+    """Cut a date or timestamp down to the start of its hour, day, month or year."""
+
+    unit: TimeUnit
+
+    def describe(self) -> str:
+        return f"generalised to the {self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgeBand:
+    """Replace a birth date by an age band (``width`` years) written into the field ``into``."""
+
+    width: int
+    into: str
+
+    def describe(self) -> str:
+        return f"generalised to a {self.width}-year age band in '{self.into}'; the date is withheld"
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    """Keep the first ``length`` characters of a string, or items of a list."""
+
+    length: int
+
+    def describe(self) -> str:
+        return f"truncated to {self.length}"
+
+
+Transform = Redact | Pseudonymise | RoundNumber | TruncateTime | AgeBand | Truncate
+
+
+def _normalise(value: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
+
+
+@dataclass(frozen=True, slots=True)
+class Pseudonymiser:
+    """Makes pseudonyms under one agency's secret."""
+
+    secret: bytes
+
+    def pseudonym(self, value: str, recipient: str) -> str:
+        """The pseudonym of ``value`` for ``recipient``; never contains ``value``."""
+        normal = _normalise(value)
+        message = _PSEUDONYM_CONTEXT + recipient.encode() + b"\x00" + normal.encode()
+        for counter in range(_MAX_DERIVATIONS):
+            digest = hmac.new(self.secret, message + counter.to_bytes(4, "big"), hashlib.sha256)
+            text = base64.b32encode(digest.digest()).decode("ascii")[:PSEUDONYM_LENGTH]
+            # a short original can occur in the output by chance; derive again (still stable)
+            if not value or (value not in text and (not normal or normal not in text.casefold())):
+                return text
+        # only a value of one base32 character could get here, with odds below 2**-800
+        raise ValueError("no pseudonym free of the original could be derived")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a transform may depend on besides the value."""
+
+    recipient: str
+    pseudonymiser: Pseudonymiser | None
+    reference: datetime
+    """The event's own time: age bands are computed at this instant."""
+
+
+_EXACT_INTEGERS = 2.0**52
+
+
+def _round_number(t: RoundNumber, value: float | int) -> float | int:
+    if t.step is not None:
+        return int(value) - int(value) % t.step
+    if t.grid is not None:
+        cell = value / t.grid
+        return value if math.isinf(cell) else math.floor(cell) * t.grid
+    assert t.precision is not None
+    if isinstance(value, int) or abs(value) >= _EXACT_INTEGERS:
+        return value  # no decimals to cut: a float this large is already a whole number
+    factor: int = 10**t.precision
+    return math.floor(value * factor) / factor
+
+
+def _truncate_time(unit: TimeUnit, value: date | datetime) -> date | datetime:
+    if isinstance(value, datetime):
+        if unit == "hour":
+            return value.replace(minute=0, second=0, microsecond=0)
+        if unit == "day":
+            return value.replace(hour=0, minute=0, second=0, microsecond=0)
+        if unit == "month":
+            return value.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        return value.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    if unit == "month":
+        return value.replace(day=1)
+    if unit == "year":
+        return value.replace(month=1, day=1)
+    return value
+
+
+def age_band(born: date, at: date, width: int) -> str | None:
+    """``'30-39'`` for someone born on ``born``, at ``at``, in bands of ``width`` years."""
+    age = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+    if age < 0:
+        return None
+    low = age // width * width
+    return f"{low}-{low + width - 1}"
+
+
+def apply_transform(t: Transform, value: object, ctx: Context) -> object:
+    """``value`` transformed by ``t`` (None stays None). The load-time checks of the policy make
+    sure ``t`` suits the field's type; a value of another type is withheld (None)."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if isinstance(t, Truncate):
+            return value[: t.length]
+        return [apply_transform(t, item, ctx) for item in value]
+    if isinstance(t, Redact):
+        if isinstance(value, bytes):
+            return b""
+        return REDACTED if isinstance(value, str) else None
+    if isinstance(t, Pseudonymise):
+        if isinstance(value, str) and ctx.pseudonymiser is not None:
+            return ctx.pseudonymiser.pseudonym(value, ctx.recipient)
+        return None
+    if isinstance(t, RoundNumber):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return _round_number(t, value)
+        return None
+    if isinstance(t, TruncateTime):
+        return _truncate_time(t.unit, value) if isinstance(value, date) else None
+    if isinstance(t, Truncate):
+        return value[: t.length] if isinstance(value, str) else None
+    if isinstance(t, AgeBand):
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return age_band(value, ctx.reference.date(), t.width)
+        return None
+    raise AssertionError(f"unknown transform {t!r}")  # pragma: no cover
