@@ -1,4 +1,6 @@
-"""The journal of delivered message ids, so that a restart never delivers a message twice.
+"""Journals in the node's state folder: delivered message ids and received events.
+
+The delivered-message journal makes sure a restart never delivers a message twice.
 
 An append-only text file in the node's state folder: one line per delivered envelope,
 ``<message id> <expires at, ms> <recorded at, ms>``. A line is written after the sink took the
@@ -10,9 +12,34 @@ mid-write) is skipped on load; the file is compacted on load when most of it has
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TextIO
 
 from gateway.errors import StorageError
+from gateway.outbound import ReceivedEvent
+
+
+def _open_journal(path: Path, what: str) -> tuple[list[str], TextIO]:
+    """The complete lines of a journal, and the journal opened for appending.
+
+    A torn last line (a crash mid-write) is cut off, so that the next line starts clean.
+
+    :raises StorageError: the file cannot be read or opened.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = path.read_bytes() if path.exists() else b""
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):
+            with path.open("r+b") as f:
+                f.truncate(len(complete))
+                f.flush()
+                os.fsync(f.fileno())
+        lines = complete.decode("utf-8", errors="replace").splitlines()
+        return lines, path.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot open the {what}: {exc}") from exc
 
 
 class DeliveredJournal:
@@ -22,24 +49,21 @@ class DeliveredJournal:
         self._path = path
         self._ids: dict[str, int] = {}
         self.newest_recorded_ms: int | None = None
-        lines = 0
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists():
-                with path.open("r", encoding="utf-8", errors="replace") as f:
-                    for line in f:
-                        lines += 1
-                        self._load_line(line, now_ms)
-            if lines > 1000 and len(self._ids) < lines // 2:
+        lines, self._file = _open_journal(path, "delivered-message journal")
+        for line in lines:
+            self._load_line(line, now_ms)
+        if len(lines) > 1000 and len(self._ids) < len(lines) // 2:
+            self._file.close()
+            try:
                 self._compact()
-            self._file = path.open("a", encoding="utf-8")
-        except OSError as exc:
-            raise StorageError(f"{path}: cannot open the delivered-message journal: {exc}") from exc
+                self._file = path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise StorageError(f"{path}: cannot compact the journal: {exc}") from exc
 
     def _load_line(self, line: str, now_ms: int) -> None:
         parts = line.split()
-        if len(parts) != 3 or not line.endswith("\n"):
-            return  # a torn write: the sink recovery scan covers that record
+        if len(parts) != 3:
+            return
         try:
             expires, recorded = int(parts[1]), int(parts[2])
         except ValueError:
@@ -75,6 +99,61 @@ class DeliveredJournal:
 
     def sync(self) -> None:
         """Flush and fsync what :meth:`remember` wrote.
+
+        :raises StorageError: the disk refused.
+        """
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise StorageError(f"{self._path}: cannot sync: {exc}") from exc
+
+    def close(self) -> None:
+        """Sync and close."""
+        self.sync()
+        self._file.close()
+
+
+class ReceivedEvents(Mapping[str, ReceivedEvent]):
+    """Events delivered from peers, by event id, with the handling they came under.
+
+    The outbound path asks it before releasing: an event that came in under H2, or whose onward
+    transfer is not ALLOWED, is not sent on to anyone but its sender. Lines are
+    ``<event id> <sender> <code> <onward transfer> <forget after, ms>``; an entry is forgotten
+    when the sender's retention ends (or after a year when the sender set none).
+    """
+
+    def __init__(self, path: Path, now_ms: int) -> None:
+        self._path = path
+        self._events: dict[str, tuple[ReceivedEvent, int]] = {}
+        lines, self._file = _open_journal(path, "received-events journal")
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 5 and parts[4].isdigit() and int(parts[4]) > now_ms:
+                event = ReceivedEvent(parts[1], parts[2], parts[3])
+                self._events[parts[0]] = (event, int(parts[4]))
+
+    def __getitem__(self, event_id: str) -> ReceivedEvent:
+        return self._events[event_id][0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._events)
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def remember(self, event_id: str, event: ReceivedEvent, until_ms: int) -> None:
+        """Note a received event (buffered; :meth:`sync` makes it durable)."""
+        self._events[event_id] = (event, until_ms)
+        try:
+            self._file.write(
+                f"{event_id} {event.sender} {event.code} {event.onward_transfer} {until_ms}\n"
+            )
+        except OSError as exc:
+            raise StorageError(f"{self._path}: cannot append: {exc}") from exc
+
+    def sync(self) -> None:
+        """Flush and fsync.
 
         :raises StorageError: the disk refused.
         """

@@ -15,7 +15,7 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from gateway.envelope import Header, UnwrapCache, open_envelope, read_header
+from gateway.envelope import Handling, Header, UnwrapCache, open_envelope, read_header
 from gateway.errors import PeerError, RecordInvalid
 from gateway.keys import AgencyKeys
 from gateway.schemas import SchemaRegistry
@@ -24,6 +24,24 @@ from gateway.trust import TrustList
 
 def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def handling_notice(handling: Handling, sender: str) -> str:
+    """The marking a national system shows with the record, in words."""
+    code = handling.code
+    if code == "H0":
+        return "H0: for preventing and combating crime only"
+    if code == "H1":
+        return f"H1: not to be used in judicial proceedings without the consent of {sender}"
+    if code == "H2":
+        return f"H2: not to be disseminated further without the consent of {sender}"
+    return f"H3: restricted by {sender}: {handling.conditions or 'see the sender'}"
+
+
+def retain_until(header: Header) -> datetime | None:
+    """The end of the retention the sender set, counted from creation; None when unset."""
+    days = header.handling.retention_days
+    return None if days is None else header.created_at + timedelta(days=days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +67,8 @@ class Delivery:
             "policy_rule": h.policy_rule,
             "policy_digest": h.policy_digest.hex(),
             "handling": h.handling.to_avro(),
+            "handling_notice": handling_notice(h.handling, h.sender),
+            "retain_until": _stamp(until) if (until := retain_until(h)) is not None else None,
             "withheld": list(h.withheld),
             "transformed": list(h.transformed),
             "created_at": _stamp(h.created_at),
@@ -78,7 +98,16 @@ class DuplicateDrop:
     digest: bytes
 
 
-Received = Delivery | Rejection | DuplicateDrop
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """An authentic envelope whose retention period ended before it arrived: not delivered and
+    not kept (a handling decision, not a fault)."""
+
+    header: Header
+    digest: bytes
+
+
+Received = Delivery | Rejection | DuplicateDrop | Expired
 
 
 @dataclass(slots=True)
@@ -109,14 +138,27 @@ class InboundCore:
             header = opened.header
             if header.message_id in delivered:
                 return DuplicateDrop(header, opened.digest)
+            until = retain_until(header)
+            if until is not None and until <= now:
+                return Expired(header, opened.digest)
             schema = self.registry.by_fingerprint(header.schema_fingerprint)
             if schema.full_name != header.event_type:
                 raise RecordInvalid(
                     f"header names {header.event_type} but the fingerprint is {schema.full_name}"
                 )
+            if not schema.is_event:
+                raise RecordInvalid(f"{schema.full_name} is not an event type")
             record = self.registry.decode(schema.full_name, opened.plaintext)
         except PeerError as exc:
             return Rejection(exc.reason, str(exc), _try_header(data, self.registry), _sha(data))
+        except (ValueError, TypeError, OverflowError, RecursionError, KeyError) as exc:
+            # bytes a peer crafted to trip a library: still the peer's fault, never a crash
+            return Rejection(
+                "malformed",
+                f"the envelope could not be read ({type(exc).__name__})",
+                _try_header(data, self.registry),
+                _sha(data),
+            )
         return Delivery(header, record, opened.digest, now)
 
 
@@ -127,5 +169,5 @@ def _sha(data: bytes) -> bytes:
 def _try_header(data: bytes, registry: SchemaRegistry) -> Header | None:
     try:
         return read_header(data, registry)[0]
-    except PeerError:
+    except (PeerError, ValueError, TypeError, OverflowError, RecursionError, KeyError):
         return None

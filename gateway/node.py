@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -28,15 +28,28 @@ from typing import TypeVar
 import structlog
 
 from gateway.config import NodeConfig
-from gateway.dedup import DeliveredJournal
+from gateway.dedup import DeliveredJournal, ReceivedEvents
 from gateway.envelope import DataKeyRing, Sealed
 from gateway.errors import ConfigError, InfrastructureError, PeerError, TrustError
-from gateway.inbound import Delivery, DuplicateDrop, InboundCore, Rejection
-from gateway.keys import AgencyKeys, load_encryption_key, load_signing_key
-from gateway.outbound import OutboundCore, Outcome, parse_plain_event
+from gateway.inbound import (
+    Delivery,
+    DuplicateDrop,
+    Expired,
+    InboundCore,
+    Rejection,
+    retain_until,
+)
+from gateway.keys import (
+    AgencyKeys,
+    load_encryption_key,
+    load_pseudonym_key,
+    load_signing_key,
+)
+from gateway.outbound import OutboundCore, Outcome, ReceivedEvent, parse_plain_event
 from gateway.policy import Policy, load_policy
 from gateway.schemas import SchemaRegistry
 from gateway.sinks import KafkaSink, Sink, SpoolSink, delivery_document
+from gateway.transforms import Pseudonymiser
 from gateway.transport import Consumer, Headers, Producer, TopicSpec, ensure_topics, read_topic
 from gateway.trust import TrustList, authority_keys, load_trust_list
 
@@ -60,6 +73,7 @@ class Loaded:
     registry: SchemaRegistry
     trust: TrustList
     policy: Policy
+    pseudonymiser: Pseudonymiser | None
 
 
 def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
@@ -93,15 +107,39 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
             "publish its public entry (fxgw keygen prints it) before starting the node",
             file=str(config.trust_file),
         ) from exc
+    pseudonymiser = None
+    if config.pseudonym_key is not None:
+        pseudonymiser = Pseudonymiser(load_pseudonym_key(config.pseudonym_key).secret)
+    policy = load_checked_policy(
+        config, registry, trust, can_pseudonymise=pseudonymiser is not None
+    )
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically_replace(trust_state, str(trust.version).encode())
+    return Loaded(keys, registry, trust, policy, pseudonymiser)
+
+
+def load_checked_policy(
+    config: NodeConfig, registry: SchemaRegistry, trust: TrustList, *, can_pseudonymise: bool
+) -> Policy:
+    """Load the node's policy and check it against the trust list and the node's keys.
+
+    :raises ConfigError: invalid, another agency's, rules that disagree for some agency, or
+        pseudonyms asked for without a pseudonym secret.
+    """
     policy = load_policy(config.policy_file, registry)
     if policy.agency != config.agency:
         raise ConfigError(
             f"policy belongs to {policy.agency}, but this node is {config.agency}",
             file=str(config.policy_file),
         )
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically_replace(trust_state, str(trust.version).encode())
-    return Loaded(keys, registry, trust, policy)
+    policy.check_against(trust)
+    if policy.uses_pseudonyms and not can_pseudonymise:
+        raise ConfigError(
+            "the policy pseudonymises fields but keys.pseudonym names no secret; create one "
+            "with 'fxgw keygen' and add it to the node config",
+            file=str(config.path),
+        )
+    return policy
 
 
 def write_atomically_replace(path: Path, data: bytes) -> None:
@@ -109,6 +147,14 @@ def write_atomically_replace(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size)
 
 
 class Node:
@@ -127,6 +173,7 @@ class Node:
             routes=config.routes,
             ttl=config.ttl,
             keyring=DataKeyRing(config.data_key_max_age, config.data_key_max_uses),
+            pseudonymiser=loaded.pseudonymiser,
         )
         self.inbound = InboundCore(
             keys=loaded.keys,
@@ -179,8 +226,13 @@ class Node:
             assert c.spool_inbound is not None  # checked by the config model
             sink = SpoolSink(c.spool_inbound)
         journal = DeliveredJournal(c.state_dir / "delivered.journal", _ms(self._now()))
+        self.received = ReceivedEvents(c.state_dir / "received.journal", _ms(self._now()))
+        self.outbound.received = self.received
         await self._recover_deliveries(journal, sink)
-        tasks = [asyncio.create_task(self._inbound_loop(stop, sink, journal), name="inbound")]
+        tasks = [
+            asyncio.create_task(self._inbound_loop(stop, sink, journal), name="inbound"),
+            asyncio.create_task(self._watch_loop(stop, sink), name="watch"),
+        ]
         if c.outbound_topic:
             tasks.append(asyncio.create_task(self._outbound_loop(stop), name="outbound"))
         if c.spool_outbound:
@@ -200,10 +252,72 @@ class Node:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             journal.close()
+            self.received.close()
             await self._exchange.stop()
             if self._local is not self._exchange:
                 await self._local.stop()
             self._log.info("node_stopped", counters=dict(self.counters))
+
+    async def _watch_loop(self, stop: asyncio.Event, sink: Sink) -> None:
+        """Hot reload of the policy and the trust list, and the spool's retention sweep.
+
+        A changed file is loaded and checked in full before it replaces the one in force, between
+        two events; a file that fails keeps the last good version in force and says why.
+        """
+        c = self.config
+        sig = c.trust_file.with_name(c.trust_file.name + ".sig")
+        watched = {"policy": c.policy_file, "trust": c.trust_file, "trust-signature": sig}
+        seen = {name: _stat(path) for name, path in watched.items()}
+        last_sweep = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            changed = {n for n, p in watched.items() if _stat(p) != seen[n]}
+            if changed:
+                seen = {name: _stat(path) for name, path in watched.items()}
+                self.reload({"trust" if n == "trust-signature" else n for n in changed})
+            if isinstance(sink, SpoolSink) and loop.time() - last_sweep > 60:
+                last_sweep = loop.time()
+                for message_id in sink.purge_expired(self._now()):
+                    self.counters["retention_purged"] += 1
+                    self._log.info("retention_purged", message_id=message_id)
+
+    def reload(self, changed: set[str]) -> bool:
+        """Load the changed files (``policy``, ``trust``) and swap them in if all are valid.
+
+        Returns True when the new versions are in force; on any error the old ones stay.
+        """
+        c = self.config
+        try:
+            trust = self.outbound.trust
+            if "trust" in changed:
+                trust = load_trust_list(
+                    c.trust_file,
+                    authority_keys(c.authority_keys),
+                    now=self._now(),
+                    min_version=trust.version,
+                )
+            policy = load_checked_policy(
+                c, self.registry, trust, can_pseudonymise=self.outbound.pseudonymiser is not None
+            )
+        except ConfigError as exc:
+            self.counters["reload_failed"] += 1
+            self._log.error("reload_failed", files=sorted(changed), error=str(exc))
+            return False
+        self.outbound.trust = trust
+        self.inbound.trust = trust
+        self.outbound.policy = policy
+        write_atomically_replace(c.state_dir / "trust-version", str(trust.version).encode())
+        self.counters["reloads"] += 1
+        self._log.info(
+            "reloaded",
+            files=sorted(changed),
+            policy=policy.policy_id,
+            policy_digest=policy.digest.hex(),
+            trust_version=trust.version,
+        )
+        return True
 
     async def _recover_deliveries(self, journal: DeliveredJournal, sink: Sink) -> None:
         """Add to the journal what the sink holds but the journal missed (a crash between the
@@ -406,6 +520,7 @@ class Node:
                     )
                 if batch:
                     journal.sync()
+                    self.received.sync()
                     await self._retry("commit inbox", partial(consumer.commit, batch), stop)
         finally:
             await consumer.stop()
@@ -417,6 +532,12 @@ class Node:
             h = result.header
             await sink.deliver(result, delivery_document(result, self.registry))
             journal.remember(h.message_id, _ms(h.expires_at), _ms(now))
+            until = retain_until(h) or now + timedelta(days=365)
+            self.received.remember(
+                h.event_id,
+                ReceivedEvent(h.sender, h.handling.code, h.handling.onward_transfer),
+                _ms(until),
+            )
             self.counters["delivered"] += 1
             self._log.info(
                 "delivered",
@@ -429,6 +550,16 @@ class Node:
         elif isinstance(result, DuplicateDrop):
             self.counters["duplicates"] += 1
             self._log.info("duplicate_dropped", message_id=result.header.message_id)
+        elif isinstance(result, Expired):
+            h = result.header
+            self.counters["retention_expired"] += 1
+            self._log.info(
+                "retention_expired_not_delivered",
+                message_id=h.message_id,
+                event_id=h.event_id,
+                sender=h.sender,
+                retention_days=h.handling.retention_days,
+            )
         else:
             await self._reject(raw, result)
 

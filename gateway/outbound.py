@@ -8,6 +8,7 @@ closed: no trust-list entry, no valid encryption key). The node publishes and co
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,10 +16,11 @@ from datetime import datetime, timedelta
 from gateway.envelope import DataKeyRing, Header, Sealed, message_id_for, seal
 from gateway.errors import RecordInvalid, UnknownEventType
 from gateway.keys import AgencyKeys
-from gateway.policy import Denied, Policy, apply_plan
+from gateway.policy import Denied, Plan, Policy, apply_plan
 from gateway.routing import Route, route
 from gateway.schemas import SchemaRegistry
-from gateway.trust import TrustList
+from gateway.transforms import Pseudonymiser
+from gateway.trust import PublicKey, TrustList
 from gateway.types import AgencyId, EventId, EventType
 
 
@@ -51,6 +53,22 @@ class Outcome:
     refused: tuple[Refused, ...]
 
 
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a number the federation exchanges")
+
+
+def _check_finite(value: object, path: str) -> None:
+    """NaN and infinities (also from overflowing literals such as 1e400) are refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecordInvalid("not a finite number", field=path or "record")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{path}[{index}]")
+
+
 def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegistry) -> PlainEvent:
     """Parse the national system's JSON form: ``{"event_type", "record", "recipients"?}``.
 
@@ -60,9 +78,9 @@ def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegist
     """
     if isinstance(data, bytes | bytearray):
         try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RecordInvalid("the event is not valid JSON") from exc
+            obj = json.loads(data, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise RecordInvalid(f"the event is not valid JSON ({type(exc).__name__})") from exc
     else:
         obj = data
     if not isinstance(obj, Mapping):
@@ -85,11 +103,34 @@ def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegist
     if not isinstance(raw_record, Mapping):
         raise RecordInvalid("missing or not an object", field="record")
     record = registry.from_json(event_type, raw_record)
+    _check_finite(record, "")
     registry.encode(event_type, record)  # full schema check; raises naming the field
     event_id = record.get("event_id")
     if not isinstance(event_id, str) or not event_id:
         raise RecordInvalid("missing or empty", field="event_id")
     return PlainEvent(EventType(event_type), EventId(event_id), record, tuple(recipients))
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """An event this node received from a peer, with the conditions it came under."""
+
+    sender: str
+    code: str
+    onward_transfer: str
+
+    def forward_refusal(self, recipient: str) -> str | None:
+        """Why ``recipient`` may not be sent this event again, or None if it may."""
+        if recipient == self.sender:
+            return None  # back to the agency it came from is not onward dissemination
+        if self.code == "H2":
+            return f"received from {self.sender} under H2: no onward dissemination without consent"
+        if self.onward_transfer != "ALLOWED":
+            return (
+                f"received from {self.sender} with onward transfer {self.onward_transfer}; "
+                "forwarding needs the sender's consent"
+            )
+        return None
 
 
 @dataclass(slots=True)
@@ -107,6 +148,9 @@ class OutboundCore:
     routes: tuple[Route, ...]
     ttl: timedelta
     keyring: DataKeyRing = field(default_factory=DataKeyRing)
+    pseudonymiser: Pseudonymiser | None = None
+    received: Mapping[str, ReceivedEvent] = field(default_factory=dict)
+    """Events received from peers, by event id: their handling limits forwarding."""
 
     @property
     def agency(self) -> AgencyId:
@@ -121,15 +165,27 @@ class OutboundCore:
         routing = route(
             self.routes, event.event_type, event.record, event.recipients, self.trust, self.agency
         )
+        if self.trust.expires_at <= now:
+            expired = "the trust list in force has expired; install a newer one"
+            return Outcome(
+                event,
+                (),
+                (),
+                tuple(Refused(r, "trust_list_expired", expired) for r in routing.recipients),
+            )
         refused = [
             Refused(name, "unknown_recipient", "not on the trust list") for name in routing.unknown
         ]
         denied: list[Denied] = []
         envelopes: list[Sealed] = []
-        schema = self.registry.get(event.event_type)
+        origin = self.received.get(event.event_id)
         for recipient in routing.recipients:
+            refusal = origin.forward_refusal(recipient) if origin is not None else None
+            if refusal is not None:
+                refused.append(Refused(recipient, "onward_transfer_refused", refusal))
+                continue
             agency = self.trust.agencies[recipient]
-            decision = self.policy.plan_for(event.event_type, agency)
+            decision = self.policy.plan_for(event.event_type, agency, event.record)
             if isinstance(decision, Denied):
                 denied.append(decision)
                 continue
@@ -139,28 +195,40 @@ class OutboundCore:
                     Refused(recipient, "no_recipient_key", "no valid encryption key listed")
                 )
                 continue
-            released = apply_plan(decision, event.record)
-            body = self.registry.encode(event.event_type, released.record)
-            template = Header(
-                message_id=message_id_for(self.agency, event.event_id, recipient),
-                event_id=event.event_id,
-                sender=self.agency,
-                recipient=recipient,
-                event_type=event.event_type,
-                schema_fingerprint=schema.fingerprint,
-                policy_id=self.policy.policy_id,
-                policy_rule=decision.rule_id,
-                policy_digest=self.policy.digest,
-                handling=decision.handling,
-                created_at=now,
-                expires_at=now + self.ttl,
-                withheld=released.withheld,
-                transformed=released.transformed,
-            )
-            data_key = self.keyring.key_for(recipient, public, now)
-            envelopes.append(
-                seal(
-                    template, body, signer=self.keys.signing, data_key=data_key, codec=self.registry
+            try:
+                envelopes.append(self._seal_view(event, recipient, decision, public, now))
+            except (RecordInvalid, ValueError, TypeError, OverflowError) as exc:
+                # the released view could not be built or encoded: refuse this recipient only,
+                # naming the kind of failure but never a value
+                refused.append(
+                    Refused(recipient, "release_failed", f"{type(exc).__name__} in release")
                 )
-            )
         return Outcome(event, tuple(envelopes), tuple(denied), tuple(refused))
+
+    def _seal_view(
+        self, event: PlainEvent, recipient: AgencyId, plan: Plan, public: PublicKey, now: datetime
+    ) -> Sealed:
+        released = apply_plan(
+            plan, event.record, recipient=recipient, pseudonymiser=self.pseudonymiser, now=now
+        )
+        body = self.registry.encode(event.event_type, released.record)
+        template = Header(
+            message_id=message_id_for(self.agency, event.event_id, recipient),
+            event_id=event.event_id,
+            sender=self.agency,
+            recipient=recipient,
+            event_type=event.event_type,
+            schema_fingerprint=self.registry.get(event.event_type).fingerprint,
+            policy_id=self.policy.policy_id,
+            policy_rule=plan.rule_id,
+            policy_digest=self.policy.digest,
+            handling=plan.handling,
+            created_at=now,
+            expires_at=now + self.ttl,
+            withheld=released.withheld,
+            transformed=released.transformed,
+        )
+        data_key = self.keyring.key_for(recipient, public, now)
+        return seal(
+            template, body, signer=self.keys.signing, data_key=data_key, codec=self.registry
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -57,6 +58,7 @@ class KafkaSink:
                 ("fxgw-message-id", h.message_id.encode("utf-8")),
                 ("fxgw-event-type", h.event_type.encode("utf-8")),
                 ("fxgw-sender", h.sender.encode("utf-8")),
+                ("fxgw-handling", h.handling.code.encode("utf-8")),
             ),
         )
 
@@ -86,6 +88,23 @@ class SpoolSink:
     def delivered_ids(self) -> set[str]:
         """Message ids of the files present in the folder."""
         return {p.stem for p in self.directory.glob("*.json")}
+
+    def purge_expired(self, now: datetime) -> list[str]:
+        """Delete the delivered files whose sender-set retention has ended; their message ids.
+
+        The national system is expected to take files promptly; what it leaves here past the
+        retention the sender set is removed, as the handling conditions require.
+        """
+        purged: list[str] = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                until = json.loads(path.read_bytes())["provenance"].get("retain_until")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # not ours, or being taken by the national system right now
+            if isinstance(until, str) and datetime.fromisoformat(until) <= now:
+                path.unlink(missing_ok=True)
+                purged.append(path.stem)
+        return purged
 
 
 def write_atomically(path: Path, data: bytes) -> None:

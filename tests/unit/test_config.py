@@ -1,0 +1,325 @@
+"""The node config and the YAML reader: paths resolved beside the file, errors name file, line."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway._yamlfile import describe_loc, read_yaml
+from gateway.config import DEFAULT_SCHEMAS, NodeConfig, load_config
+from gateway.errors import ConfigError, PolicyError
+from gateway.routing import Route
+from gateway.sandbox import POLICIES, Federation
+
+BASE = """\
+agency: NL-POL
+keys:
+  signing: keys/NL-POL.sign.key
+  encryption: [keys/NL-POL.enc.key]
+trust:
+  file: ../trust/trust.yaml
+  authority_keys:
+    - {id: FED/sign/1, public: "AAAA"}
+policy: ../policies/nl-pol.yaml
+state_dir: state
+exchange:
+  bootstrap_servers: "127.0.0.1:9092"
+local:
+  inbound_topic: nl.inbound
+  quarantine_topic: nl.quarantine
+envelope:
+  ttl_hours: 24
+routes:
+  - event: fxgw.SeizureEvent
+    to: {groups: [EU]}
+"""
+"""A minimal valid node config; the tests below edit one line of it at a time."""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "node"
+    folder.mkdir(exist_ok=True)
+    path = folder / "node.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _edit(old: str, new: str) -> str:
+    assert old in BASE
+    return BASE.replace(old, new, 1)
+
+
+def _error(tmp_path: Path, text: str) -> tuple[ConfigError, Path]:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value, path
+
+
+class TestSandboxConfigs:
+    """The sandbox's node configs load, with relative paths resolved against their folder."""
+
+    @pytest.mark.parametrize("agency", ["NL-POL", "BE-FPJ", "US-ATF"])
+    def test_sandbox_config_loads(self, fed: Federation, agency: str) -> None:
+        """Each node.yaml loads and its key, trust and state paths sit beside it."""
+        path = fed.config(agency)
+        config = load_config(path)
+        folder = path.resolve().parent
+        assert agency == config.agency
+        assert folder / "keys" / f"{agency}.sign.key" == config.signing_key
+        assert (folder / "keys" / f"{agency}.enc.key",) == config.encryption_keys
+        assert config.signing_key.is_file()
+        assert all(p.is_file() for p in config.encryption_keys)
+        assert fed.trust_file is not None
+        assert fed.trust_file.resolve() == config.trust_file.resolve()
+        assert folder / "state" == config.state_dir
+        assert folder / "spool" / "in" == config.spool_inbound
+        assert folder / "spool" / "out" == config.spool_outbound
+
+    def test_absolute_paths_are_kept(self, fed: Federation) -> None:
+        """An absolute path (the sandbox's policy file) is used as written."""
+        config = load_config(fed.config("NL-POL"))
+        assert POLICIES / "nl-pol.yaml" == config.policy_file
+        assert config.policy_file.is_file()
+
+    def test_sandbox_sinks(self, fed: Federation) -> None:
+        """BE-FPJ delivers to its spool folder, the others to their inbound topic."""
+        assert "spool" == load_config(fed.config("BE-FPJ")).sink
+        nl = load_config(fed.config("NL-POL"))
+        assert "kafka" == nl.sink
+        assert fed.local_topic("NL-POL", "inbound") == nl.inbound_topic
+
+    def test_sandbox_routes(self, fed: Federation) -> None:
+        """NL-POL's routes compile to Route values in file order."""
+        routes = load_config(fed.config("NL-POL")).routes
+        assert (
+            Route("fxgw.SeizureEvent", agencies=("US-ATF",), groups=("EU",)),
+            Route(
+                "fxgw.TraceRequest",
+                countries_from=("firearm.manufacture_country", "firearm.import_country"),
+                role="trace",
+            ),
+            Route("fxgw.TraceResponse", agencies_from=("requesting_agency.agency_id",)),
+        ) == routes
+
+    def test_topics_follow_the_prefix(self, fed: Federation) -> None:
+        """Inbox and receipt topics are named from the exchange prefix."""
+        config = load_config(fed.config("US-ATF"))
+        assert fed.inbox("BE-FPJ") == config.inbox_topic("BE-FPJ")
+        assert f"{fed.prefix}.receipts.NL-POL" == config.receipts_topic("NL-POL")
+
+
+class TestLoadConfig:
+    """A hand-written config: resolution and defaults."""
+
+    def test_relative_paths_resolve_against_the_file_not_the_cwd(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Loaded through a relative path from elsewhere, paths still resolve beside the file."""
+        _write(tmp_path, BASE)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        config = load_config(Path("../node/node.yaml"))
+        folder = (tmp_path / "node").resolve()
+        assert folder / "keys" / "NL-POL.sign.key" == config.signing_key
+        assert folder / ".." / "policies" / "nl-pol.yaml" == config.policy_file
+        assert folder / "state" == config.state_dir
+        assert config.state_dir.is_absolute()
+
+    def test_home_is_expanded(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A path starting with ~ is taken from the home folder."""
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        config = load_config(_write(tmp_path, _edit("state_dir: state", "state_dir: ~/fxgw")))
+        assert tmp_path / "home" / "fxgw" == config.state_dir
+
+    def test_defaults(self, tmp_path: Path) -> None:
+        """Unset options take their documented defaults."""
+        config = load_config(_write(tmp_path, BASE))
+        assert isinstance(config, NodeConfig)
+        assert DEFAULT_SCHEMAS == config.schemas_dir
+        assert "fx" == config.topic_prefix
+        assert "127.0.0.1:9092" == config.local_bootstrap
+        assert "kafka" == config.sink
+        assert config.outbound_topic is None
+        assert config.spool_inbound is None
+        assert timedelta(hours=24) == config.ttl
+        assert timedelta(minutes=5) == config.max_skew
+        assert timedelta(days=30) == config.max_lifetime
+        assert 10_000 == config.data_key_max_uses
+        assert (("FED/sign/1", "AAAA"),) == config.authority_keys
+
+    def test_spool_sink_with_a_folder(self, tmp_path: Path) -> None:
+        """A spool sink with spool.inbound_dir needs no inbound topic."""
+        text = _edit("  inbound_topic: nl.inbound\n", "").replace(
+            "routes:", "spool: {inbound_dir: in}\ndelivery: {sink: spool}\nroutes:"
+        )
+        config = load_config(_write(tmp_path, text))
+        assert "spool" == config.sink
+        assert (tmp_path / "node").resolve() / "in" == config.spool_inbound
+
+
+class TestConfigErrors:
+    """Every error names the file, the line and the field at fault."""
+
+    def test_unknown_key(self, tmp_path: Path) -> None:
+        """A key the format does not have is refused (extra="forbid"), at its line."""
+        error, path = _error(
+            tmp_path, _edit("state_dir: state\n", "state_dir: x\nstate_folder: y\n")
+        )
+        assert str(path) == error.file
+        assert 11 == error.line
+        assert "'state_folder'" in error.message
+        assert "not permitted" in error.message
+        assert str(error).startswith(f"{path}:11: ")
+
+    def test_unknown_nested_key(self, tmp_path: Path) -> None:
+        """A misspelt key inside a route names its dotted path and line."""
+        error, _ = _error(tmp_path, _edit("to: {groups: [EU]}", "to: {group: [EU]}"))
+        assert 20 == error.line
+        assert "'routes[0].to.group'" in error.message
+
+    def test_wrong_type(self, tmp_path: Path) -> None:
+        """A value of the wrong type names the field and its line."""
+        error, _ = _error(tmp_path, _edit("ttl_hours: 24", "ttl_hours: a week"))
+        assert 17 == error.line
+        assert "'envelope.ttl_hours'" in error.message
+        assert "number" in error.message
+
+    def test_out_of_range(self, tmp_path: Path) -> None:
+        """A value outside its range names the field."""
+        error, _ = _error(tmp_path, _edit("ttl_hours: 24", "ttl_hours: 0"))
+        assert 17 == error.line
+        assert "'envelope.ttl_hours'" in error.message
+
+    def test_bad_agency_id(self, tmp_path: Path) -> None:
+        """An agency id not of the form CC-NAME names the pattern it must match."""
+        error, _ = _error(tmp_path, _edit("agency: NL-POL", "agency: nl-pol"))
+        assert 1 == error.line
+        assert "'agency'" in error.message
+        assert "[A-Z]{2}" in error.message
+
+    def test_empty_encryption_key_list(self, tmp_path: Path) -> None:
+        """A node needs at least one encryption key."""
+        error, _ = _error(tmp_path, _edit("encryption: [keys/NL-POL.enc.key]", "encryption: []"))
+        assert 4 == error.line
+        assert "'keys.encryption'" in error.message
+
+    def test_missing_required_key(self, tmp_path: Path) -> None:
+        """A missing required key is named."""
+        error, _ = _error(tmp_path, _edit("state_dir: state\n", ""))
+        assert "'state_dir'" in error.message
+        assert "required" in error.message.lower()
+
+    def test_kafka_sink_without_inbound_topic(self, tmp_path: Path) -> None:
+        """The default kafka sink without local.inbound_topic is refused, naming both fields."""
+        error, path = _error(tmp_path, _edit("  inbound_topic: nl.inbound\n", ""))
+        assert str(path) == error.file
+        assert error.line is not None
+        assert "delivery.sink" in error.message
+        assert "local.inbound_topic" in error.message
+
+    def test_spool_sink_without_folder(self, tmp_path: Path) -> None:
+        """A spool sink without spool.inbound_dir is refused, naming the folder option."""
+        error, _ = _error(tmp_path, _edit("routes:", "delivery: {sink: spool}\nroutes:"))
+        assert "spool.inbound_dir" in error.message
+
+    def test_invalid_yaml(self, tmp_path: Path) -> None:
+        """Broken YAML is refused with the line of the fault."""
+        error, path = _error(tmp_path, _edit("state_dir: state\n", "state_dir: state\n  x: y\n"))
+        assert str(path) == error.file
+        assert 11 == error.line
+        assert "not valid YAML" in error.message
+
+    def test_unclosed_bracket(self, tmp_path: Path) -> None:
+        """An unclosed flow list is reported at or just after its line."""
+        error, _ = _error(tmp_path, _edit("ttl_hours: 24", "ttl_hours: [24"))
+        assert "not valid YAML" in error.message
+        assert error.line in (17, 18)
+
+    def test_not_a_mapping(self, tmp_path: Path) -> None:
+        """A file that is not a mapping says so at the top level."""
+        error, _ = _error(tmp_path, "- agency: NL-POL\n")
+        assert "(top level)" in error.message
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A missing file is named."""
+        path = tmp_path / "absent.yaml"
+        with pytest.raises(ConfigError, match="node config not found") as info:
+            load_config(path)
+        assert str(path) == info.value.file
+        assert info.value.line is None
+
+
+class TestReadYaml:
+    """read_yaml keeps the line of every key and item, and names faults."""
+
+    def test_lines_of_keys_and_items(self, tmp_path: Path) -> None:
+        """Keys, nested keys and list items map to their 1-based lines."""
+        path = tmp_path / "f.yaml"
+        path.write_text("a: 1\nb:\n  c: 2\n  d:\n    - x\n    - y\n", encoding="utf-8")
+        document = read_yaml(path, "file")
+        assert {"a": 1, "b": {"c": 2, "d": ["x", "y"]}} == document.data
+        assert 1 == document.line_of(("a",))
+        assert 3 == document.line_of(("b", "c"))
+        assert 6 == document.line_of(("b", "d", 1))
+        assert path.read_bytes() == document.raw
+
+    def test_line_of_falls_back_to_the_deepest_known_prefix(self, tmp_path: Path) -> None:
+        """An unknown location is placed at its nearest known parent."""
+        path = tmp_path / "f.yaml"
+        path.write_text("a: 1\nb:\n  c: 2\n", encoding="utf-8")
+        document = read_yaml(path, "file")
+        assert 3 == document.line_of(("b", "c", "nothing", 4))
+        assert 2 == document.line_of(("b", "missing"))
+        assert 1 == document.line_of(("missing",))
+
+    def test_empty_document(self, tmp_path: Path) -> None:
+        """An empty file is None data with no lines."""
+        path = tmp_path / "f.yaml"
+        path.write_text("", encoding="utf-8")
+        document = read_yaml(path, "file")
+        assert document.data is None
+        assert document.line_of(("a",)) is None
+
+    def test_error_class_is_the_callers(self, tmp_path: Path) -> None:
+        """The error raised is of the class the caller asks for, with the file named."""
+        path = tmp_path / "policy.yaml"
+        path.write_text("rules: [\n", encoding="utf-8")
+        with pytest.raises(PolicyError, match="not valid YAML") as info:
+            read_yaml(path, "policy file", PolicyError)
+        assert str(path) == info.value.file
+        assert info.value.line is not None
+
+    def test_not_utf8(self, tmp_path: Path) -> None:
+        """Bytes that are not UTF-8 are refused, naming what the file was meant to be."""
+        path = tmp_path / "f.yaml"
+        path.write_bytes(b"agency: \xff\xfe\n")
+        with pytest.raises(ConfigError, match="node config is not UTF-8 text"):
+            read_yaml(path, "node config")
+
+    def test_missing(self, tmp_path: Path) -> None:
+        """A missing file is 'not found', naming what it was meant to be."""
+        with pytest.raises(ConfigError, match="trust list not found"):
+            read_yaml(tmp_path / "nothing.yaml", "trust list")
+
+
+class TestDescribeLoc:
+    """describe_loc writes a pydantic location as a dotted path with indexes."""
+
+    @pytest.mark.parametrize(
+        ("loc", "expected"),
+        [
+            (("rules", 2, "to"), "rules[2].to"),
+            (("agency",), "agency"),
+            (("a", "b", "c"), "a.b.c"),
+            (("a", 0, 1, "b"), "a[0][1].b"),
+            ((3,), "[3]"),
+            ((), "(top level)"),
+        ],
+    )
+    def test_describe_loc(self, loc: tuple[str | int, ...], expected: str) -> None:
+        """Names join with dots, indexes in brackets; nothing is the top level."""
+        assert expected == describe_loc(loc)
