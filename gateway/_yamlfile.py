@@ -7,6 +7,7 @@ pydantic validates the structure; :func:`load_model` turns its first error into 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from gateway.errors import ConfigError
 
 Loc = tuple[str | int, ...]
+_UNION_TAG = re.compile(r"^[A-Z][A-Za-z]*Model$|\[|'")
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 
@@ -40,35 +42,66 @@ class YamlDocument:
         return self.lines.get((), None)
 
 
-def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> object:
-    lines.setdefault(loc, node.start_mark.line + 1)
+class _Refused(Exception):
+    """A construct the config files do not admit, at a line."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], seen: set[int]) -> object:
+    line = node.start_mark.line + 1
+    if id(node) in seen:
+        # an alias: config files are read by people, and aliases can expand without bound
+        raise _Refused("anchors and aliases (&, *) are not allowed; write the value out", line)
+    seen.add(id(node))
+    lines.setdefault(loc, line)
     if isinstance(node, yaml.MappingNode):
         result: dict[object, object] = {}
         for key_node, value_node in node.value:
             key = yaml.safe_load(yaml.serialize(key_node))
-            child: Loc = (*loc, key if isinstance(key, str | int) else str(key))
+            if not isinstance(key, str | int):
+                raise _Refused("a key must be a name or a number", key_node.start_mark.line + 1)
+            if key in result:
+                raise _Refused(
+                    f"key '{key}' appears twice in the same block; keep one of them",
+                    key_node.start_mark.line + 1,
+                )
+            child: Loc = (*loc, key)
             lines[child] = key_node.start_mark.line + 1
-            result[key] = _walk(value_node, child, lines)
+            result[key] = _walk(value_node, child, lines, seen)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_walk(item, (*loc, i), lines) for i, item in enumerate(node.value)]
+        return [_walk(item, (*loc, i), lines, seen) for i, item in enumerate(node.value)]
     return yaml.safe_load(yaml.serialize(node))
 
 
-def read_yaml(path: Path, what: str, error: type[ConfigError] = ConfigError) -> YamlDocument:
-    """Parse ``path`` (a ``what``, e.g. "policy file") keeping line numbers.
+def read_bytes(path: Path, what: str, error: type[ConfigError] = ConfigError) -> bytes:
+    """The contents of ``path`` (a ``what``, e.g. "policy file").
 
-    :raises ConfigError: (of class ``error``) the file is missing or not valid YAML (with the
-        line of the fault).
+    :raises ConfigError: (of class ``error``) the file is missing or unreadable.
     """
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError as exc:
         raise error(f"{what} not found", file=str(path)) from exc
     except OSError as exc:
         raise error(f"cannot read {what}: {exc.strerror}", file=str(path)) from exc
+
+
+def parse_yaml(
+    path: Path, raw: bytes, what: str, error: type[ConfigError] = ConfigError
+) -> YamlDocument:
+    """Parse ``raw`` (the contents of ``path``) keeping line numbers.
+
+    :raises ConfigError: (of class ``error``) not valid YAML, a key twice in one block, an
+        alias, or nesting too deep, with the line of the fault.
+    """
     try:
         node = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
+        lines: dict[Loc, int] = {}
+        data = _walk(node, (), lines, set()) if node is not None else None
     except UnicodeDecodeError as exc:
         raise error(f"{what} is not UTF-8 text", file=str(path)) from exc
     except yaml.YAMLError as exc:
@@ -76,9 +109,16 @@ def read_yaml(path: Path, what: str, error: type[ConfigError] = ConfigError) -> 
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise error(f"not valid YAML: {problem}", file=str(path), line=line) from exc
-    lines: dict[Loc, int] = {}
-    data = _walk(node, (), lines) if node is not None else None
+    except _Refused as exc:
+        raise error(f"{exc}", file=str(path), line=exc.line) from exc
+    except RecursionError as exc:
+        raise error(f"{what} is nested too deeply", file=str(path)) from exc
     return YamlDocument(path, data, lines, raw)
+
+
+def read_yaml(path: Path, what: str, error: type[ConfigError] = ConfigError) -> YamlDocument:
+    """Read and parse ``path`` (see :func:`read_bytes` and :func:`parse_yaml`)."""
+    return parse_yaml(path, read_bytes(path, what, error), what, error)
 
 
 def describe_loc(loc: Sequence[str | int]) -> str:
@@ -101,7 +141,13 @@ def load_model(document: YamlDocument, model: type[M], what: str, error: type[Co
         return model.model_validate(document.data)
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
-        loc = tuple(p for p in first["loc"] if isinstance(p, str | int))
+        # pydantic names the member of a union it tried (``literal['keep', ...]``, a model's
+        # class name); the file has no such key, so leave those out of the field path
+        loc = tuple(
+            p
+            for p in first["loc"]
+            if isinstance(p, int) or (isinstance(p, str) and not _UNION_TAG.search(p))
+        )
         field = describe_loc(loc)
         message = first["msg"]
         raise error(

@@ -22,6 +22,7 @@ passed, and raises a :class:`~gateway.errors.PeerError` otherwise. Pure: no I/O,
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ from gateway.errors import (
     NotForUs,
     PeerError,
     Stale,
+    UntrustedSender,
 )
 from gateway.keys import AgencyKeys, SigningKey
 from gateway.trust import PublicKey, TrustList
@@ -92,6 +94,8 @@ class Handling:
         """Build from the Avro record form (already schema-checked)."""
         retention = record["retention_days"]
         conditions = record["conditions"]
+        if retention is not None and not 0 < _int(retention) <= MAX_RETENTION_DAYS:
+            raise MalformedEnvelope(f"retention_days must be 1..{MAX_RETENTION_DAYS}")
         return cls(
             code=str(record["code"]),
             purpose=str(record["purpose"]),
@@ -101,6 +105,10 @@ class Handling:
             retention_days=None if retention is None else _int(retention),
             conditions=None if conditions is None else str(conditions),
         )
+
+
+MAX_RETENTION_DAYS = 36_525
+"""A century: the longest retention a handling code may set (policies are checked against it)."""
 
 
 def _int(value: object) -> int:
@@ -226,6 +234,15 @@ class Opened:
     header: Header
     plaintext: bytes
     digest: bytes
+
+
+EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def is_valid_event_id(value: str) -> bool:
+    """Event ids are 1-128 characters of letters, digits and ``. _ : -``, starting with a letter
+    or digit: safe in file names, journals and log lines on every node."""
+    return EVENT_ID_PATTERN.fullmatch(value) is not None
 
 
 def message_id_for(sender: str, event_id: str, recipient: str) -> MessageId:
@@ -363,6 +380,12 @@ def read_header(data: bytes, codec: Codec) -> tuple[Header, bytes, bytes, bytes]
         raise MalformedEnvelope(f"not an envelope: {exc}") from exc
     if header.format_version != FORMAT_VERSION:
         raise MalformedEnvelope(f"envelope format version {header.format_version} is not spoken")
+    if codec.encode(ENVELOPE_TYPE, record) != data:
+        # Avro admits several encodings of one record (block sizes, trailing bytes); the signed
+        # header bytes are re-encoded from the record, so only the canonical form is accepted.
+        raise MalformedEnvelope("envelope is not in canonical Avro encoding")
+    if not is_valid_event_id(header.event_id):
+        raise MalformedEnvelope("event id has characters or a length outside the federation's rule")
     return header, header_bytes, _bytes(record["ciphertext"]), _bytes(record["signature"])
 
 
@@ -390,7 +413,11 @@ def open_envelope(
     :raises DecryptionFailed: the data key or the body does not decrypt.
     """
     header, header_bytes, ciphertext, signature = read_header(data, codec)
+    if trust.expires_at <= now:
+        raise UntrustedSender("the trust list in force has expired; install a newer one")
     public = trust.signing_key(header.sender, header.sender_key_id, header.created_at)
+    # valid when signed, and still valid now: a key that expired since is no longer accepted
+    trust.signing_key(header.sender, header.sender_key_id, now)
     try:
         nacl.signing.VerifyKey(public).verify(signing_input(header_bytes, ciphertext), signature)
     except (nacl.exceptions.BadSignatureError, ValueError) as exc:
@@ -399,6 +426,11 @@ def open_envelope(
         ) from exc
     if header.recipient != keys.agency:
         raise NotForUs(f"addressed to {header.recipient}, not to {keys.agency}")
+    if header.message_id != message_id_for(header.sender, header.event_id, header.recipient):
+        # a message id chosen freely could shadow another sender's message in our duplicate log
+        raise MalformedEnvelope(
+            "message id is not the one derived from sender, event and recipient"
+        )
     if header.expires_at <= now:
         raise Stale(f"expired at {header.expires_at.isoformat()}")
     if header.created_at > now + max_skew:

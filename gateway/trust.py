@@ -22,7 +22,7 @@ import nacl.exceptions
 import nacl.signing
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from gateway._yamlfile import YamlDocument, load_model, read_yaml
+from gateway._yamlfile import YamlDocument, load_model, parse_yaml, read_bytes
 from gateway.errors import TrustError, UntrustedSender
 from gateway.keys import SigningKey
 from gateway.types import AgencyId, CountryCode, KeyId
@@ -186,7 +186,7 @@ def _verify_signature(
         document = json.loads(signature_file)
         key_id = document["key_id"]
         signature = base64.b64decode(document["signature"], validate=True)
-        if document.get("format") != SIGNATURE_FORMAT:
+        if document.get("format") != SIGNATURE_FORMAT or not isinstance(key_id, str):
             raise ValueError("unknown format")
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise TrustError(f"not a {SIGNATURE_FORMAT} signature file", file=sig_path) from exc
@@ -302,9 +302,13 @@ def load_trust_list(
 
     :raises TrustError: as :func:`parse_trust_list`, or the file cannot be read.
     """
-    document = read_yaml(path, "trust list", TrustError)
+    raw = read_bytes(path, "trust list", TrustError)
     sig_path = Path(f"{path}.sig")
     signature = sig_path.read_bytes() if sig_path.exists() else None
+    if signature is not None:
+        # the authority's signature is checked on the raw bytes before any YAML is parsed
+        _verify_signature(path, raw, signature, authorities)
+    document = parse_yaml(path, raw, "trust list", TrustError)
     return parse_trust_list(document, signature, authorities, now=now, min_version=min_version)
 
 

@@ -271,3 +271,99 @@ class TestDataKeys:
         """The same event to the same recipient always gets the same message id."""
         assert message_id_for("A", "e", "B") == message_id_for("A", "e", "B")
         assert message_id_for("A", "e", "B") != message_id_for("A", "e", "C")
+
+
+class TestHeaderIntegrity:
+    """What a signature alone cannot rule out: ids a sender made up, non-canonical bytes,
+    retention beyond any law, keys or trust lists that have lapsed since signing."""
+
+    def _seal_header(
+        self, registry: SchemaRegistry, trust: TrustList, sender: AgencyKeys, header: Header
+    ) -> bytes:
+        public = trust.encryption_key("BE-FPJ", NOW)
+        assert public is not None
+        data_key = DataKeyRing().key_for(AgencyId("BE-FPJ"), public, NOW)
+        return seal(header, b"x", signer=sender.signing, data_key=data_key, codec=registry).data
+
+    def test_made_up_message_id_is_refused(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """A signed envelope whose message id is not derived from (sender, event, recipient)
+        is malformed: it could otherwise shadow another sender's message as a duplicate."""
+        header = replace(_template(), message_id=message_id_for("US-ATF", "ev-1", "BE-FPJ"))
+        data = self._seal_header(registry, trust, nl_keys, header)
+        with pytest.raises(MalformedEnvelope, match="message id"):
+            _open(registry, trust, be_keys, data)
+
+    @pytest.mark.parametrize("event_id", ["../../etc/passwd", "a\nb", "x" * 129, "-lead"])
+    def test_unsafe_event_id_is_refused(
+        self,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+        event_id: str,
+    ) -> None:
+        """Event ids end up in file names and journals: only the federation's safe alphabet."""
+        header = replace(
+            _template(),
+            event_id=EventId(event_id),
+            message_id=message_id_for("NL-POL", event_id, "BE-FPJ"),
+        )
+        data = self._seal_header(registry, trust, nl_keys, header)
+        with pytest.raises(MalformedEnvelope, match="event id"):
+            _open(registry, trust, be_keys, data)
+
+    @pytest.mark.parametrize("days", [0, 36_526, 2**31 - 1])
+    def test_retention_out_of_range_is_refused(
+        self,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+        days: int,
+    ) -> None:
+        """A retention of zero days or beyond a century is not a handling code we honour."""
+        header = replace(_template(), handling=replace(HANDLING, retention_days=days))
+        data = self._seal_header(registry, trust, nl_keys, header)
+        with pytest.raises(MalformedEnvelope, match="retention_days"):
+            _open(registry, trust, be_keys, data)
+
+    def test_non_canonical_encoding_is_refused(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """The same record written with a different (still decodable) array block layout is
+        refused: only the canonical bytes are accepted, so one message has one digest."""
+        sealed = _seal(registry, trust, nl_keys, b"x")
+        original = sealed.data
+        # the withheld array ("persons",) is one block of count 1 (zigzag 0x02); Avro also
+        # allows a negative count followed by the block's byte size
+        block = b"\x02\x0epersons\x00"
+        assert original.count(block) == 1
+        altered = original.replace(block, b"\x01\x10\x0epersons\x00")
+        assert altered != original
+        with pytest.raises(MalformedEnvelope, match="canonical"):
+            _open(registry, trust, be_keys, altered)
+
+    def test_key_expired_since_signing_is_refused(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """The sender's key must be valid now as well as when it signed."""
+        sealed = _seal(registry, trust, nl_keys, b"x")
+        key = next(
+            k for k in trust.agencies[AgencyId("NL-POL")].keys if k.key_id == nl_keys.signing.key_id
+        )
+        assert key.valid_until is not None
+        later = key.valid_until + timedelta(seconds=1)
+        lapsed = replace(trust, expires_at=later + timedelta(days=1))
+        with pytest.raises(UntrustedSender):
+            _open(registry, lapsed, be_keys, sealed.data, now=later, max_lifetime=timedelta(9999))
+
+    def test_expired_trust_list_refuses_everything(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """A node whose trust list has lapsed opens nothing until a newer one is installed."""
+        sealed = _seal(registry, trust, nl_keys, b"x")
+        lapsed = replace(trust, expires_at=NOW - timedelta(seconds=1))
+        with pytest.raises(UntrustedSender, match="trust list"):
+            _open(registry, lapsed, be_keys, sealed.data)
