@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True, help="the sending node's node.yaml")
     p.add_argument("--policy", help="explain this policy file instead of the node's")
     p.add_argument("--event", required=True, help="a plain event (JSON), as for fxgw send")
-    p.add_argument("--to", required=True, action="append", help="recipient agency id")
+    p.add_argument("--to", required=True, action="extend", nargs="+", help="recipient agency id(s)")
     p.add_argument("--json", action="store_true", help="one JSON object per recipient")
     p.set_defaults(func=cmd_policy_explain)
     p = psub.add_parser("test", help="run the test cases stored beside the policies")

@@ -114,6 +114,10 @@ class DeliveredJournal:
         self._file.close()
 
 
+def _restricted(event: ReceivedEvent) -> bool:
+    return event.code == "H2" or event.onward_transfer != "ALLOWED"
+
+
 class ReceivedEvents(Mapping[str, ReceivedEvent]):
     """Events delivered from peers, by event id, with the handling they came under.
 
@@ -129,9 +133,10 @@ class ReceivedEvents(Mapping[str, ReceivedEvent]):
         lines, self._file = _open_journal(path, "received-events journal")
         for line in lines:
             parts = line.split()
-            if len(parts) == 5 and parts[4].isdigit() and int(parts[4]) > now_ms:
-                event = ReceivedEvent(parts[1], parts[2], parts[3])
-                self._events[parts[0]] = (event, int(parts[4]))
+            if len(parts) == 5 and parts[4].isdigit():
+                self._merge(parts[0], ReceivedEvent(parts[1], parts[2], parts[3]), int(parts[4]))
+        # merged first, then aged: a lapsed strict entry must not leave a permissive one behind
+        self._events = {k: v for k, v in self._events.items() if v[1] > now_ms}
 
     def __getitem__(self, event_id: str) -> ReceivedEvent:
         return self._events[event_id][0]
@@ -142,9 +147,18 @@ class ReceivedEvents(Mapping[str, ReceivedEvent]):
     def __len__(self) -> int:
         return len(self._events)
 
-    def remember(self, event_id: str, event: ReceivedEvent, until_ms: int) -> None:
-        """Note a received event (buffered; :meth:`sync` makes it durable)."""
+    def _merge(self, event_id: str, event: ReceivedEvent, until_ms: int) -> None:
+        held = self._events.get(event_id)
+        if held is not None:
+            if _restricted(held[0]) and not _restricted(event):
+                event = held[0]
+            until_ms = max(until_ms, held[1])
         self._events[event_id] = (event, until_ms)
+
+    def remember(self, event_id: str, event: ReceivedEvent, until_ms: int) -> None:
+        """Note a received event (buffered; :meth:`sync` makes it durable). Two senders may use
+        the same event id: the more restrictive handling of the two is kept."""
+        self._merge(event_id, event, until_ms)
         try:
             self._file.write(
                 f"{event_id} {event.sender} {event.code} {event.onward_transfer} {until_ms}\n"

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from gateway.envelope import DataKeyRing, Header, Sealed, message_id_for, seal
+from gateway.envelope import (
+    DataKeyRing,
+    Header,
+    Sealed,
+    is_valid_event_id,
+    message_id_for,
+    seal,
+)
 from gateway.errors import RecordInvalid, UnknownEventType
 from gateway.keys import AgencyKeys
 from gateway.policy import Denied, Plan, Policy, apply_plan
@@ -106,8 +113,11 @@ def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegist
     _check_finite(record, "")
     registry.encode(event_type, record)  # full schema check; raises naming the field
     event_id = record.get("event_id")
-    if not isinstance(event_id, str) or not event_id:
-        raise RecordInvalid("missing or empty", field="event_id")
+    if not isinstance(event_id, str) or not is_valid_event_id(event_id):
+        raise RecordInvalid(
+            "must be 1-128 letters, digits or . _ : - (starting with a letter or digit)",
+            field="event_id",
+        )
     return PlainEvent(EventType(event_type), EventId(event_id), record, tuple(recipients))
 
 

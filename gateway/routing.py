@@ -74,8 +74,11 @@ def route(
     sender: AgencyId,
 ) -> Routing:
     """The recipients of one event: every matching route plus the explicit list, deduplicated,
-    in a stable order, without the sender. Unknown agency ids are reported, not routed."""
+    in a stable order, without the sender. Unknown agency ids are reported, not routed: by
+    name when the national system or the config named them, by field path when an event field
+    did (an event's values never reach a log line or a quarantine header)."""
     named: list[str] = list(explicit)
+    from_fields: dict[str, str] = {}
     for r in routes:
         if r.event_type != event_type:
             continue
@@ -85,7 +88,9 @@ def route(
         for country in r.countries:
             named.extend(trust.members(country=country))
         for path in r.agencies_from:
-            named.extend(_strings(values_at(record, path)))
+            for name in _strings(values_at(record, path)):
+                named.append(name)
+                from_fields.setdefault(name, f"an agency id in event field '{path}'")
         for path in r.countries_from:
             for country in _strings(values_at(record, path)):
                 members = trust.members(country=country.upper())
@@ -99,7 +104,7 @@ def route(
             continue
         agency = trust.agency(name)
         if agency is None:
-            unknown.append(name)
+            unknown.append(name if name in explicit else from_fields.get(name, name))
         else:
             recipients.append(agency.agency_id)
     return Routing(tuple(recipients), tuple(unknown))

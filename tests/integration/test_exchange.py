@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from gateway.cli import main
 from gateway.demo import seizure_nl, seizure_us, trace_request_nl, trace_response_be
 from gateway.envelope import open_envelope
 from gateway.errors import NotForUs
@@ -212,6 +215,72 @@ class TestUsSeizure:
                 doc = (await delivered(federation, agency))[0]
                 assert doc["record"]["persons"] is None  # type: ignore[index]
                 assert "SW-98312" == doc["record"]["firearms"][0]["serial_number"]  # type: ignore[index]
+
+
+class TestExplainPredictsDelivery:
+    """`fxgw policy explain` is the policy author's preview: what it prints must be what
+    arrives, field for field."""
+
+    async def test_eu_and_non_eu_views_arrive_as_explained(
+        self, federation: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The same seizure reaches BE-FPJ (EU) and US-ATF (non-EU) in two different released
+        forms, each exactly the record, rule, handling and field lists explain predicted."""
+        event = seizure_nl()
+        event_file = tmp_path / "seizure.json"
+        event_file.write_text(json.dumps(event))
+        argv = ["policy", "explain", "-c", str(federation.config("NL-POL"))]
+        argv += ["--event", str(event_file), "--to", "BE-FPJ", "US-ATF", "--json"]
+        capsys.readouterr()
+        assert 0 == await asyncio.to_thread(main, argv)
+        lines = capsys.readouterr().out.splitlines()
+        predicted = {p["recipient"]: p for p in map(json.loads, lines)}
+        assert {"BE-FPJ", "US-ATF"} == set(predicted)
+        assert predicted["BE-FPJ"]["released"] != predicted["US-ATF"]["released"]
+        async with running(federation, "NL-POL", "BE-FPJ", "US-ATF"):
+            await national_send(federation, "NL-POL", event)
+            await wait_until(lambda: _both(federation), "deliveries at BE-FPJ and US-ATF")
+        for agency in ("BE-FPJ", "US-ATF"):
+            (arrived,) = await delivered(federation, agency)
+            provenance = arrived["provenance"]
+            assert isinstance(provenance, dict)
+            expected = predicted[agency]
+            assert expected["released"] == arrived["record"]
+            assert expected["rule"] == provenance["policy_rule"]
+            assert expected["handling"] == provenance["handling"]
+            assert expected["withheld"] == provenance["withheld"]
+            assert expected["transformed"] == provenance["transformed"]
+
+
+class TestOnwardTransfer:
+    """A receiving node refuses to pass on what it was given under H2."""
+
+    async def test_h2_seizure_is_not_forwarded_but_may_go_back(
+        self, federation: Federation
+    ) -> None:
+        """BE-FPJ's national system re-sends NL-POL's H2 seizure to US-ATF and NL-POL: BE-FPJ's
+        node refuses US-ATF (quarantined with the reason) and sends NL-POL its copy back."""
+        async with running(federation, "NL-POL", "BE-FPJ", "US-ATF"):
+            await national_send(federation, "NL-POL", seizure_nl())
+            await wait_until(lambda: _both(federation), "deliveries at BE-FPJ and US-ATF")
+            (received,) = await delivered(federation, "BE-FPJ")
+            provenance = received["provenance"]
+            assert isinstance(provenance, dict)
+            assert "H2" == provenance["handling"]["code"]  # type: ignore[index]
+            onward = {
+                "event_type": "fxgw.SeizureEvent",
+                "record": received["record"],
+                "recipients": ["US-ATF", "NL-POL"],
+            }
+            await national_send(federation, "BE-FPJ", onward)
+            await wait_until(
+                lambda: _count(quarantined(federation, "BE-FPJ"), 1), "refusal at BE-FPJ"
+            )
+            await wait_until(lambda: _count(delivered(federation, "NL-POL"), 1), "back at NL")
+        (refusal,) = await quarantined(federation, "BE-FPJ")
+        assert b"onward_transfer_refused" == refusal.header("fxgw-reason")
+        assert b"US-ATF" == refusal.header("fxgw-recipient")
+        assert 1 == len(await delivered(federation, "US-ATF"))  # only NL-POL's own release
 
 
 async def _both(fed: Federation) -> bool:

@@ -15,9 +15,16 @@ from gateway.config import load_config
 from gateway.demo import seizure_nl, seizure_us, trace_request_nl
 from gateway.envelope import DataKeyRing, Handling, Header, message_id_for, seal
 from gateway.errors import PeerError, RecordInvalid, UnknownEventType
-from gateway.inbound import Delivery, DuplicateDrop, InboundCore, Rejection
+from gateway.inbound import Delivery, DuplicateDrop, Expired, InboundCore, Rejection
 from gateway.keys import AgencyKeys
-from gateway.outbound import OutboundCore, Outcome, PlainEvent, Refused, parse_plain_event
+from gateway.outbound import (
+    OutboundCore,
+    Outcome,
+    PlainEvent,
+    ReceivedEvent,
+    Refused,
+    parse_plain_event,
+)
 from gateway.policy import Denied, Plan, Policy, apply_plan, load_policy
 from gateway.sandbox import Federation
 from gateway.schemas import SchemaRegistry
@@ -112,6 +119,7 @@ def _seal_raw(
     event_type: str = SEIZURE,
     fingerprint: bytes | None = None,
     message_id: str | None = None,
+    handling: Handling | None = None,
 ) -> bytes:
     """An envelope ``sender`` signs for BE-FPJ around ``body``, with a header as given."""
     public = trust.encryption_key("BE-FPJ", NOW)
@@ -126,7 +134,7 @@ def _seal_raw(
         policy_id="test@1",
         policy_rule="test",
         policy_digest=b"\x00" * 32,
-        handling=Handling("H1", "testing", "A", 1, "NONE"),
+        handling=handling or Handling("H1", "testing", "A", 1, "NONE"),
         created_at=NOW,
         expires_at=NOW + TTL,
     )
@@ -536,7 +544,9 @@ class TestParsePlainEvent:
             (("persons", 0, "role"), None, "persons[0].role", "got null"),
             (("recovery_date",), "yesterday", "recovery_date", "YYYY-MM-DD"),
             (("firearms", 0, "colour"), "red", "firearms[0].colour", "unknown field"),
-            (("event_id",), "", "event_id", "missing or empty"),
+            (("event_id",), "", "event_id", "must be 1-128 letters"),
+            (("event_id",), "../../spool/x", "event_id", "must be 1-128 letters"),
+            (("event_id",), "ev 1\nforged line", "event_id", "must be 1-128 letters"),
         ],
     )
     def test_record_errors_name_the_field(
@@ -635,3 +645,69 @@ class TestParsePlainEvent:
         with pytest.raises(RecordInvalid, match=message) as info:
             parse_plain_event(data, registry)
         assert info.value.field is None
+
+
+class TestReceivingSideHandling:
+    """The handling a sender set travels signed in the header; the receiver enforces it."""
+
+    def test_h1_is_marked_in_what_is_delivered(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+    ) -> None:
+        """An H1 delivery carries the notice, the sender's name and the end of retention."""
+        body = registry.encode(SEIZURE, seizure.record)
+        h1 = Handling("H1", "testing", "A", 1, "NONE", 30)
+        data = _seal_raw(registry, trust, nl_keys, body, handling=h1)
+        result = be_inbound.receive(data, NOW, set())
+        assert isinstance(result, Delivery)
+        provenance = result.provenance()
+        assert (
+            "H1: not to be used in judicial proceedings without the consent of NL-POL"
+            == (provenance["handling_notice"])
+        )
+        assert (NOW + timedelta(days=30)).isoformat().replace("+00:00", "Z") == (
+            provenance["retain_until"]
+        )
+
+    def test_delivery_past_its_retention_is_dropped(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+    ) -> None:
+        """An authentic envelope that arrives after the retention its sender set is Expired:
+        not delivered, not quarantined."""
+        body = registry.encode(SEIZURE, seizure.record)
+        short = Handling("H0", "testing", "A", 1, "NONE", 1)
+        data = _seal_raw(registry, trust, nl_keys, body, handling=short)
+        core = be_inbound
+        assert isinstance(core.receive(data, NOW + timedelta(hours=23), set()), Delivery)
+        assert isinstance(core.receive(data, NOW + timedelta(days=1, seconds=1), set()), Expired)
+
+    @pytest.mark.parametrize(
+        ("code", "onward", "refused"),
+        [("H2", "WITH_CONSENT", True), ("H0", "NONE", True), ("H1", "ALLOWED", False)],
+    )
+    def test_forwarding_follows_the_received_handling(
+        self, outbound: OutboundCore, seizure: PlainEvent, code: str, onward: str, refused: bool
+    ) -> None:
+        """An event received from BE-FPJ under H2 (or without onward transfer) is not sent on
+        to US-ATF; it may still go back to BE-FPJ. ALLOWED onward transfer is forwarded."""
+        outbound.received = {seizure.event_id: ReceivedEvent("BE-FPJ", code, onward)}
+        outcome = outbound.release(seizure, NOW)
+        sealed_to = [s.header.recipient for s in outcome.envelopes]
+        assert "BE-FPJ" in sealed_to
+        if refused:
+            assert [("US-ATF", "onward_transfer_refused")] == [
+                (r.recipient, r.reason) for r in outcome.refused
+            ]
+            assert "US-ATF" not in sealed_to
+        else:
+            assert () == outcome.refused
+            assert "US-ATF" in sealed_to

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dedup import DeliveredJournal
+from gateway.dedup import DeliveredJournal, ReceivedEvents
 from gateway.errors import StorageError
+from gateway.outbound import ReceivedEvent
 
 T0 = 1_796_000_000_000
 """A time in ms; entries expire a day (or a minute) after it."""
@@ -258,3 +259,35 @@ class TestDeliveredJournal:
         with pytest.raises(StorageError, match="delivered-message journal") as info:
             DeliveredJournal(path, T0)
         assert str(path) in str(info.value)
+
+
+class TestReceivedEvents:
+    """What came in under which handling, so that the outbound path can refuse to forward it."""
+
+    def test_handling_survives_reopening_until_it_lapses(self, tmp_path: Path) -> None:
+        """An H2 event is remembered across a restart, and forgotten after its retention."""
+        path = tmp_path / "received.journal"
+        events = ReceivedEvents(path, T0)
+        events.remember("ev-1", ReceivedEvent("BE-FPJ", "H2", "NONE"), T0 + DAY)
+        events.close()
+        again = ReceivedEvents(path, T0 + 1)
+        refusal = again["ev-1"].forward_refusal("US-ATF")
+        assert refusal is not None and "H2" in refusal
+        assert again["ev-1"].forward_refusal("BE-FPJ") is None  # back to its sender is allowed
+        again.close()
+        lapsed = ReceivedEvents(path, T0 + DAY + 1)
+        assert "ev-1" not in lapsed
+        lapsed.close()
+
+    def test_same_event_id_from_two_senders_keeps_the_stricter(self, tmp_path: Path) -> None:
+        """A permissive event from one sender never lifts another sender's H2 on the same id,
+        in memory or after reopening."""
+        path = tmp_path / "received.journal"
+        events = ReceivedEvents(path, T0)
+        events.remember("ev-1", ReceivedEvent("BE-FPJ", "H2", "NONE"), T0 + DAY)
+        events.remember("ev-1", ReceivedEvent("US-ATF", "H0", "ALLOWED"), T0 + 2 * DAY)
+        assert "H2" == events["ev-1"].code
+        events.close()
+        again = ReceivedEvents(path, T0 + DAY + 1)
+        assert "H2" == again["ev-1"].code  # kept as long as the longer of the two
+        again.close()

@@ -245,7 +245,8 @@ class TestRoute:
         assert ("US-ATF", "DE-BKA") == routing.recipients
 
     def test_unknown_ids_are_reported_not_routed(self) -> None:
-        """Ids not on the trust list, from any source, land in ``unknown`` in order of mention."""
+        """Ids not on the trust list, from any source, land in ``unknown`` in order of mention;
+        one read from an event field is reported by the field's path, never by its value."""
         record = {"requesting_agency": {"agency_id": "QQ-GONE"}}
         routing = _route(
             Route(SEIZURE, agencies=("ZZ-OLD", "BE-FPJ")),
@@ -254,7 +255,11 @@ class TestRoute:
             explicit=("XX-NOPE",),
         )
         assert ("BE-FPJ",) == routing.recipients
-        assert ("XX-NOPE", "ZZ-OLD", "QQ-GONE") == routing.unknown
+        assert (
+            "XX-NOPE",
+            "ZZ-OLD",
+            "an agency id in event field 'requesting_agency.agency_id'",
+        ) == routing.unknown
 
     def test_agency_ids_are_case_sensitive(self) -> None:
         """An id in the wrong case is not the listed agency: it is unknown."""

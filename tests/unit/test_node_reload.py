@@ -1,0 +1,54 @@
+"""Hot reload: a changed policy is checked in full before it replaces the one in force."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.node import Node
+from gateway.sandbox import POLICIES, build_federation
+from tests.unit.conftest import NOW, repo_file
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    """NL-POL's node (not started: reload needs no Kafka) over its own copy of the policies."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    fed = build_federation(tmp_path / "fed", "127.0.0.1:1", policies=policies, now=NOW)
+    return Node(load_config(fed.config("NL-POL")), now=lambda: NOW)
+
+
+def test_good_policy_replaces_the_one_in_force(node: Node) -> None:
+    """A new version that passes every check is in force for the next event."""
+    path = node.config.policy_file
+    before = node.outbound.policy
+    path.write_text(path.read_text().replace("version: 2", "version: 3", 1))
+    assert node.reload({"policy"})
+    assert node.outbound.policy.policy_id.endswith("@3")
+    assert before.digest != node.outbound.policy.digest
+    assert 1 == node.counters["reloads"]
+
+
+@pytest.mark.parametrize("broken", ["overlapping_rules", "unknown_field_path", "bad_yaml_syntax"])
+def test_bad_policy_keeps_the_last_good_one(node: Node, broken: str) -> None:
+    """A policy that fails its checks is not swapped in; the node says so and goes on."""
+    before = node.outbound.policy
+    source = repo_file("tests", "data", "policies", "broken", f"{broken}.yaml")
+    node.config.policy_file.write_bytes(source.read_bytes())
+    assert not node.reload({"policy"})
+    assert before is node.outbound.policy
+    assert 1 == node.counters["reload_failed"]
+
+
+def test_another_agencys_policy_is_refused(node: Node) -> None:
+    """Dropping BE-FPJ's policy into NL-POL's place is refused (wrong agency)."""
+    before = node.outbound.policy
+    node.config.policy_file.write_bytes(
+        node.config.policy_file.with_name("be-fpj.yaml").read_bytes()
+    )
+    assert not node.reload({"policy"})
+    assert before is node.outbound.policy

@@ -1,0 +1,115 @@
+"""The policy author's commands, run as a user runs them: ``fxgw policy check|test|explain``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.demo import seizure_nl
+from gateway.sandbox import Federation
+from tests.unit.conftest import repo_file
+from tests.unit.test_policy import BROKEN, _expectations
+
+FXGW = str(Path(sys.executable).with_name("fxgw"))
+
+
+def _fxgw(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FXGW, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd or repo_file(),
+    )
+
+
+def test_every_broken_policy_fails_check_naming_its_line() -> None:
+    """`fxgw policy check` exits 1 and reports each broken file at its marked line, with the
+    message and the fix its `# expect:` lines name."""
+    result = _fxgw("policy", "check", *map(str, BROKEN))
+    assert 1 == result.returncode
+    for path in BROKEN:
+        fragments, line = _expectations(path)
+        reports = [r for r in result.stdout.splitlines() if r.startswith(f"error: {path}:")]
+        assert 1 == len(reports), f"{path.name}: {reports}"
+        assert reports[0].startswith(f"error: {path}:{line}: "), reports[0]
+        for fragment in fragments:
+            assert fragment in reports[0], f"{path.name}: {fragment!r} not in {reports[0]!r}"
+
+
+def test_example_policies_pass_check() -> None:
+    """The shipped policies pass `fxgw policy check`."""
+    examples = sorted(
+        str(p) for p in repo_file("policies").glob("*.yaml") if ".test." not in p.name
+    )
+    result = _fxgw("policy", "check", *examples)
+    assert 0 == result.returncode, result.stdout + result.stderr
+    assert len(examples) == result.stdout.count(": ok, ")
+
+
+def test_example_policies_pass_their_tests() -> None:
+    """`fxgw policy test` (run in the repository, as the README says) passes every stored case."""
+    result = _fxgw("policy", "test", "-v")
+    assert 0 == result.returncode, result.stdout + result.stderr
+    summary = result.stdout.splitlines()[-1]
+    passed = int(summary.split()[0])
+    assert passed >= 12 and summary.endswith(" 0 failed")
+    assert passed == result.stdout.count("PASS ")
+
+
+def test_a_wrong_expectation_fails_with_the_field_named(tmp_path: Path) -> None:
+    """A test case that expects a withheld field to arrive fails, naming case and field."""
+    source = repo_file("policies", "nl-pol.test.yaml").read_text()
+    wrong = source.replace("cases:\n", "cases:\n" + _WRONG_CASE, 1)
+    wrong = wrong.replace("policy: nl-pol.yaml", f"policy: {repo_file('policies', 'nl-pol.yaml')}")
+    wrong = wrong.replace("../tests/data/", f"{repo_file('tests', 'data')}/")
+    assert "cases:\n  - name: US-ATF gets no case reference" in wrong
+    path = tmp_path / "nl-pol.test.yaml"
+    path.write_text(wrong)
+    result = _fxgw("policy", "test", str(path))
+    assert 1 == result.returncode
+    assert "FAIL" in result.stdout and "US-ATF gets no case reference" in result.stdout
+    assert "case_reference" in result.stdout
+    assert result.stdout.splitlines()[-1].endswith(" 1 failed")
+
+
+_WRONG_CASE = """\
+  - name: US-ATF gets no case reference (expected wrongly here)
+    event_file: ../tests/data/events/seizure_nl_rotterdam_two_firearms.json
+    expect:
+      US-ATF:
+        rule: seizure-partners
+        fields: {case_reference: RTM-2026-004711}
+
+"""
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_explain_names_the_rule_and_every_field(
+    fed: Federation, tmp_path: Path, as_json: bool
+) -> None:
+    """`fxgw policy explain` says, field by field, what would leave for US-ATF and why; for an
+    agency no rule covers it says nothing would be released."""
+    event = tmp_path / "seizure.json"
+    event.write_text(json.dumps(seizure_nl()))
+    args = ["policy", "explain", "-c", str(fed.config("NL-POL")), "--event", str(event)]
+    result = _fxgw(*args, "--to", "US-ATF", *(["--json"] if as_json else []))
+    assert 0 == result.returncode, result.stderr
+    if as_json:
+        doc = json.loads(result.stdout)
+        assert "seizure-partners" == doc["rule"]
+        outcomes = {f["path"]: f["outcome"] for f in doc["fields"]}
+        assert "withheld" == outcomes["case_reference"]
+        assert "transformed" == outcomes["persons[].family_name"]
+        assert doc["released"]["case_reference"] is None
+    else:
+        assert "released under rule 'seizure-partners'" in result.stdout
+        assert any(
+            line.split()[:2] == ["withheld", "case_reference"]
+            for line in result.stdout.splitlines()
+        )
