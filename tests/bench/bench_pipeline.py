@@ -42,6 +42,9 @@ def main() -> None:
     event = parse_plain_event(raw, registry)
     plan = nl.policy.plan_for(event.event_type, nl.trust.agencies[AgencyId("BE-FPJ")], event.record)
     assert isinstance(plan, Plan)
+    us_agency = nl.trust.agencies[AgencyId("US-ATF")]
+    us_plan = nl.policy.plan_for(event.event_type, us_agency, event.record)
+    assert isinstance(us_plan, Plan) and nl.policy.uses_pseudonyms
     released = apply_plan(plan, event.record, recipient="BE-FPJ", pseudonymiser=nl.pseudonymiser)
     body = registry.encode(event.event_type, released.record)
     ring = DataKeyRing()
@@ -60,7 +63,8 @@ def main() -> None:
         handling=plan.handling,
         created_at=now.replace(microsecond=0),
         expires_at=now.replace(microsecond=0) + timedelta(days=1),
-        withheld=plan.withheld,
+        withheld=released.withheld,
+        transformed=released.transformed,
     )
     cache = UnwrapCache()
 
@@ -71,8 +75,14 @@ def main() -> None:
     sealed = do_seal()
     stages: dict[str, Callable[[], object]] = {
         "parse+validate event (JSON)": lambda: parse_plain_event(raw, registry),
-        "apply policy plan": lambda: apply_plan(
+        "choose rule (plan_for)": lambda: nl.policy.plan_for(
+            event.event_type, us_agency, event.record
+        ),
+        "apply plan, EU view": lambda: apply_plan(
             plan, event.record, recipient="BE-FPJ", pseudonymiser=nl.pseudonymiser, now=now
+        ),
+        "apply plan, non-EU (pseudonyms)": lambda: apply_plan(
+            us_plan, event.record, recipient="US-ATF", pseudonymiser=nl.pseudonymiser, now=now
         ),
         "Avro encode released view": lambda: registry.encode(event.event_type, released.record),
         "seal (encrypt + sign)": do_seal,
