@@ -9,6 +9,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.node import Node
+from gateway.policy import PolicyError
 from gateway.sandbox import POLICIES, build_federation
 from tests.unit.conftest import NOW, repo_file
 
@@ -52,3 +53,16 @@ def test_another_agencys_policy_is_refused(node: Node) -> None:
     )
     assert not node.reload({"policy"})
     assert before is node.outbound.policy
+
+
+def test_node_refuses_to_start_on_an_invalid_policy(tmp_path: Path) -> None:
+    """An invalid policy stops the node before it touches Kafka, naming file and line."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    broken = repo_file("tests", "data", "policies", "broken", "unknown_field_path.yaml")
+    (policies / "nl-pol.yaml").write_bytes(broken.read_bytes())
+    fed = build_federation(tmp_path / "fed", "127.0.0.1:1", policies=policies, now=NOW)
+    with pytest.raises(PolicyError) as info:
+        Node(load_config(fed.config("NL-POL")), now=lambda: NOW)
+    assert str(policies / "nl-pol.yaml") == info.value.file
+    assert info.value.line is not None
