@@ -476,6 +476,22 @@ def parse_line_kind(line: bytes) -> str | None:
         return None
 
 
+def read_entries(folder: Path) -> list[Entry]:
+    """Every complete entry of the log in ``folder``, in order, without verifying the chain
+    (for views such as ``fxgw status``; ``fxgw audit verify`` judges integrity). A line being
+    written by the node at that moment is skipped.
+
+    :raises ConfigError: ``folder`` is not an audit folder or cannot be read.
+    """
+    segments, _ = _read_folder(folder)
+    entries: list[Entry] = []
+    for _, lines in segments:
+        for line in lines:
+            with contextlib.suppress(EntryError):
+                entries.append(parse_line(line))
+    return entries
+
+
 # --- verification and export ---------------------------------------------------------------------
 
 

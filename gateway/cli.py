@@ -287,7 +287,137 @@ def cmd_schema_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- audit ---------------------------------------------------------------------------------------
+
+
+def _pinned_keys(pairs: Sequence[str]) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    for pair in pairs:
+        key_id, _, public = pair.partition("=")
+        try:
+            raw = base64.b64decode(public, validate=True)
+        except ValueError as exc:
+            raise ConfigError(f"--key {key_id}: the public key is not base64") from exc
+        if not key_id or len(raw) != 32:
+            raise ConfigError(f"--key {pair!r}: give ID=BASE64 of a 32-byte Ed25519 public key")
+        keys[key_id] = raw
+    return keys
+
+
+def _node_audit_keys(config_path: str) -> tuple[Path, str, dict[str, bytes]]:
+    """A node's audit folder, agency and checkpoint keys: every signing key the trust list holds
+    for the agency (old ones too, for older checkpoints), and the public half of its key file."""
+    from gateway.config import load_config
+    from gateway.keys import load_signing_key
+    from gateway.trust import authority_keys, load_trust_list
+
+    config = load_config(Path(config_path))
+    keys: dict[str, bytes] = {}
+    errors: list[str] = []
+    try:
+        trust = load_trust_list(
+            config.trust_file, authority_keys(config.authority_keys), now=datetime.now(UTC)
+        )
+        agency = trust.agency(config.agency)
+        for key in agency.keys if agency is not None else ():
+            if key.use == "sign":
+                keys[key.key_id] = key.public
+    except ConfigError as exc:
+        errors.append(str(exc))
+    try:
+        signing = load_signing_key(config.signing_key)
+        keys[signing.key_id] = signing.public
+    except ConfigError as exc:
+        errors.append(str(exc))
+    if not keys:
+        raise ConfigError(
+            "no public key to check the checkpoints with: "
+            + "; ".join(errors)
+            + "; or give --key ID=BASE64",
+            file=str(config.path),
+        )
+    return config.audit_dir, config.agency, keys
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from gateway.auditlog import read_export, verify_export, verify_folder
+
+    pinned = _pinned_keys(args.key or [])
+    target = Path(args.path) if args.path else None
+    keys = pinned
+    source = "given with --key"
+    if target is None or target.is_dir():
+        if args.config and not pinned:
+            folder, _, keys = _node_audit_keys(args.config)
+            source = "the agency's signing keys in the trust list and key file"
+        elif args.config:
+            from gateway.config import load_config
+
+            folder = load_config(Path(args.config)).audit_dir
+        elif target is None:
+            raise ConfigError("give an audit folder or an export file, or -c NODE.yaml")
+        elif not pinned:
+            raise ConfigError("to verify an audit folder, give -c NODE.yaml or --key ID=BASE64")
+        target = target or folder
+        report = verify_folder(target, keys)
+    else:
+        if not pinned:
+            keys = read_export(target)[0]
+            source = "carried by the export: check them against the federation trust list"
+        report = verify_export(target, keys)
+    _print(f"{target}: {'intact' if report.ok else 'NOT INTACT'}")
+    for line in report.summary():
+        _print(f"  {line}")
+    _print(f"  public keys ({source}):")
+    for key_id, public in sorted(keys.items()):
+        _print(f"    {key_id}  {base64.b64encode(public).decode()}")
+    return EXIT_OK if report.ok else EXIT_REJECTED
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from gateway.auditlog import export, verify_export
+
+    pinned = _pinned_keys(args.key or [])
+    agency: str | None = None
+    if args.config:
+        folder, agency, keys = _node_audit_keys(args.config)
+    elif not (args.dir and pinned):
+        raise ConfigError("give -c NODE.yaml, or --dir FOLDER and --key ID=BASE64")
+    folder = Path(args.dir) if args.dir else folder
+    keys = pinned or keys
+    out = Path(args.out)
+    names = export(folder, out, keys, agency=agency, segments=args.segment)
+    report = verify_export(out)
+    _print(f"exported {len(names)} segment(s) of {folder} to {out}: {', '.join(names)}")
+    for line in report.summary():
+        _print(f"  {line}")
+    return EXIT_OK if report.ok else EXIT_REJECTED
+
+
 # --- send and run --------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.auditlog import read_entries
+    from gateway.status import build_view, render, to_json
+
+    config = load_config(Path(args.config))
+    if not config.audit_dir.is_dir():
+        _print(f"{config.audit_dir}: no audit trail yet (the node has not run)")
+        return EXIT_OK
+    entries = [(e.kind, e.at, e.data) for e in read_entries(config.audit_dir)]
+    view = build_view(entries)
+    now = datetime.now(UTC)
+    if args.json:
+        rows = to_json(view, now, config.receipt_timeout)
+        if args.event:
+            rows = [r for r in rows if r["event_id"] == args.event]
+        _print(json.dumps(rows, ensure_ascii=False, indent=1))
+    else:
+        text = render(view, now, config.receipt_timeout, event_id=args.event, limit=args.limit)
+        _print(text.rstrip("\n"))
+    return EXIT_OK
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -434,6 +564,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?")
     p.add_argument("--fields", action="store_true", help="also list every field path")
     p.set_defaults(func=cmd_schema_check)
+
+    p = sub.add_parser("status", help="what became of the messages this node released")
+    p.add_argument("-c", "--config", required=True, help="the node's node.yaml")
+    p.add_argument("--event", help="show the whole fan-out of this event id")
+    p.add_argument("--limit", type=int, default=20, help="latest transfers to list")
+    p.add_argument("--json", action="store_true", help="every transfer, as JSON")
+    p.set_defaults(func=cmd_status)
+    audit = sub.add_parser("audit", help="verify or export the tamper-evident audit trail")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    p = asub.add_parser(
+        "verify",
+        help="check the chain and checkpoint signatures of an audit folder or export",
+        description="Exit 0: intact; 1: something was altered, removed, reordered, inserted or "
+        "cut (the first place is named); 2: the command could not run. A folder's public keys "
+        "come from -c (the trust list's signing keys for the agency, and the public half of its "
+        "key file) or --key; an export's from the export itself, or --key.",
+    )
+    p.add_argument("path", nargs="?", help="an audit folder or an export file (default: -c's)")
+    p.add_argument("-c", "--config", help="the node's node.yaml")
+    p.add_argument("--key", action="append", help="ID=BASE64 public key (repeat for each)")
+    p.set_defaults(func=cmd_audit_verify)
+    p = asub.add_parser(
+        "export", help="write the log, or some segments, with the public keys, as one JSON file"
+    )
+    p.add_argument("-c", "--config", help="the node's node.yaml (folder <state_dir>/audit)")
+    p.add_argument("--dir", help="the audit folder (instead of -c's; needs --key)")
+    p.add_argument("--key", action="append", help="ID=BASE64 public key (repeat for each)")
+    p.add_argument("--out", required=True, help="the export file to write")
+    p.add_argument(
+        "--segment", type=int, action="append", help="segment number to export (default: all)"
+    )
+    p.set_defaults(func=cmd_audit_export)
 
     p = sub.add_parser("send", help="hand plain events (JSON lines) to the node's outbound path")
     p.add_argument("-c", "--config", required=True)

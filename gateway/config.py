@@ -45,6 +45,7 @@ class ExchangeModel(_Strict):
     bootstrap_servers: str
     topic_prefix: str = Field(default="fx", pattern=r"^[A-Za-z0-9._-]+$")
     provision_inboxes: bool = False
+    receipt_timeout_seconds: float = Field(default=300, gt=0)
 
 
 class LocalModel(_Strict):
@@ -126,6 +127,8 @@ class NodeConfig:
     exchange_bootstrap: str
     topic_prefix: str
     provision_inboxes: bool
+    receipt_timeout: timedelta
+    """A released message with no receipt after this long is reported overdue."""
     local_bootstrap: str
     outbound_topic: str | None
     inbound_topic: str | None
@@ -148,6 +151,11 @@ class NodeConfig:
     def receipts_topic(self, agency: str) -> str:
         """The exchange topic an agency reads receipts from."""
         return f"{self.topic_prefix}.receipts.{agency}"
+
+    @property
+    def audit_dir(self) -> Path:
+        """The node's audit trail: segments and checkpoints under the state folder."""
+        return self.state_dir / "audit"
 
 
 def load_config(path: Path) -> NodeConfig:
@@ -189,6 +197,7 @@ def load_config(path: Path) -> NodeConfig:
         exchange_bootstrap=model.exchange.bootstrap_servers,
         topic_prefix=model.exchange.topic_prefix,
         provision_inboxes=model.exchange.provision_inboxes,
+        receipt_timeout=timedelta(seconds=model.exchange.receipt_timeout_seconds),
         local_bootstrap=model.local.bootstrap_servers or model.exchange.bootstrap_servers,
         outbound_topic=model.local.outbound_topic,
         inbound_topic=model.local.inbound_topic,

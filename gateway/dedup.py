@@ -3,21 +3,29 @@
 The delivered-message journal makes sure a restart never delivers a message twice.
 
 An append-only text file in the node's state folder: one line per delivered envelope,
-``<message id> <expires at, ms> <recorded at, ms>``. A line is written after the sink took the
-record and fsynced before the offset is committed. An id is remembered until its envelope
-expires: after that the envelope would be refused as stale anyway. A torn last line (a crash
-mid-write) is skipped on load; the file is compacted on load when most of it has expired.
+``<message id> <expires at, ms> <recorded at, ms> [<envelope sha-256, hex>]``. The time and the
+digest let a duplicate be answered with the very receipt the first copy got. A line is written
+after the sink took the record and fsynced before the offset is committed. An id is remembered
+until its envelope expires: after that the envelope would be refused as stale anyway. A torn
+last line (a crash mid-write) is skipped on load; the file is compacted on load when most of it
+has expired.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from gateway.errors import StorageError
 from gateway.outbound import ReceivedEvent
+
+
+def _line(message_id: str, entry: DeliveredEntry) -> str:
+    digest = f" {entry.digest.hex()}" if entry.digest is not None else ""
+    return f"{message_id} {entry.expires_ms} {entry.recorded_ms}{digest}\n"
 
 
 def _open_journal(path: Path, what: str) -> tuple[list[str], TextIO]:
@@ -42,12 +50,21 @@ def _open_journal(path: Path, what: str) -> tuple[list[str], TextIO]:
         raise StorageError(f"{path}: cannot open the {what}: {exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveredEntry:
+    """When a message was delivered, and the digest of the envelope that delivered it."""
+
+    expires_ms: int
+    recorded_ms: int
+    digest: bytes | None
+
+
 class DeliveredJournal:
     """Message ids delivered and not yet expired; ``in`` tests membership."""
 
     def __init__(self, path: Path, now_ms: int) -> None:
         self._path = path
-        self._ids: dict[str, int] = {}
+        self._ids: dict[str, DeliveredEntry] = {}
         self.newest_recorded_ms: int | None = None
         lines, self._file = _open_journal(path, "delivered-message journal")
         for line in lines:
@@ -62,21 +79,22 @@ class DeliveredJournal:
 
     def _load_line(self, line: str, now_ms: int) -> None:
         parts = line.split()
-        if len(parts) != 3:
+        if len(parts) not in (3, 4):
             return
         try:
             expires, recorded = int(parts[1]), int(parts[2])
+            digest = bytes.fromhex(parts[3]) if len(parts) == 4 else None
         except ValueError:
             return
         self.newest_recorded_ms = max(self.newest_recorded_ms or 0, recorded)
         if expires > now_ms:
-            self._ids[parts[0]] = expires
+            self._ids[parts[0]] = DeliveredEntry(expires, recorded, digest)
 
     def _compact(self) -> None:
         tmp = self._path.with_name(self._path.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:
-            for message_id, expires in self._ids.items():
-                f.write(f"{message_id} {expires} {self.newest_recorded_ms or 0}\n")
+            for message_id, entry in self._ids.items():
+                f.write(_line(message_id, entry))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path)
@@ -87,13 +105,21 @@ class DeliveredJournal:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def remember(self, message_id: str, expires_ms: int, now_ms: int) -> None:
+    def get(self, message_id: str) -> DeliveredEntry | None:
+        """When ``message_id`` was delivered and by which envelope, or None."""
+        return self._ids.get(message_id)
+
+    def remember(
+        self, message_id: str, expires_ms: int, now_ms: int, digest: bytes | None = None
+    ) -> None:
         """Note a delivery (buffered; :meth:`sync` makes it durable)."""
         if message_id in self._ids:
             return
-        self._ids[message_id] = expires_ms
+        entry = DeliveredEntry(expires_ms, now_ms, digest)
+        self._ids[message_id] = entry
+        self.newest_recorded_ms = max(self.newest_recorded_ms or 0, now_ms)
         try:
-            self._file.write(f"{message_id} {expires_ms} {now_ms}\n")
+            self._file.write(_line(message_id, entry))
         except OSError as exc:
             raise StorageError(f"{self._path}: cannot append: {exc}") from exc
 

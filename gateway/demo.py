@@ -23,12 +23,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.auditlog import read_entries, verify_folder
 from gateway.config import load_config
 from gateway.envelope import open_envelope
 from gateway.errors import PeerError
-from gateway.keys import generate_signing_key
+from gateway.keys import generate_signing_key, load_signing_key
 from gateway.node import Node
 from gateway.sandbox import Federation, build_federation
+from gateway.status import build_view
 from gateway.transport import Message, Producer, read_topic
 from gateway.types import KeyId
 
@@ -334,6 +336,13 @@ async def _play(fed: Federation) -> int:
             return len(q) >= 2
 
         await _wait_for(quarantined, "the altered and forged envelopes to be quarantined")
+
+        def receipted() -> bool:
+            return all(
+                n.counters["receipts_received"] >= n.counters["released"] for n in nodes.values()
+            )
+
+        await _wait_for(receipted, "a signed receipt for every envelope released")
         await _report(fed, nodes, tamper_lines)
     finally:
         stop.set()
@@ -375,6 +384,10 @@ async def _report(fed: Federation, nodes: dict[str, Node], tamper_lines: list[st
                 f"    {len(present)} fields present, {len(prov['withheld'])} withheld by the sender"
             )
             _out(f"    present: {', '.join(present[:12])}{' ...' if len(present) > 12 else ''}")
+        view = build_view((e.kind, e.at, e.data) for e in read_entries(node.config.audit_dir))
+        counts = view.counts(datetime.now(UTC), node.config.receipt_timeout)
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        _out(f"  signed receipts back for its releases: {states or 'none released'}")
         quarantine = await read_topic(fed.bootstrap, fed.local_topic(agency, "quarantine"))
         for m in quarantine:
             reason = (m.header("fxgw-reason") or b"").decode()
@@ -398,7 +411,18 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
         _out(f"Kafka ready at {kafka.bootstrap_servers} in {time.monotonic() - started:.1f} s\n")
         fed = build_federation(root / "federation", kafka.bootstrap_servers, prefix="demo")
         code = asyncio.run(_play(fed))
-    _out("Kafka stopped.")
+    _out("Kafka stopped.\n")
+    for agency in AGENCIES:
+        config = load_config(fed.config(agency))
+        public = load_signing_key(config.signing_key)
+        report = verify_folder(config.audit_dir, {public.key_id: public.public})
+        verdict = "intact" if report.ok else "NOT INTACT"
+        _out(
+            f"audit trail of {agency}: {verdict}, {report.entries} entries, "
+            f"{report.checkpoints} signed checkpoints (fxgw audit verify)"
+        )
+        if not report.ok:
+            code = 1
     if not keep and workdir is None:
         shutil.rmtree(root, ignore_errors=True)
     return code

@@ -6,8 +6,12 @@ hands over, writes, and commits offsets only once what it read is durably handle
 
 - outbound: an event's offset is committed after every envelope made from it is acknowledged
   by the exchange cluster (or the event was quarantined locally);
-- inbound: an envelope's offset is committed after the sink holds the delivery and the journal
-  of delivered ids is synced (or the envelope was quarantined).
+- inbound: an envelope's offset is committed after the sink holds the delivery, the journal
+  of delivered ids is synced (or the envelope was quarantined), and its receipt is published;
+- receipts: a receipt's offset is committed after it is recorded.
+
+Every decision is written to the audit trail (:mod:`gateway.auditlog`), and every commit waits
+for the audit trail to be on disk: nothing is acknowledged that is not recorded.
 
 A failure of Kafka or of the disk is retried with back-off, never skipped.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -27,9 +32,10 @@ from typing import TypeVar
 
 import structlog
 
+from gateway.auditlog import AuditLog
 from gateway.config import NodeConfig
 from gateway.dedup import DeliveredJournal, ReceivedEvents
-from gateway.envelope import DataKeyRing, Sealed
+from gateway.envelope import DataKeyRing, Header, Sealed
 from gateway.errors import ConfigError, InfrastructureError, PeerError, TrustError
 from gateway.inbound import (
     Delivery,
@@ -47,6 +53,8 @@ from gateway.keys import (
 )
 from gateway.outbound import OutboundCore, Outcome, ReceivedEvent, parse_plain_event
 from gateway.policy import Policy, load_policy
+from gateway.receipts import Outcome as ReceiptOutcome
+from gateway.receipts import make_receipt, open_receipt
 from gateway.schemas import SchemaRegistry
 from gateway.sinks import KafkaSink, Sink, SpoolSink, delivery_document
 from gateway.transforms import Pseudonymiser
@@ -184,9 +192,44 @@ class Node:
         )
         self.counters: Counter[str] = Counter()
         self.ready = asyncio.Event()
+        self._audit_log: AuditLog | None = None
         self._log = log.bind(agency=config.agency)
 
     # --- wiring ----------------------------------------------------------------------------------
+
+    @property
+    def audit(self) -> AuditLog:
+        """The audit trail (open while the node runs)."""
+        if self._audit_log is None:
+            raise RuntimeError("the audit trail is open only while the node runs")
+        return self._audit_log
+
+    def _record_loaded(self, what: set[str]) -> None:
+        """Audit which policy, trust list and keys are in force (ids and digests only)."""
+        policy, trust, keys = self.outbound.policy, self.outbound.trust, self.outbound.keys
+        if "policy" in what:
+            self.audit.append(
+                "policy_loaded",
+                {"policy_id": policy.policy_id, "policy_digest": policy.digest.hex()},
+            )
+        if "trust" in what:
+            self.audit.append(
+                "trust_loaded",
+                {
+                    "federation": trust.federation,
+                    "version": trust.version,
+                    "digest": trust.digest.hex(),
+                    "expires_at": trust.expires_at.isoformat(),
+                },
+            )
+        if "keys" in what:
+            self.audit.append(
+                "keys_loaded",
+                {
+                    "signing_key_id": keys.signing.key_id,
+                    "encryption_key_ids": [k.key_id for k in keys.encryption],
+                },
+            )
 
     def _exchange_topics(self) -> list[TopicSpec]:
         """Our inbox and receipts topics; with ``provision_inboxes`` (dev and test clusters),
@@ -228,10 +271,13 @@ class Node:
         journal = DeliveredJournal(c.state_dir / "delivered.journal", _ms(self._now()))
         self.received = ReceivedEvents(c.state_dir / "received.journal", _ms(self._now()))
         self.outbound.received = self.received
+        self._audit_log = AuditLog.open(c.audit_dir, self.outbound.keys.signing, now=self._now)
+        self._record_loaded({"policy", "trust", "keys"})
         await self._recover_deliveries(journal, sink)
         tasks = [
             asyncio.create_task(self._inbound_loop(stop, sink, journal), name="inbound"),
             asyncio.create_task(self._watch_loop(stop, sink), name="watch"),
+            asyncio.create_task(self._receipts_loop(stop), name="receipts"),
         ]
         if c.outbound_topic:
             tasks.append(asyncio.create_task(self._outbound_loop(stop), name="outbound"))
@@ -253,6 +299,7 @@ class Node:
             await asyncio.gather(*tasks, return_exceptions=True)
             journal.close()
             self.received.close()
+            self.audit.close()
             await self._exchange.stop()
             if self._local is not self._exchange:
                 await self._local.stop()
@@ -304,12 +351,20 @@ class Node:
         except ConfigError as exc:
             self.counters["reload_failed"] += 1
             self._log.error("reload_failed", files=sorted(changed), error=str(exc))
+            if self._audit_log is not None:
+                self._audit_log.append(
+                    "reload_failed", {"files": sorted(changed), "error": str(exc)}
+                )
+                self._audit_log.sync()
             return False
         self.outbound.trust = trust
         self.inbound.trust = trust
         self.outbound.policy = policy
         write_atomically_replace(c.state_dir / "trust-version", str(trust.version).encode())
         self.counters["reloads"] += 1
+        if self._audit_log is not None:
+            self._record_loaded(changed | {"policy"})
+            self._audit_log.sync()
         self._log.info(
             "reloaded",
             files=sorted(changed),
@@ -340,7 +395,10 @@ class Node:
         for message_id in found:
             if message_id not in journal:
                 journal.remember(message_id, expires, now_ms)
+                # delivered just before a crash, before its audit entry was on disk
+                self.audit.append("delivery_recovered", {"message_id": message_id})
                 added += 1
+        self.audit.sync()
         journal.sync()
         self._log.info("deliveries_recovered", known=len(journal), added=added)
 
@@ -371,6 +429,15 @@ class Node:
         )
         await self._local.send(self.config.quarantine_topic, raw, headers=headers)
         self.counters[f"quarantined_{direction}"] += 1
+        self.audit.append(
+            "quarantine",
+            {
+                "direction": direction,
+                "reason": reason,
+                "sha256": hashlib.sha256(raw).hexdigest(),
+                "bytes": len(raw),
+            },
+        )
 
     # --- outbound --------------------------------------------------------------------------------
 
@@ -391,6 +458,7 @@ class Node:
                     await self._retry(
                         "release", partial(self.release_one, message.value, message.topic), stop
                     )
+                await self._retry("sync audit", self._sync_audit, stop)
                 await self._retry("commit outbound", partial(consumer.commit, batch), stop)
         finally:
             await consumer.stop()
@@ -428,6 +496,26 @@ class Node:
                 rule=h.policy_rule,
                 withheld=len(h.withheld),
             )
+            self.audit.append(
+                "release",
+                {
+                    "message_id": h.message_id,
+                    "event_id": h.event_id,
+                    "event_type": h.event_type,
+                    "recipient": h.recipient,
+                    "policy_id": h.policy_id,
+                    "policy_digest": h.policy_digest.hex(),
+                    "rule": h.policy_rule,
+                    "handling": h.handling.code,
+                    "purpose": h.handling.purpose,
+                    "retention_days": h.handling.retention_days,
+                    "onward_transfer": h.handling.onward_transfer,
+                    "withheld": list(h.withheld),
+                    "transformed": list(h.transformed),
+                    "envelope_sha256": hashlib.sha256(sealed.data).hexdigest(),
+                    "recipient_key_id": h.recipient_key_id,
+                },
+            )
         for denied in outcome.denied:
             self.counters["denied"] += 1
             self._log.info(
@@ -437,6 +525,16 @@ class Node:
                 recipient=denied.recipient,
                 reason=denied.reason,
             )
+            self.audit.append(
+                "release_denied",
+                {
+                    "event_id": event.event_id,
+                    "event_type": event.event_type,
+                    "recipient": denied.recipient,
+                    "reason": denied.reason,
+                    "policy_id": self.outbound.policy.policy_id,
+                },
+            )
         for refused in outcome.refused:
             self.counters["refused"] += 1
             self._log.warning(
@@ -445,6 +543,15 @@ class Node:
                 recipient=refused.recipient,
                 reason=refused.reason,
                 detail=refused.detail,
+            )
+            self.audit.append(
+                "release_refused",
+                {
+                    "event_id": event.event_id,
+                    "event_type": event.event_type,
+                    "recipient": refused.recipient,
+                    "reason": refused.reason,
+                },
             )
             await self._quarantine(
                 raw,
@@ -492,6 +599,7 @@ class Node:
                         await self._retry(
                             "release", partial(self.release_one, line, str(path)), stop
                         )
+                await self._retry("sync audit", self._sync_audit, stop)
                 os.replace(path, done / path.name)
             if not files:
                 with contextlib.suppress(TimeoutError):
@@ -519,6 +627,9 @@ class Node:
                         "deliver", partial(self._receive_one, message.value, sink, journal), stop
                     )
                 if batch:
+                    # audit first: after a crash the trail may hold a delivery the journal
+                    # missed (the recovery scan then finds it in the sink), never the reverse
+                    await self._retry("sync audit", self._sync_audit, stop)
                     journal.sync()
                     self.received.sync()
                     await self._retry("commit inbox", partial(consumer.commit, batch), stop)
@@ -531,7 +642,7 @@ class Node:
         if isinstance(result, Delivery):
             h = result.header
             await sink.deliver(result, delivery_document(result, self.registry))
-            journal.remember(h.message_id, _ms(h.expires_at), _ms(now))
+            journal.remember(h.message_id, _ms(h.expires_at), _ms(now), result.digest)
             until = retain_until(h) or now + timedelta(days=365)
             self.received.remember(
                 h.event_id,
@@ -547,9 +658,25 @@ class Node:
                 sender=h.sender,
                 handling=h.handling.code,
             )
+            self._audit_inbound("delivery", h, result.digest, None)
+            await self._send_receipt(h, result.digest, "DELIVERED", None, now)
         elif isinstance(result, DuplicateDrop):
+            h = result.header
             self.counters["duplicates"] += 1
-            self._log.info("duplicate_dropped", message_id=result.header.message_id)
+            self._log.info("duplicate_dropped", message_id=h.message_id)
+            self._audit_inbound("duplicate", h, result.digest, None)
+            first = journal.get(h.message_id)
+            if first is not None and first.digest == result.digest:
+                # the same envelope again: the same receipt, byte for byte
+                at = datetime.fromtimestamp(first.recorded_ms / 1000, UTC)
+                await self._send_receipt(h, result.digest, "DELIVERED", None, at)
+            else:
+                at = (
+                    datetime.fromtimestamp(first.recorded_ms / 1000, UTC)
+                    if first is not None
+                    else now
+                )
+                await self._send_receipt(h, result.digest, "DUPLICATE", None, at)
         elif isinstance(result, Expired):
             h = result.header
             self.counters["retention_expired"] += 1
@@ -560,8 +687,135 @@ class Node:
                 sender=h.sender,
                 retention_days=h.handling.retention_days,
             )
+            self._audit_inbound("expired", h, result.digest, "retention_expired")
+            await self._send_receipt(h, result.digest, "REJECTED", "retention_expired", now)
         else:
             await self._reject(raw, result)
+            if result.header is not None:
+                await self._send_receipt(
+                    result.header, result.digest, "REJECTED", result.reason, now
+                )
+
+    def _audit_inbound(self, kind: str, h: Header, digest: bytes, reason: str | None) -> None:
+        self.audit.append(
+            kind,
+            {
+                "message_id": h.message_id,
+                "event_id": h.event_id,
+                "event_type": h.event_type,
+                "sender": h.sender,
+                "policy_id": h.policy_id,
+                "policy_digest": h.policy_digest.hex(),
+                "handling": h.handling.code,
+                "envelope_sha256": digest.hex(),
+                "reason": reason,
+            },
+        )
+
+    async def _send_receipt(
+        self,
+        h: Header,
+        digest: bytes,
+        outcome: ReceiptOutcome,
+        reason: str | None,
+        at: datetime,
+    ) -> None:
+        """Publish a signed receipt to the sender's receipts topic. A sender not on the trust
+        list gets none: there is nobody to address it to, and nobody to trust it."""
+        if self.inbound.trust.agency(h.sender) is None or h.recipient != self.config.agency:
+            return
+        receipt = make_receipt(
+            message_id=h.message_id,
+            event_id=h.event_id,
+            sender=h.sender,
+            recipient=self.config.agency,
+            envelope_digest=digest,
+            outcome=outcome,
+            reason=reason,
+            received_at=at,
+            signer=self.outbound.keys.signing,
+            codec=self.registry,
+        )
+        await self._exchange.send(
+            self.config.receipts_topic(h.sender), receipt, key=h.message_id.encode()
+        )
+        self.counters["receipts_sent"] += 1
+        self.audit.append(
+            "receipt_sent",
+            {
+                "message_id": h.message_id,
+                "sender": h.sender,
+                "outcome": outcome,
+                "reason": reason,
+                "receipt_sha256": hashlib.sha256(receipt).hexdigest(),
+            },
+        )
+
+    # --- receipts --------------------------------------------------------------------------------
+
+    async def _receipts_loop(self, stop: asyncio.Event) -> None:
+        """Take in the receipts recipients send back; each is verified and audited."""
+        c = self.config
+        consumer = Consumer(
+            [c.receipts_topic(c.agency)],
+            bootstrap_servers=c.exchange_bootstrap,
+            group_id=f"fxgw.{c.agency}.receipts",
+            client_id=f"fxgw-{c.agency}-receipts",
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.poll(timeout_ms=300, max_records=500)
+                for message in batch:
+                    await self._retry(
+                        "take receipt", partial(self._take_receipt, message.value), stop
+                    )
+                if batch:
+                    await self._retry("sync audit", self._sync_audit, stop)
+                    await self._retry("commit receipts", partial(consumer.commit, batch), stop)
+        finally:
+            await consumer.stop()
+
+    async def _take_receipt(self, raw: bytes) -> None:
+        now = self._now()
+        try:
+            r = open_receipt(
+                raw,
+                trust=self.inbound.trust,
+                codec=self.registry,
+                agency=self.config.agency,
+                now=now,
+            )
+        except PeerError as exc:
+            self.counters["receipts_rejected"] += 1
+            self._log.warning("receipt_rejected", reason=exc.reason, detail=str(exc))
+            await self._quarantine(raw, exc.reason, str(exc), "receipts")
+            return
+        self.counters["receipts_received"] += 1
+        self._log.info(
+            "receipt_received",
+            message_id=r.message_id,
+            recipient=r.recipient,
+            outcome=r.outcome,
+            reason=r.reason,
+        )
+        self.audit.append(
+            "receipt_received",
+            {
+                "message_id": r.message_id,
+                "event_id": r.event_id,
+                "recipient": r.recipient,
+                "outcome": r.outcome,
+                "reason": r.reason,
+                "received_at": r.received_at.isoformat().replace("+00:00", "Z"),
+                "envelope_sha256": r.envelope_digest.hex(),
+                "signing_key_id": r.signing_key_id,
+            },
+        )
+
+    async def _sync_audit(self) -> None:
+        """Make the audit trail durable (before any offset is committed)."""
+        self.audit.sync()
 
     async def _reject(self, raw: bytes, rejection: Rejection) -> None:
         h = rejection.header

@@ -1,0 +1,169 @@
+"""Signed receipts: what a receiving node did with an envelope, told back to its sender.
+
+Pure: :func:`make_receipt` builds and signs one, :func:`open_receipt` checks one. A receipt is an
+Avro ``fxgw.Receipt`` record; its signature is Ed25519 over a context label and the Avro encoding
+of the same record with an empty signature, by the receiving agency's key on the trust list. It
+carries metadata only: ids, the envelope's digest, the outcome and the reason code.
+
+Identity and idempotence: a receipt is about one envelope as received (``message_id`` and
+``envelope_digest``). Ed25519 signatures are deterministic, so the same fields always give the
+same bytes: a node that receives a delivered envelope again answers with the receipt it gave the
+first time, byte for byte, and receipts are never receipted, so there is no loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+import nacl.exceptions
+import nacl.signing
+
+from gateway.envelope import Codec
+from gateway.errors import BadSignature, MalformedEnvelope, NotForUs, PeerError
+from gateway.keys import SigningKey
+from gateway.trust import TrustList
+from gateway.types import AgencyId, EventId, KeyId, MessageId
+
+RECEIPT_TYPE = "fxgw.Receipt"
+FORMAT_VERSION = 1
+_SIGNING_CONTEXT = b"fxgw.receipt.v1\x00"
+
+Outcome = Literal["DELIVERED", "REJECTED", "DUPLICATE"]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One receipt (see ``fxgw.Receipt``)."""
+
+    message_id: MessageId
+    event_id: EventId
+    sender: AgencyId
+    """The envelope's sender: who receives this receipt."""
+    recipient: AgencyId
+    """The envelope's recipient: who issued and signed this receipt."""
+    envelope_digest: bytes
+    outcome: Outcome
+    reason: str | None
+    received_at: datetime
+    signing_key_id: KeyId
+    signature: bytes = b""
+
+    def to_avro(self) -> dict[str, object]:
+        """The Avro record form."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "message_id": self.message_id,
+            "event_id": self.event_id,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "envelope_digest": self.envelope_digest,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "received_at": self.received_at,
+            "signing_key_id": self.signing_key_id,
+            "signature": self.signature,
+        }
+
+
+def _signing_input(receipt: Receipt, codec: Codec) -> bytes:
+    return _SIGNING_CONTEXT + codec.encode(RECEIPT_TYPE, replace(receipt, signature=b"").to_avro())
+
+
+def _millis(moment: datetime) -> datetime:
+    return moment - timedelta(microseconds=moment.microsecond % 1000)
+
+
+def make_receipt(
+    *,
+    message_id: MessageId,
+    event_id: EventId,
+    sender: AgencyId,
+    recipient: AgencyId,
+    envelope_digest: bytes,
+    outcome: Outcome,
+    reason: str | None,
+    received_at: datetime,
+    signer: SigningKey,
+    codec: Codec,
+) -> bytes:
+    """The signed receipt, Avro-encoded (``received_at`` is cut to milliseconds, as Avro keeps
+    it). ``reason`` is required for REJECTED and refused otherwise."""
+    if (outcome == "REJECTED") != (reason is not None):
+        raise ValueError("a reason code goes with REJECTED and only with it")
+    unsigned = Receipt(
+        message_id,
+        event_id,
+        sender,
+        recipient,
+        envelope_digest,
+        outcome,
+        reason,
+        _millis(received_at),
+        signer.key_id,
+    )
+    signed = replace(unsigned, signature=signer.sign(_signing_input(unsigned, codec)))
+    return codec.encode(RECEIPT_TYPE, signed.to_avro())
+
+
+def open_receipt(
+    data: bytes, *, trust: TrustList, codec: Codec, agency: AgencyId, now: datetime
+) -> Receipt:
+    """Check a receipt addressed to ``agency`` (the envelope's sender).
+
+    :raises MalformedEnvelope: not a canonical receipt of a format we speak.
+    :raises NotForUs: a receipt for another sender.
+    :raises UntrustedSender: the issuer or its key is not on the trust list, or not valid now.
+    :raises BadSignature: the signature does not verify.
+    """
+    try:
+        record = codec.decode(RECEIPT_TYPE, data)
+        if codec.encode(RECEIPT_TYPE, record) != data:
+            raise MalformedEnvelope("receipt is not in canonical Avro encoding")
+        receipt = _from_avro(record)
+    except PeerError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedEnvelope(f"not a receipt ({type(exc).__name__})") from exc
+    if receipt.sender != agency:
+        raise NotForUs(f"receipt for {receipt.sender}, not for {agency}")
+    public = trust.signing_key(receipt.recipient, receipt.signing_key_id, now)
+    try:
+        nacl.signing.VerifyKey(public).verify(_signing_input(receipt, codec), receipt.signature)
+    except (nacl.exceptions.BadSignatureError, ValueError) as exc:
+        raise BadSignature(f"receipt signature by {receipt.signing_key_id!r} fails") from exc
+    return receipt
+
+
+def _from_avro(record: dict[str, object]) -> Receipt:
+    if record["format_version"] != FORMAT_VERSION:
+        raise MalformedEnvelope(f"receipt format version {record['format_version']} not spoken")
+    outcome = record["outcome"]
+    if outcome != "DELIVERED" and outcome != "REJECTED" and outcome != "DUPLICATE":
+        raise MalformedEnvelope("unknown receipt outcome")
+    received_at, digest, signature = (
+        record["received_at"],
+        record["envelope_digest"],
+        record["signature"],
+    )
+    if not isinstance(received_at, datetime):
+        raise MalformedEnvelope("received_at is not a timestamp")
+    if not isinstance(digest, bytes) or not isinstance(signature, bytes):
+        raise MalformedEnvelope("digest and signature are bytes")
+    reason = record["reason"]
+    return Receipt(
+        MessageId(str(record["message_id"])),
+        EventId(str(record["event_id"])),
+        AgencyId(str(record["sender"])),
+        AgencyId(str(record["recipient"])),
+        digest,
+        outcome,
+        None if reason is None else str(reason),
+        received_at,
+        KeyId(str(record["signing_key_id"])),
+        signature,
+    )
+
+
+__all__ = ["RECEIPT_TYPE", "Outcome", "Receipt", "make_receipt", "open_receipt"]
