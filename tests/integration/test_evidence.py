@@ -3,6 +3,7 @@ receivers, and an audit trail that verifies and holds no field value."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -10,8 +11,10 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
+from gateway.cli import main
 from gateway.config import load_config
 from gateway.demo import seizure_nl, seizure_us
+from gateway.errors import StorageError
 from gateway.receipts import open_receipt
 from gateway.sandbox import Federation
 from gateway.status import build_view, to_json
@@ -62,7 +65,9 @@ def _released(fed: Federation, agency: str) -> dict[str, str]:
 class TestReceiptsAndStatus:
     """Three agencies; BE-FPJ is made to reject, so both outcomes come back."""
 
-    async def test_one_receipt_per_envelope_and_status_agrees(self, federation: Federation) -> None:
+    async def test_one_receipt_per_envelope_and_status_agrees(
+        self, federation: Federation, capsys: pytest.CaptureFixture[str]
+    ) -> None:
         """Each envelope NL-POL and US-ATF release gets exactly one verified receipt back; the
         senders' status views say delivered where the receiver delivered, rejected (stale) where
         it refused."""
@@ -116,6 +121,14 @@ class TestReceiptsAndStatus:
                 m: ("rejected" if recipient == "BE-FPJ" else "delivered")
                 for m, recipient in released.items()
             } == states
+        capsys.readouterr()
+        assert 0 == main(["status", "-c", str(federation.config("NL-POL")), "--json"])
+        rows = json.loads(capsys.readouterr().out)
+        assert {r["recipient"]: r["state"] for r in rows} == {
+            "BE-FPJ": "rejected",
+            "US-ATF": "delivered",
+        }
+        assert {r["reason"] for r in rows if r["recipient"] == "BE-FPJ"} == {"stale"}
         delivered_at = {
             d["provenance"]["message_id"]  # type: ignore[index]
             for agency in ("NL-POL", "US-ATF")
@@ -149,6 +162,48 @@ class TestReceiptsAndStatus:
         first, second = await _receipts(federation, "NL-POL")
         assert first == second
         assert 1 == len(await delivered(federation, "US-ATF"))
+
+
+class TestAuditFailure:
+    """A node whose audit trail cannot be written takes no new work until it can."""
+
+    async def test_no_offset_is_committed_while_the_audit_cannot_be_synced(
+        self, federation: Federation
+    ) -> None:
+        """US-ATF's disk refuses the audit sync: it says why and delivers nothing further; once
+        the disk is back, the waiting event is delivered and nothing is delivered twice."""
+        with capture_logs() as logs:
+            async with running(federation, "NL-POL", "US-ATF") as nodes:
+                audit = nodes["US-ATF"].audit
+                real_sync = audit.sync
+                broken = True
+
+                def sync() -> None:
+                    if broken:
+                        raise StorageError("audit folder: No space left on device")
+                    real_sync()
+
+                audit.sync = sync  # type: ignore[method-assign]
+                await national_send(federation, "NL-POL", seizure_nl())
+                await wait_until(lambda: _count(delivered(federation, "US-ATF"), 1), "first")
+
+                def stuck() -> bool:
+                    return any(
+                        e["event"] == "retrying" and e.get("what") == "sync audit" for e in logs
+                    )
+
+                await wait_until(stuck, "the node to report the audit failure")
+                await national_send(federation, "NL-POL", seizure_nl())
+                await asyncio.sleep(3)
+                assert 1 == len(await delivered(federation, "US-ATF"))
+                broken = False
+                await wait_until(lambda: _count(delivered(federation, "US-ATF"), 2), "second")
+        assert 2 == len(await delivered(federation, "US-ATF"))
+        assert any("No space left" in str(e.get("error")) for e in logs)
+
+
+async def _count(pending: object, at_least: int) -> bool:
+    return len(await pending) >= at_least  # type: ignore[arg-type, misc]
 
 
 class TestAuditTrail:
