@@ -398,8 +398,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
     from gateway.auditlog import read_entries
+    from gateway.config import load_config
     from gateway.status import build_view, render, to_json
 
     config = load_config(Path(args.config))
