@@ -32,6 +32,7 @@ from typing import TypeVar
 
 import structlog
 
+from gateway.audit import CHECKPOINT
 from gateway.auditlog import AuditLog
 from gateway.config import NodeConfig
 from gateway.dedup import DeliveredJournal, ReceivedEvents
@@ -306,7 +307,9 @@ class Node:
             self._log.info("node_stopped", counters=dict(self.counters))
 
     async def _watch_loop(self, stop: asyncio.Event, sink: Sink) -> None:
-        """Hot reload of the policy and the trust list, and the spool's retention sweep.
+        """Hot reload of the policy and the trust list, the spool's retention sweep, and a signed
+        audit checkpoint each minute in which entries were written (so that a quiet node does
+        not leave its recent entries unsigned for long).
 
         A changed file is loaded and checked in full before it replaces the one in force, between
         two events; a file that fails keeps the last good version in force and says why.
@@ -324,11 +327,16 @@ class Node:
             if changed:
                 seen = {name: _stat(path) for name, path in watched.items()}
                 self.reload({"trust" if n == "trust-signature" else n for n in changed})
-            if isinstance(sink, SpoolSink) and loop.time() - last_sweep > 60:
+            if loop.time() - last_sweep > 60:
                 last_sweep = loop.time()
-                for message_id in sink.purge_expired(self._now()):
-                    self.counters["retention_purged"] += 1
-                    self._log.info("retention_purged", message_id=message_id)
+                if isinstance(sink, SpoolSink):
+                    for message_id in sink.purge_expired(self._now()):
+                        self.counters["retention_purged"] += 1
+                        self._log.info("retention_purged", message_id=message_id)
+                        self.audit.append("retention_purged", {"message_id": message_id})
+                last = self.audit.last
+                if last is not None and last.kind != CHECKPOINT:
+                    await self._retry("audit checkpoint", self._checkpoint_audit, stop)
 
     def reload(self, changed: set[str]) -> bool:
         """Load the changed files (``policy``, ``trust``) and swap them in if all are valid.
@@ -812,6 +820,9 @@ class Node:
                 "signing_key_id": r.signing_key_id,
             },
         )
+
+    async def _checkpoint_audit(self) -> None:
+        self.audit.checkpoint()
 
     async def _sync_audit(self) -> None:
         """Make the audit trail durable (before any offset is committed)."""
