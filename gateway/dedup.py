@@ -50,6 +50,35 @@ def _open_journal(path: Path, what: str) -> tuple[list[str], TextIO]:
         raise StorageError(f"{path}: cannot open the {what}: {exc}") from exc
 
 
+class _Journal:
+    """An append-only journal file: buffered lines, made durable by :meth:`sync`."""
+
+    _path: Path
+    _file: TextIO
+
+    def _append(self, line: str) -> None:
+        try:
+            self._file.write(line)
+        except OSError as exc:
+            raise StorageError(f"{self._path}: cannot append: {exc}") from exc
+
+    def sync(self) -> None:
+        """Flush and fsync what was appended.
+
+        :raises StorageError: the disk refused.
+        """
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise StorageError(f"{self._path}: cannot sync: {exc}") from exc
+
+    def close(self) -> None:
+        """Sync and close."""
+        self.sync()
+        self._file.close()
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveredEntry:
     """When a message was delivered, and the digest of the envelope that delivered it."""
@@ -59,7 +88,7 @@ class DeliveredEntry:
     digest: bytes | None
 
 
-class DeliveredJournal:
+class DeliveredJournal(_Journal):
     """Message ids delivered and not yet expired; ``in`` tests membership."""
 
     def __init__(self, path: Path, now_ms: int) -> None:
@@ -118,33 +147,14 @@ class DeliveredJournal:
         entry = DeliveredEntry(expires_ms, now_ms, digest)
         self._ids[message_id] = entry
         self.newest_recorded_ms = max(self.newest_recorded_ms or 0, now_ms)
-        try:
-            self._file.write(_line(message_id, entry))
-        except OSError as exc:
-            raise StorageError(f"{self._path}: cannot append: {exc}") from exc
-
-    def sync(self) -> None:
-        """Flush and fsync what :meth:`remember` wrote.
-
-        :raises StorageError: the disk refused.
-        """
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except OSError as exc:
-            raise StorageError(f"{self._path}: cannot sync: {exc}") from exc
-
-    def close(self) -> None:
-        """Sync and close."""
-        self.sync()
-        self._file.close()
+        self._append(_line(message_id, entry))
 
 
 def _restricted(event: ReceivedEvent) -> bool:
     return event.code == "H2" or event.onward_transfer != "ALLOWED"
 
 
-class ReceivedEvents(Mapping[str, ReceivedEvent]):
+class ReceivedEvents(_Journal, Mapping[str, ReceivedEvent]):
     """Events delivered from peers, by event id, with the handling they came under.
 
     The outbound path asks it before releasing: an event that came in under H2, or whose onward
@@ -185,25 +195,4 @@ class ReceivedEvents(Mapping[str, ReceivedEvent]):
         """Note a received event (buffered; :meth:`sync` makes it durable). Two senders may use
         the same event id: the more restrictive handling of the two is kept."""
         self._merge(event_id, event, until_ms)
-        try:
-            self._file.write(
-                f"{event_id} {event.sender} {event.code} {event.onward_transfer} {until_ms}\n"
-            )
-        except OSError as exc:
-            raise StorageError(f"{self._path}: cannot append: {exc}") from exc
-
-    def sync(self) -> None:
-        """Flush and fsync.
-
-        :raises StorageError: the disk refused.
-        """
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except OSError as exc:
-            raise StorageError(f"{self._path}: cannot sync: {exc}") from exc
-
-    def close(self) -> None:
-        """Sync and close."""
-        self.sync()
-        self._file.close()
+        self._append(f"{event_id} {event.sender} {event.code} {event.onward_transfer} {until_ms}\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -105,3 +106,33 @@ async def delivered(fed: Federation, agency: str) -> list[dict[str, object]]:
 async def quarantined(fed: Federation, agency: str) -> list[Message]:
     """The records in ``agency``'s local quarantine topic."""
     return await read_topic(fed.bootstrap, fed.local_topic(agency, "quarantine"))
+
+
+def leaves(value: object) -> list[str]:
+    """Every string and number in a JSON value, as text."""
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in leaves(v)]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in leaves(v)]
+    if isinstance(value, bool) or value is None:
+        return []
+    return [str(value)]
+
+
+_OPAQUE = re.compile(
+    r"[0-9a-f]{16,}"  # digests, message ids
+    r"|[A-Za-z0-9+/]{40,}={0,2}"  # base64 keys and signatures
+    r"|\d{4}-\d{2}-\d{2}[T ][\d:.]+(?:Z|[+-]\d{2}:?\d{2})?"  # timestamps
+)
+
+
+def leaked(values: set[str], text: str) -> list[str]:
+    """The event values found in ``text`` (audit files, log entries).
+
+    Digests, signatures and timestamps are left out of the search first: their characters are
+    random and would match short values by chance. So are numbers of fewer than six digits (a
+    year, a count): such a number cannot be told apart from the metadata counters a log holds.
+    """
+    scrubbed = _OPAQUE.sub(" ", text)
+    candidates = {v for v in values if not (v.replace(".", "").isdigit() and len(v) < 6)}
+    return sorted(v for v in candidates if v in scrubbed)

@@ -12,20 +12,17 @@ from structlog.testing import capture_logs
 from gateway.cli import main
 from gateway.demo import seizure_nl
 from gateway.sandbox import Federation
-from tests.integration.conftest import delivered, national_send, quarantined, running, wait_until
+from tests.integration.conftest import (
+    delivered,
+    leaked,
+    leaves,
+    national_send,
+    quarantined,
+    running,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-def _leaves(value: object) -> list[str]:
-    """Every string and number in a JSON value, as text."""
-    if isinstance(value, dict):
-        return [leaf for v in value.values() for leaf in _leaves(v)]
-    if isinstance(value, list):
-        return [leaf for v in value for leaf in _leaves(v)]
-    if isinstance(value, bool) or value is None:
-        return []
-    return [str(value)]
 
 
 class TestSendCommand:
@@ -112,10 +109,9 @@ class TestLogs:
         record = event["record"]
         assert isinstance(record, dict)
         metadata = {record["event_id"], bad["record"]["event_id"], "NL-POL"}  # type: ignore[index]
-        values = {v for v in _leaves(record) + _leaves(bad["record"]) if len(v) >= 4} - metadata
+        values = {v for v in leaves(record) + leaves(bad["record"]) if len(v) >= 4} - metadata
         text = json.dumps(entries, default=str)
-        leaked = sorted(v for v in values if v in text)
-        assert [] == leaked
+        assert [] == leaked(values, text)
 
 
 async def _at_least(fed: Federation, agency: str, count: int) -> bool:
