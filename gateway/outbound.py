@@ -23,7 +23,7 @@ from gateway.envelope import (
 )
 from gateway.errors import RecordInvalid, UnknownEventType
 from gateway.keys import AgencyKeys
-from gateway.policy import Denied, Plan, Policy, apply_plan
+from gateway.policy import Denied, Plan, Policy, Released, apply_plan
 from gateway.routing import Route, route
 from gateway.schemas import SchemaRegistry
 from gateway.transforms import Pseudonymiser
@@ -58,6 +58,8 @@ class Outcome:
     envelopes: tuple[Sealed, ...]
     denied: tuple[Denied, ...]
     refused: tuple[Refused, ...]
+    kept: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per message id, the field paths released as they are (for the audit trail)."""
 
 
 def _reject_constant(name: str) -> object:
@@ -188,6 +190,7 @@ class OutboundCore:
         ]
         denied: list[Denied] = []
         envelopes: list[Sealed] = []
+        kept: dict[str, tuple[str, ...]] = {}
         origin = self.received.get(event.event_id)
         for recipient in routing.recipients:
             refusal = origin.forward_refusal(recipient) if origin is not None else None
@@ -206,18 +209,20 @@ class OutboundCore:
                 )
                 continue
             try:
-                envelopes.append(self._seal_view(event, recipient, decision, public, now))
+                sealed, released = self._seal_view(event, recipient, decision, public, now)
+                envelopes.append(sealed)
+                kept[sealed.header.message_id] = released.kept
             except (RecordInvalid, ValueError, TypeError, OverflowError) as exc:
                 # the released view could not be built or encoded: refuse this recipient only,
                 # naming the kind of failure but never a value
                 refused.append(
                     Refused(recipient, "release_failed", f"{type(exc).__name__} in release")
                 )
-        return Outcome(event, tuple(envelopes), tuple(denied), tuple(refused))
+        return Outcome(event, tuple(envelopes), tuple(denied), tuple(refused), kept)
 
     def _seal_view(
         self, event: PlainEvent, recipient: AgencyId, plan: Plan, public: PublicKey, now: datetime
-    ) -> Sealed:
+    ) -> tuple[Sealed, Released]:
         released = apply_plan(
             plan, event.record, recipient=recipient, pseudonymiser=self.pseudonymiser, now=now
         )
@@ -239,6 +244,7 @@ class OutboundCore:
             transformed=released.transformed,
         )
         data_key = self.keyring.key_for(recipient, public, now)
-        return seal(
+        sealed = seal(
             template, body, signer=self.keys.signing, data_key=data_key, codec=self.registry
         )
+        return sealed, released

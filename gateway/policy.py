@@ -327,11 +327,13 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Released:
-    """A released view: the record to encrypt, the fields withheld, the fields transformed."""
+    """A released view: the record to encrypt, the fields withheld, the fields transformed, and
+    the fields kept as they are."""
 
     record: dict[str, object]
     withheld: tuple[str, ...]
     transformed: tuple[str, ...]
+    kept: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -797,6 +799,7 @@ def load_policy(path: Path, registry: SchemaRegistry) -> Policy:
 class _Trail:
     withheld: list[str] = field(default_factory=list)
     transformed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
 
     def add(self, bucket: list[str], path: str) -> None:
         if path not in bucket:
@@ -854,6 +857,8 @@ def _list_paths(plans: tuple[FieldPlan, ...], root: Mapping[str, object], trail:
             trail.add(trail.withheld, plan.path)
         elif plan.kind == "transform":
             trail.add(trail.transformed, plan.path)
+        elif plan.kind == "keep":
+            trail.add(trail.kept, plan.path)
         elif plan.kind == "descend":
             _list_paths(plan.children, root, trail)
 
@@ -885,7 +890,7 @@ def apply_plan(
     _list_paths(plan.fields, record, trail)
     ctx = Context(recipient, pseudonymiser, reference_time(plan, record, now or datetime.now(UTC)))
     released = _apply(plan.fields, record, record, ctx)
-    return Released(released, tuple(trail.withheld), tuple(trail.transformed))
+    return Released(released, tuple(trail.withheld), tuple(trail.transformed), tuple(trail.kept))
 
 
 __all__ = [

@@ -129,6 +129,16 @@ class TestReceiptsAndStatus:
                 m: ("rejected" if recipient == "BE-FPJ" else "delivered")
                 for m, recipient in released.items()
             } == states
+        to_us = next(
+            e["data"]
+            for e in audit_entries(federation, "NL-POL")
+            if e["kind"] == "release" and e["data"]["recipient"] == "US-ATF"  # type: ignore[index]
+        )
+        assert isinstance(to_us, dict)
+        assert "firearms[].serial_number" in to_us["kept"]
+        assert "persons[].family_name" in to_us["transformed"]
+        assert "case_reference" in to_us["withheld"]
+        assert ("seizure-partners", "H1") == (to_us["rule"], to_us["handling"])
         capsys.readouterr()
         assert 0 == main(["status", "-c", str(federation.config("NL-POL")), "--json"])
         rows = json.loads(capsys.readouterr().out)
