@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import structlog
 
-from gateway.audit import CHECKPOINT
+from gateway.audit import CHECKPOINT, Value
 from gateway.auditlog import AuditLog
 from gateway.config import NodeConfig
 from gateway.dedup import DeliveredJournal, ReceivedEvents
@@ -64,6 +64,22 @@ from gateway.trust import TrustList, authority_keys, load_trust_list
 
 log = structlog.get_logger("fxgw.node")
 T = TypeVar("T")
+
+
+def _inbound_data(h: Header, digest: bytes, reason: str | None) -> dict[str, Value]:
+    """What the log and the audit trail say of an envelope taken in (metadata only)."""
+    return {
+        "message_id": h.message_id,
+        "event_id": h.event_id,
+        "event_type": h.event_type,
+        "sender": h.sender,
+        "policy_id": h.policy_id,
+        "policy_digest": h.policy_digest.hex(),
+        "handling": h.handling.code,
+        "retention_days": h.handling.retention_days,
+        "envelope_sha256": digest.hex(),
+        "reason": reason,
+    }
 
 
 def _now() -> datetime:
@@ -493,18 +509,7 @@ class Node:
         await self._publish(outcome.envelopes)
         for sealed in outcome.envelopes:
             h = sealed.header
-            self.counters["released"] += 1
-            self._log.info(
-                "released",
-                message_id=h.message_id,
-                event_id=h.event_id,
-                event_type=h.event_type,
-                recipient=h.recipient,
-                policy=h.policy_id,
-                rule=h.policy_rule,
-                withheld=len(h.withheld),
-            )
-            self.audit.append(
+            self._decide(
                 "release",
                 {
                     "message_id": h.message_id,
@@ -524,17 +529,11 @@ class Node:
                     "envelope_sha256": hashlib.sha256(sealed.data).hexdigest(),
                     "recipient_key_id": h.recipient_key_id,
                 },
+                log_event="released",
+                counter="released",
             )
         for denied in outcome.denied:
-            self.counters["denied"] += 1
-            self._log.info(
-                "not_released",
-                event_id=event.event_id,
-                event_type=event.event_type,
-                recipient=denied.recipient,
-                reason=denied.reason,
-            )
-            self.audit.append(
+            self._decide(
                 "release_denied",
                 {
                     "event_id": event.event_id,
@@ -543,24 +542,22 @@ class Node:
                     "reason": denied.reason,
                     "policy_id": self.outbound.policy.policy_id,
                 },
+                log_event="not_released",
+                counter="denied",
             )
         for refused in outcome.refused:
-            self.counters["refused"] += 1
-            self._log.warning(
-                "release_refused",
-                event_id=event.event_id,
-                recipient=refused.recipient,
-                reason=refused.reason,
-                detail=refused.detail,
-            )
-            self.audit.append(
+            self._decide(
                 "release_refused",
                 {
                     "event_id": event.event_id,
                     "event_type": event.event_type,
                     "recipient": refused.recipient,
                     "reason": refused.reason,
+                    "detail": refused.detail,
                 },
+                log_event="release_refused",
+                counter="refused",
+                warn=True,
             )
             await self._quarantine(
                 raw,
@@ -658,45 +655,37 @@ class Node:
                 ReceivedEvent(h.sender, h.handling.code, h.handling.onward_transfer),
                 _ms(until),
             )
-            self.counters["delivered"] += 1
-            self._log.info(
-                "delivered",
-                message_id=h.message_id,
-                event_id=h.event_id,
-                event_type=h.event_type,
-                sender=h.sender,
-                handling=h.handling.code,
+            self._decide(
+                "delivery",
+                _inbound_data(h, result.digest, None),
+                log_event="delivered",
+                counter="delivered",
             )
-            self._audit_inbound("delivery", h, result.digest, None)
             await self._send_receipt(h, result.digest, "DELIVERED", None, now)
         elif isinstance(result, DuplicateDrop):
             h = result.header
-            self.counters["duplicates"] += 1
-            self._log.info("duplicate_dropped", message_id=h.message_id)
-            self._audit_inbound("duplicate", h, result.digest, None)
+            self._decide(
+                "duplicate",
+                _inbound_data(h, result.digest, None),
+                log_event="duplicate_dropped",
+                counter="duplicates",
+            )
+            # a duplicate is answered as of the first delivery; the very same envelope again
+            # gets the very same receipt, byte for byte
             first = journal.get(h.message_id)
-            if first is not None and first.digest == result.digest:
-                # the same envelope again: the same receipt, byte for byte
-                at = datetime.fromtimestamp(first.recorded_ms / 1000, UTC)
-                await self._send_receipt(h, result.digest, "DELIVERED", None, at)
-            else:
-                at = (
-                    datetime.fromtimestamp(first.recorded_ms / 1000, UTC)
-                    if first is not None
-                    else now
-                )
-                await self._send_receipt(h, result.digest, "DUPLICATE", None, at)
+            at = now if first is None else datetime.fromtimestamp(first.recorded_ms / 1000, UTC)
+            same = first is not None and first.digest == result.digest
+            await self._send_receipt(
+                h, result.digest, "DELIVERED" if same else "DUPLICATE", None, at
+            )
         elif isinstance(result, Expired):
             h = result.header
-            self.counters["retention_expired"] += 1
-            self._log.info(
-                "retention_expired_not_delivered",
-                message_id=h.message_id,
-                event_id=h.event_id,
-                sender=h.sender,
-                retention_days=h.handling.retention_days,
+            self._decide(
+                "expired",
+                _inbound_data(h, result.digest, "retention_expired"),
+                log_event="retention_expired_not_delivered",
+                counter="retention_expired",
             )
-            self._audit_inbound("expired", h, result.digest, "retention_expired")
             await self._send_receipt(h, result.digest, "REJECTED", "retention_expired", now)
         else:
             await self._reject(raw, result)
@@ -704,22 +693,6 @@ class Node:
                 await self._send_receipt(
                     result.header, result.digest, "REJECTED", result.reason, now
                 )
-
-    def _audit_inbound(self, kind: str, h: Header, digest: bytes, reason: str | None) -> None:
-        self.audit.append(
-            kind,
-            {
-                "message_id": h.message_id,
-                "event_id": h.event_id,
-                "event_type": h.event_type,
-                "sender": h.sender,
-                "policy_id": h.policy_id,
-                "policy_digest": h.policy_digest.hex(),
-                "handling": h.handling.code,
-                "envelope_sha256": digest.hex(),
-                "reason": reason,
-            },
-        )
 
     async def _send_receipt(
         self,
@@ -800,15 +773,7 @@ class Node:
             self._log.warning("receipt_rejected", reason=exc.reason, detail=str(exc))
             await self._quarantine(raw, exc.reason, str(exc), "receipts")
             return
-        self.counters["receipts_received"] += 1
-        self._log.info(
-            "receipt_received",
-            message_id=r.message_id,
-            recipient=r.recipient,
-            outcome=r.outcome,
-            reason=r.reason,
-        )
-        self.audit.append(
+        self._decide(
             "receipt_received",
             {
                 "message_id": r.message_id,
@@ -820,7 +785,24 @@ class Node:
                 "envelope_sha256": r.envelope_digest.hex(),
                 "signing_key_id": r.signing_key_id,
             },
+            log_event="receipt_received",
+            counter="receipts_received",
         )
+
+    def _decide(
+        self,
+        kind: str,
+        data: Mapping[str, Value],
+        *,
+        log_event: str,
+        counter: str,
+        warn: bool = False,
+    ) -> None:
+        """Count one decision, log it and write it to the audit trail, with the same metadata
+        (ids, reason codes, field paths; never a field value)."""
+        self.counters[counter] += 1
+        (self._log.warning if warn else self._log.info)(log_event, **data)
+        self.audit.append(kind, data)
 
     async def _checkpoint_audit(self) -> None:
         self.audit.checkpoint()
