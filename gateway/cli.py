@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import yaml
@@ -23,6 +24,10 @@ import yaml
 from gateway.errors import ConfigError, GatewayError, PeerError
 from gateway.schemas import SchemaRegistry
 from gateway.types import AgencyId
+
+if TYPE_CHECKING:
+    from gateway.config import NodeConfig
+    from gateway.trust import TrustList
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 
@@ -172,6 +177,14 @@ def _registry(schemas: str | None) -> SchemaRegistry:
     return SchemaRegistry.load(Path(schemas) if schemas else DEFAULT_SCHEMAS)
 
 
+def _node_trust(config: NodeConfig) -> TrustList:
+    """The trust list a node's config names, verified against its pinned authority keys."""
+    from gateway.trust import authority_keys, load_trust_list
+
+    pinned = authority_keys(config.authority_keys)
+    return load_trust_list(config.trust_file, pinned, now=datetime.now(UTC))
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.policy import load_policy
 
@@ -179,11 +192,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     trust = None
     if args.config:
         from gateway.config import load_config
-        from gateway.trust import authority_keys, load_trust_list
 
-        config = load_config(Path(args.config))
-        pinned = authority_keys(config.authority_keys)
-        trust = load_trust_list(config.trust_file, pinned, now=datetime.now(UTC))
+        trust = _node_trust(load_config(Path(args.config)))
     failed = 0
     for name in args.files:
         try:
@@ -309,15 +319,12 @@ def _node_audit_keys(config_path: str) -> tuple[Path, str, dict[str, bytes]]:
     for the agency (old ones too, for older checkpoints), and the public half of its key file."""
     from gateway.config import load_config
     from gateway.keys import load_signing_key
-    from gateway.trust import authority_keys, load_trust_list
 
     config = load_config(Path(config_path))
     keys: dict[str, bytes] = {}
     errors: list[str] = []
     try:
-        trust = load_trust_list(
-            config.trust_file, authority_keys(config.authority_keys), now=datetime.now(UTC)
-        )
+        trust = _node_trust(config)
         agency = trust.agency(config.agency)
         for key in agency.keys if agency is not None else ():
             if key.use == "sign":
