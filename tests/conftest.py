@@ -4,7 +4,7 @@ The broker is chosen in this order:
 
 1. ``FXGW_TEST_KAFKA=host:port[,...]``: an external cluster someone already runs;
 2. testcontainers' Kafka, when a Docker engine answers;
-3. otherwise :class:`gateway.devkafka.LocalKafka`, a KRaft broker started from the Apache Kafka
+3. otherwise :class:`gateway.dev.kafka.LocalKafka`, a KRaft broker started from the Apache Kafka
    jars on Maven Central (Java 17 and Maven needed).
 
 Each test works under its own topic prefix, so tests share the broker without sharing topics.
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.cli import configure_logging
+from gateway.cli.main import configure_logging
 
 
 def _docker_engine_reachable() -> bool:
@@ -64,7 +64,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from gateway.devkafka import LocalKafka
+    from gateway.dev.kafka import LocalKafka
 
     with LocalKafka(nodes=1, workdir=tmp_path_factory.mktemp("kafka")) as kafka:
         yield kafka.bootstrap_servers

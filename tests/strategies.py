@@ -11,7 +11,7 @@ import datetime as dt
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from gateway.schemas import FieldInfo, Schema
+from gateway.contract.schemas import FieldInfo, Schema
 
 __all__ = ["AGENCIES", "COUNTRIES", "records_for"]
 

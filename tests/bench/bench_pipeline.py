@@ -18,13 +18,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.config import load_config
-from gateway.demo import seizure_nl
-from gateway.envelope import DataKeyRing, Header, UnwrapCache, message_id_for, open_envelope, seal
-from gateway.node import load_node_files
-from gateway.outbound import parse_plain_event
-from gateway.policy import Plan, apply_plan
-from gateway.sandbox import build_federation
+from gateway.core.outbound import parse_plain_event
+from gateway.crypto.envelope import (
+    DataKeyRing,
+    Header,
+    UnwrapCache,
+    message_id_for,
+    open_envelope,
+    seal,
+)
+from gateway.dev.demo import seizure_nl
+from gateway.dev.sandbox import build_federation
+from gateway.node.config import load_config
+from gateway.node.runtime import load_node_files
+from gateway.policy.engine import Plan, apply_plan
 from gateway.types import AgencyId
 
 

@@ -1,4 +1,4 @@
-"""gateway.devkafka with three nodes: replicated writes survive losing a node, which comes back."""
+"""gateway.dev.kafka with three nodes: replicated writes survive losing a node, which comes back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from gateway.devkafka import LocalKafka
+from gateway.dev.kafka import LocalKafka
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(90)]
 

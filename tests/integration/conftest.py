@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
-from gateway.node import Node
-from gateway.sandbox import Federation, build_federation
-from gateway.transport import Message, Producer, read_topic
+from gateway.dev.sandbox import Federation, build_federation
+from gateway.node.config import load_config
+from gateway.node.runtime import Node
+from gateway.node.transport import Message, Producer, read_topic
 
 _RUNNING: list[asyncio.Task[None]] = []
 """Node tasks of the ``running`` blocks in progress; :func:`wait_until` fails fast if one dies."""

@@ -1,4 +1,4 @@
-"""gateway.devkafka against a real single-node Kafka: it serves clients and stops without traces."""
+"""gateway.dev.kafka on a real single-node Kafka: it serves clients and stops without traces."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from gateway.devkafka import LocalKafka, classpath_cache_file, resolve_classpath
+from gateway.dev.kafka import LocalKafka, classpath_cache_file, resolve_classpath
 from gateway.errors import ConfigError, InfrastructureError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

@@ -11,14 +11,14 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
-from gateway.cli import main
-from gateway.config import load_config
-from gateway.demo import seizure_nl, seizure_us
+from gateway.audit.status import build_view, to_json
+from gateway.cli.main import main
+from gateway.crypto.receipts import open_receipt
+from gateway.dev.demo import seizure_nl, seizure_us
+from gateway.dev.sandbox import Federation
 from gateway.errors import StorageError
-from gateway.receipts import open_receipt
-from gateway.sandbox import Federation
-from gateway.status import build_view, to_json
-from gateway.transport import read_topic
+from gateway.node.config import load_config
+from gateway.node.transport import read_topic
 from gateway.types import AgencyId
 from tests.integration.conftest import (
     delivered,

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
-from gateway.demo import seizure_nl, seizure_us, trace_request_nl, trace_response_be
-from gateway.envelope import open_envelope
+from gateway.cli.main import main
+from gateway.core.outbound import parse_plain_event
+from gateway.crypto.envelope import open_envelope
+from gateway.crypto.keys import generate_signing_key
+from gateway.dev.demo import seizure_nl, seizure_us, trace_request_nl, trace_response_be
+from gateway.dev.sandbox import Federation
 from gateway.errors import NotForUs
-from gateway.keys import generate_signing_key
-from gateway.outbound import parse_plain_event
-from gateway.sandbox import Federation
-from gateway.transport import read_topic
+from gateway.node.transport import read_topic
 from gateway.types import KeyId
 from tests.integration.conftest import (
     delivered,

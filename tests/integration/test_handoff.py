@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.cli import main
-from gateway.demo import seizure_nl
-from gateway.sandbox import Federation
+from gateway.cli.main import main
+from gateway.dev.demo import seizure_nl
+from gateway.dev.sandbox import Federation
 from tests.integration.conftest import (
     delivered,
     leaked,

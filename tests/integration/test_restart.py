@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import seizure_nl
-from gateway.sandbox import THREE_AGENCIES, build_federation, replace_sink
+from gateway.dev.demo import seizure_nl
+from gateway.dev.sandbox import THREE_AGENCIES, build_federation, replace_sink
 from tests.integration.conftest import delivered, national_send, running, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

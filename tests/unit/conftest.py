@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import DEFAULT_SCHEMAS, load_config
-from gateway.keys import AgencyKeys, load_encryption_key, load_signing_key
-from gateway.sandbox import Federation, build_federation
-from gateway.schemas import SchemaRegistry
-from gateway.trust import TrustList, authority_keys, load_trust_list
+from gateway.contract.schemas import SchemaRegistry
+from gateway.crypto.keys import AgencyKeys, load_encryption_key, load_signing_key
+from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
+from gateway.dev.sandbox import Federation, build_federation
+from gateway.node.config import DEFAULT_SCHEMAS, load_config
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit import (
+from gateway.audit.chain import (
     GENESIS,
     Entry,
     EntryError,
@@ -29,11 +29,11 @@ from gateway.audit import (
     split_lines,
     verify,
 )
-from gateway.auditlog import HEAD_FILE, AuditLog, export, verify_export, verify_folder
-from gateway.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, main
+from gateway.audit.store import HEAD_FILE, AuditLog, export, verify_export, verify_folder
+from gateway.cli.main import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, main
+from gateway.crypto.keys import SigningKey, generate_signing_key
+from gateway.dev.sandbox import Federation
 from gateway.errors import StorageError
-from gateway.keys import SigningKey, generate_signing_key
-from gateway.sandbox import Federation
 from gateway.types import KeyId
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -560,8 +560,8 @@ class TestCommand:
         self, fed: Federation, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """With -c, the folder is <state_dir>/audit and the keys are the agency's own."""
-        from gateway.config import load_config
-        from gateway.keys import load_signing_key
+        from gateway.crypto.keys import load_signing_key
+        from gateway.node.config import load_config
 
         config = load_config(fed.config("NL-POL"))
         folder = config.audit_dir

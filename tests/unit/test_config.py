@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from gateway._yamlfile import describe_loc, read_yaml
-from gateway.config import DEFAULT_SCHEMAS, NodeConfig, load_config
+from gateway.core.routing import Route
+from gateway.dev.sandbox import POLICIES, Federation
 from gateway.errors import ConfigError, PolicyError
-from gateway.routing import Route
-from gateway.sandbox import POLICIES, Federation
+from gateway.node.config import DEFAULT_SCHEMAS, NodeConfig, load_config
 
 BASE = """\
 agency: NL-POL

@@ -11,13 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load_config
-from gateway.demo import seizure_nl, seizure_us, trace_request_nl
-from gateway.envelope import DataKeyRing, Handling, Header, message_id_for, seal
-from gateway.errors import PeerError, RecordInvalid, UnknownEventType
-from gateway.inbound import Delivery, DuplicateDrop, Expired, InboundCore, Rejection
-from gateway.keys import AgencyKeys
-from gateway.outbound import (
+from gateway.contract.schemas import SchemaRegistry
+from gateway.core.inbound import Delivery, DuplicateDrop, Expired, InboundCore, Rejection
+from gateway.core.outbound import (
     OutboundCore,
     Outcome,
     PlainEvent,
@@ -25,11 +21,15 @@ from gateway.outbound import (
     Refused,
     parse_plain_event,
 )
-from gateway.policy import Denied, Plan, Policy, apply_plan, load_policy
-from gateway.sandbox import Federation
-from gateway.schemas import SchemaRegistry
-from gateway.transforms import Pseudonymiser
-from gateway.trust import TrustList, authority_keys, load_trust_list, sign_trust_list
+from gateway.crypto.envelope import DataKeyRing, Handling, Header, message_id_for, seal
+from gateway.crypto.keys import AgencyKeys
+from gateway.crypto.trust import TrustList, authority_keys, load_trust_list, sign_trust_list
+from gateway.dev.demo import seizure_nl, seizure_us, trace_request_nl
+from gateway.dev.sandbox import Federation
+from gateway.errors import PeerError, RecordInvalid, UnknownEventType
+from gateway.node.config import load_config
+from gateway.policy.engine import Denied, Plan, Policy, apply_plan, load_policy
+from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, EventId, EventType, MessageId
 from tests.unit.conftest import NOW, repo_file
 

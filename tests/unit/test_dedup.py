@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dedup import DeliveredJournal, ReceivedEvents
+from gateway.core.outbound import ReceivedEvent
 from gateway.errors import StorageError
-from gateway.outbound import ReceivedEvent
+from gateway.node.journals import DeliveredJournal, ReceivedEvents
 
 T0 = 1_796_000_000_000
 """A time in ms; entries expire a day (or a minute) after it."""

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.envelope import (
+from gateway.contract.schemas import SchemaRegistry
+from gateway.crypto.envelope import (
     DataKeyRing,
     Handling,
     Header,
@@ -19,6 +20,8 @@ from gateway.envelope import (
     open_envelope,
     seal,
 )
+from gateway.crypto.keys import AgencyKeys, generate_encryption_key, generate_signing_key
+from gateway.crypto.trust import TrustList
 from gateway.errors import (
     BadSignature,
     DecryptionFailed,
@@ -28,9 +31,6 @@ from gateway.errors import (
     Stale,
     UntrustedSender,
 )
-from gateway.keys import AgencyKeys, generate_encryption_key, generate_signing_key
-from gateway.schemas import SchemaRegistry
-from gateway.trust import TrustList
 from gateway.types import AgencyId, EventId, EventType, KeyId
 from tests.unit.conftest import NOW
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import KeyFileError
-from gateway.keys import (
+from gateway.crypto.keys import (
     generate_encryption_key,
     generate_signing_key,
     load_encryption_key,
     load_signing_key,
     write_key_file,
 )
+from gateway.errors import KeyFileError
 from gateway.types import KeyId
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
-from gateway.node import Node
-from gateway.policy import PolicyError
-from gateway.sandbox import POLICIES, build_federation
+from gateway.dev.sandbox import POLICIES, build_federation
+from gateway.node.config import load_config
+from gateway.node.runtime import Node
+from gateway.policy.engine import PolicyError
 from tests.unit.conftest import NOW, repo_file
 
 

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.contract.schemas import SchemaRegistry
+from gateway.core.outbound import parse_plain_event
+from gateway.core.routing import values_at
+from gateway.crypto.trust import Agency, TrustList
 from gateway.errors import PolicyError
-from gateway.outbound import parse_plain_event
-from gateway.policy import Denied, FieldPlan, Plan, Policy, Selector, apply_plan, load_policy
-from gateway.routing import values_at
-from gateway.schemas import SchemaRegistry
-from gateway.transforms import Pseudonymiser
-from gateway.trust import Agency, TrustList
+from gateway.policy.engine import Denied, FieldPlan, Plan, Policy, Selector, apply_plan, load_policy
+from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, CountryCode, EventType
 from tests.strategies import records_for
 from tests.unit.conftest import NOW, repo_file

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import seizure_nl
-from gateway.sandbox import Federation
+from gateway.dev.demo import seizure_nl
+from gateway.dev.sandbox import Federation
 from tests.unit.conftest import repo_file
 from tests.unit.test_policy import BROKEN, _expectations
 

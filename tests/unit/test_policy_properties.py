@@ -17,10 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway._yamlfile import YamlDocument
-from gateway.policy import FieldPlan, Plan, Policy, apply_plan, parse_policy
-from gateway.schemas import FieldInfo, SchemaRegistry
-from gateway.transforms import AgeBand, Pseudonymise, Pseudonymiser, RoundNumber, TruncateTime
-from gateway.trust import Agency
+from gateway.contract.schemas import FieldInfo, SchemaRegistry
+from gateway.crypto.trust import Agency
+from gateway.policy.engine import FieldPlan, Plan, Policy, apply_plan, parse_policy
+from gateway.policy.transforms import (
+    AgeBand,
+    Pseudonymise,
+    Pseudonymiser,
+    RoundNumber,
+    TruncateTime,
+)
 from gateway.types import AgencyId, CountryCode
 from tests.strategies import records_for
 
@@ -258,7 +264,7 @@ class TestTransforms:
 
     def test_age_band_is_computed_at_the_event_date(self) -> None:
         """A birth date becomes the band of the age at the event's time."""
-        from gateway.transforms import age_band
+        from gateway.policy.transforms import age_band
 
         assert "30-39" == age_band(date(1994, 3, 8), date(2026, 11, 20), 10)
         assert "20-29" == age_band(date(1994, 11, 21), date(2024, 11, 20), 10)

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.contract.schemas import SchemaRegistry
+from gateway.crypto.keys import AgencyKeys, generate_signing_key
+from gateway.crypto.receipts import make_receipt, open_receipt
+from gateway.crypto.trust import TrustList
 from gateway.errors import BadSignature, NotForUs, PeerError, UntrustedSender
-from gateway.keys import AgencyKeys, generate_signing_key
-from gateway.receipts import make_receipt, open_receipt
-from gateway.schemas import SchemaRegistry
-from gateway.trust import TrustList
 from gateway.types import AgencyId, EventId, KeyId, MessageId
 from tests.unit.conftest import NOW
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
-from gateway.routing import Route, Routing, route, values_at
-from gateway.trust import Agency, TrustList
+from gateway.core.routing import Route, Routing, route, values_at
+from gateway.crypto.trust import Agency, TrustList
 from gateway.types import AgencyId, CountryCode
 from tests.unit.conftest import NOW
 

@@ -1,4 +1,4 @@
-"""Tests of gateway.schemas: the federation's Avro contract."""
+"""Tests of gateway.contract.schemas: the federation's Avro contract."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import _avro
-from gateway.errors import RecordInvalid, SchemaError, UnknownEventType
-from gateway.schemas import (
+from gateway.contract import _avro
+from gateway.contract.schemas import (
     FieldNotFound,
     Schema,
     SchemaRegistry,
     check_compatibility,
     parsing_canonical_form,
 )
+from gateway.errors import RecordInvalid, SchemaError, UnknownEventType
 from tests.strategies import records_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from gateway.status import build_view, render, to_json
+from gateway.audit.status import build_view, render, to_json
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 TIMEOUT = timedelta(minutes=5)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load_config
+from gateway.crypto.trust import TrustList, authority_keys, load_trust_list, sign_trust_list
+from gateway.dev.sandbox import Federation
 from gateway.errors import TrustError, UntrustedSender
-from gateway.sandbox import Federation
-from gateway.trust import TrustList, authority_keys, load_trust_list, sign_trust_list
+from gateway.node.config import load_config
 from tests.unit.conftest import NOW
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from gateway._yamlfile import read_yaml
-from gateway.config import load_config
+from gateway.crypto.trust import authority_keys, load_trust_list
+from gateway.dev.sandbox import Federation
 from gateway.errors import ConfigError, TrustError
-from gateway.sandbox import Federation
-from gateway.trust import authority_keys, load_trust_list
+from gateway.node.config import load_config
 from tests.unit.conftest import NOW
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(

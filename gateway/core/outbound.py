@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from gateway.envelope import (
+from gateway.contract.schemas import SchemaRegistry
+from gateway.core.routing import Route, route
+from gateway.crypto.envelope import (
     DataKeyRing,
     Header,
     Sealed,
@@ -21,13 +23,11 @@ from gateway.envelope import (
     message_id_for,
     seal,
 )
+from gateway.crypto.keys import AgencyKeys
+from gateway.crypto.trust import PublicKey, TrustList
 from gateway.errors import RecordInvalid, UnknownEventType
-from gateway.keys import AgencyKeys
-from gateway.policy import Denied, Plan, Policy, Released, apply_plan
-from gateway.routing import Route, route
-from gateway.schemas import SchemaRegistry
-from gateway.transforms import Pseudonymiser
-from gateway.trust import PublicKey, TrustList
+from gateway.policy.engine import Denied, Plan, Policy, Released, apply_plan
+from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, EventId, EventType
 
 

@@ -1,8 +1,8 @@
 """The node: wires config, cores, Kafka, sinks and the journal together, and owns the loops.
 
 No business rule lives here: what to release and what to accept is decided by
-:class:`~gateway.outbound.OutboundCore` and :class:`~gateway.inbound.InboundCore`. The node reads,
-hands over, writes, and commits offsets only once what it read is durably handled:
+:class:`~gateway.core.outbound.OutboundCore` and :class:`~gateway.core.inbound.InboundCore`.
+The node reads, hands over, writes, and commits offsets only once what it read is durably handled:
 
 - outbound: an event's offset is committed after every envelope made from it is acknowledged
   by the exchange cluster (or the event was quarantined locally);
@@ -10,7 +10,7 @@ hands over, writes, and commits offsets only once what it read is durably handle
   of delivered ids is synced (or the envelope was quarantined), and its receipt is published;
 - receipts: a receipt's offset is committed after it is recorded.
 
-Every decision is written to the audit trail (:mod:`gateway.auditlog`), and every commit waits
+Every decision is written to the audit trail (:mod:`gateway.audit.store`), and every commit waits
 for the audit trail to be on disk: nothing is acknowledged that is not recorded.
 
 A failure of Kafka or of the disk is retried with back-off, never skipped.
@@ -32,13 +32,10 @@ from typing import TypeVar
 
 import structlog
 
-from gateway.audit import CHECKPOINT, Value
-from gateway.auditlog import AuditLog
-from gateway.config import NodeConfig
-from gateway.dedup import DeliveredJournal, ReceivedEvents
-from gateway.envelope import DataKeyRing, Header, Sealed
-from gateway.errors import ConfigError, InfrastructureError, PeerError, TrustError
-from gateway.inbound import (
+from gateway.audit.chain import CHECKPOINT, Value
+from gateway.audit.store import AuditLog
+from gateway.contract.schemas import SchemaRegistry
+from gateway.core.inbound import (
     Delivery,
     DuplicateDrop,
     Expired,
@@ -46,21 +43,24 @@ from gateway.inbound import (
     Rejection,
     retain_until,
 )
-from gateway.keys import (
+from gateway.core.outbound import OutboundCore, Outcome, ReceivedEvent, parse_plain_event
+from gateway.crypto.envelope import DataKeyRing, Header, Sealed
+from gateway.crypto.keys import (
     AgencyKeys,
     load_encryption_key,
     load_pseudonym_key,
     load_signing_key,
 )
-from gateway.outbound import OutboundCore, Outcome, ReceivedEvent, parse_plain_event
-from gateway.policy import Policy, load_policy
-from gateway.receipts import Outcome as ReceiptOutcome
-from gateway.receipts import make_receipt, open_receipt
-from gateway.schemas import SchemaRegistry
-from gateway.sinks import KafkaSink, Sink, SpoolSink, delivery_document
-from gateway.transforms import Pseudonymiser
-from gateway.transport import Consumer, Headers, Producer, TopicSpec, ensure_topics, read_topic
-from gateway.trust import TrustList, authority_keys, load_trust_list
+from gateway.crypto.receipts import Outcome as ReceiptOutcome
+from gateway.crypto.receipts import make_receipt, open_receipt
+from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
+from gateway.errors import ConfigError, InfrastructureError, PeerError, TrustError
+from gateway.node.config import NodeConfig
+from gateway.node.journals import DeliveredJournal, ReceivedEvents
+from gateway.node.sinks import KafkaSink, Sink, SpoolSink, delivery_document
+from gateway.node.transport import Consumer, Headers, Producer, TopicSpec, ensure_topics, read_topic
+from gateway.policy.engine import Policy, load_policy
+from gateway.policy.transforms import Pseudonymiser
 
 log = structlog.get_logger("fxgw.node")
 T = TypeVar("T")

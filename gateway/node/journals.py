@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from gateway.core.outbound import ReceivedEvent
 from gateway.errors import StorageError
-from gateway.outbound import ReceivedEvent
 
 
 def _line(message_id: str, entry: DeliveredEntry) -> str:

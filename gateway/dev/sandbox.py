@@ -1,7 +1,7 @@
 """A complete local federation in one folder: authority, agencies, keys, trust list, node configs.
 
 Used by ``fxgw demo`` and by the integration tests, so both run exactly the files an operator
-would write: key files from :mod:`gateway.keys`, a trust list signed by an authority key, the
+would write: key files from :mod:`gateway.crypto.keys`, a trust list signed by an authority key, the
 release policies of ``policies/``, and one ``node.yaml`` per agency.
 """
 
@@ -16,11 +16,11 @@ from typing import Literal
 
 import yaml
 
-from gateway import keys
-from gateway.trust import sign_trust_list
+from gateway.crypto import keys
+from gateway.crypto.trust import sign_trust_list
 from gateway.types import AgencyId
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "policies"
 
 

@@ -35,6 +35,8 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
+from gateway.crypto.keys import AgencyKeys, SigningKey
+from gateway.crypto.trust import PublicKey, TrustList
 from gateway.errors import (
     BadSignature,
     DecryptionFailed,
@@ -44,8 +46,6 @@ from gateway.errors import (
     Stale,
     UntrustedSender,
 )
-from gateway.keys import AgencyKeys, SigningKey
-from gateway.trust import PublicKey, TrustList
 from gateway.types import AgencyId, EventId, EventType, KeyId, MessageId
 
 FORMAT_VERSION = 1

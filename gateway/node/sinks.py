@@ -2,7 +2,7 @@
 
 Both write the same JSON document per delivery, so any tool of the national system can read it:
 ``{"event_type", "provenance", "record"}``, the record in its JSON form (dates ISO-8601, bytes
-base64), the provenance as :meth:`gateway.inbound.Delivery.provenance`.
+base64), the provenance as :meth:`gateway.core.inbound.Delivery.provenance`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from gateway.contract.schemas import SchemaRegistry
+from gateway.core.inbound import Delivery
 from gateway.errors import StorageError
-from gateway.inbound import Delivery
-from gateway.schemas import SchemaRegistry
-from gateway.transport import Producer
+from gateway.node.transport import Producer
 
 
 def delivery_document(delivery: Delivery, registry: SchemaRegistry) -> bytes:

@@ -12,7 +12,8 @@ one of our errors at the boundary, chained to the original:
 - :func:`problems` is fastavro's own validation, returned as messages;
 - :func:`canonical_form` is fastavro's Parsing Canonical Form, kept to cross-check ours.
 
-Nothing here knows about the federation's schemas; :mod:`gateway.schemas` decides what to call.
+Nothing here knows about the federation's schemas; :mod:`gateway.contract.schemas` decides what
+to call.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def parse(definition: Definition) -> ParsedSchema:
 def write(schema: ParsedSchema, datum: object) -> bytes:
     """Encode ``datum`` with Avro's binary encoding (no header, no schema id).
 
-    The datum is expected to conform already (:mod:`gateway.schemas` validates first, with
+    The datum is expected to conform already (:mod:`gateway.contract.schemas` validates first, with
     better messages); this is the last line of defence.
 
     :raises RecordInvalid: fastavro refuses the datum.

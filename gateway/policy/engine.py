@@ -11,7 +11,7 @@ trust list credits with one of the named legal bases (an MLAT in force, EU membe
 Field plan actions, by dotted path (``[]`` walks a list: ``persons[].family_name``):
 ``keep`` (on a record or list: the whole subtree, which inner paths may still narrow),
 ``drop``, ``redact``, ``pseudonymise``, ``generalise``, ``truncate`` (see
-:mod:`gateway.transforms`), each optionally with its own ``when``.
+:mod:`gateway.policy.transforms`), each optionally with its own ``when``.
 
 Default deny everywhere:
 
@@ -40,11 +40,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway._yamlfile import YamlDocument, load_model, read_yaml
-from gateway.envelope import Handling
+from gateway.contract.schemas import FieldInfo, Schema, SchemaRegistry
+from gateway.core.routing import values_at
+from gateway.crypto.envelope import Handling
+from gateway.crypto.trust import Agency, TrustList
 from gateway.errors import PolicyError
-from gateway.routing import values_at
-from gateway.schemas import FieldInfo, Schema, SchemaRegistry
-from gateway.transforms import (
+from gateway.policy.transforms import (
     AgeBand,
     Context,
     Pseudonymise,
@@ -56,7 +57,6 @@ from gateway.transforms import (
     TruncateTime,
     apply_transform,
 )
-from gateway.trust import Agency, TrustList
 from gateway.types import AgencyId, EventType
 
 # --- the file ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The audit log on disk: segment files, crash recovery, checkpoints, rotation, export.
 
 Blocking file I/O, called from the node between two events. The chain itself (hashing,
-checkpoint signatures, verification) is :mod:`gateway.audit`.
+checkpoint signatures, verification) is :mod:`gateway.audit.chain`.
 
 A node's audit folder (mode 0700) holds:
 
@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from gateway.audit import (
+from gateway.audit.chain import (
     CHECKPOINT,
     GENESIS,
     HEAD_FILE,
@@ -68,8 +68,8 @@ from gateway.audit import (
     split_lines,
     verify,
 )
+from gateway.crypto.keys import SigningKey
 from gateway.errors import ConfigError, StorageError
-from gateway.keys import SigningKey
 
 EXPORT_FORMAT = "fxgw-audit-export-1"
 
@@ -301,8 +301,9 @@ class AuditLog:
 
         Checkpoints and rotation happen on their own, as configured.
 
-        :raises ValueError: ``data`` is not metadata (see :func:`gateway.audit.make_entry`), or
-            ``kind`` is one the log writes itself (checkpoint, segment_start, ...).
+        :raises ValueError: ``data`` is not metadata (see
+            :func:`gateway.audit.chain.make_entry`), or ``kind`` is one the log writes itself
+            (checkpoint, segment_start, ...).
         :raises StorageError: the segment cannot be written.
         :raises RuntimeError: the log is closed.
         """
@@ -626,7 +627,7 @@ def _line_bytes(text: str) -> bytes:
 
 
 def read_export(path: Path) -> tuple[dict[str, bytes], list[tuple[str, list[bytes]]], bytes | None]:
-    """The public keys, the segments (as :func:`gateway.audit.verify` takes them) and the head
+    """The public keys, the segments (as :func:`gateway.audit.chain.verify` takes them) and the head
     file of an export.
 
     :raises ConfigError: not a readable export file.

@@ -1,7 +1,7 @@
 """The inbound core: envelope bytes in, a delivery (or a rejection) out.
 
 Sans-I/O: :meth:`InboundCore.receive` opens the envelope (trust list, signature, addressee,
-freshness, decryption: see :func:`gateway.envelope.open_envelope`), drops a message id it has
+freshness, decryption: see :func:`gateway.crypto.envelope.open_envelope`), drops a message id it has
 already delivered, decodes the body with the schema named by its fingerprint, and returns a
 :class:`Delivery`. Anything a peer got wrong comes back as a :class:`Rejection` with a reason code;
 the node quarantines it and goes on.
@@ -15,11 +15,11 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from gateway.envelope import Handling, Header, UnwrapCache, open_envelope, read_header
+from gateway.contract.schemas import SchemaRegistry
+from gateway.crypto.envelope import Handling, Header, UnwrapCache, open_envelope, read_header
+from gateway.crypto.keys import AgencyKeys
+from gateway.crypto.trust import TrustList
 from gateway.errors import PeerError, RecordInvalid
-from gateway.keys import AgencyKeys
-from gateway.schemas import SchemaRegistry
-from gateway.trust import TrustList
 
 
 def _stamp(moment: datetime) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.trust import TrustList
+from gateway.crypto.trust import TrustList
 from gateway.types import AgencyId
 
 

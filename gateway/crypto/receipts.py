@@ -20,10 +20,10 @@ from typing import Literal
 import nacl.exceptions
 import nacl.signing
 
-from gateway.envelope import Codec
+from gateway.crypto.envelope import Codec
+from gateway.crypto.keys import SigningKey
+from gateway.crypto.trust import TrustList
 from gateway.errors import BadSignature, MalformedEnvelope, NotForUs, PeerError
-from gateway.keys import SigningKey
-from gateway.trust import TrustList
 from gateway.types import AgencyId, EventId, KeyId, MessageId
 
 RECEIPT_TYPE = "fxgw.Receipt"

@@ -14,11 +14,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway._yamlfile import load_model, read_yaml
+from gateway.core.routing import Route
 from gateway.errors import ConfigError
-from gateway.routing import Route
 from gateway.types import AgencyId
 
-DEFAULT_SCHEMAS = Path(__file__).resolve().parents[1] / "schemas" / "avro"
+DEFAULT_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "avro"
 
 
 class _Strict(BaseModel):

@@ -23,8 +23,8 @@ import nacl.signing
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway._yamlfile import YamlDocument, load_model, parse_yaml, read_bytes
+from gateway.crypto.keys import SigningKey
 from gateway.errors import TrustError, UntrustedSender
-from gateway.keys import SigningKey
 from gateway.types import AgencyId, CountryCode, KeyId
 
 SIGNATURE_FORMAT = "fxgw-trust-sig-1"

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 import structlog
 import yaml
 
+from gateway.contract.schemas import SchemaRegistry
 from gateway.errors import ConfigError, GatewayError, PeerError
-from gateway.schemas import SchemaRegistry
 from gateway.types import AgencyId
 
 if TYPE_CHECKING:
-    from gateway.config import NodeConfig
-    from gateway.trust import TrustList
+    from gateway.crypto.trust import TrustList
+    from gateway.node.config import NodeConfig
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 
@@ -91,7 +91,7 @@ def _print(text: str) -> None:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from gateway import keys
+    from gateway.crypto import keys
 
     out = Path(args.out)
     now = datetime.now(UTC)
@@ -136,8 +136,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_sign(args: argparse.Namespace) -> int:
-    from gateway.keys import load_signing_key
-    from gateway.trust import sign_trust_list
+    from gateway.crypto.keys import load_signing_key
+    from gateway.crypto.trust import sign_trust_list
 
     authority = load_signing_key(Path(args.key))
     path = Path(args.file)
@@ -147,8 +147,8 @@ def cmd_trust_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_verify(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
-    from gateway.trust import authority_keys, load_trust_list
+    from gateway.crypto.trust import authority_keys, load_trust_list
+    from gateway.node.config import load_config
 
     if args.config:
         config = load_config(Path(args.config))
@@ -172,26 +172,26 @@ def cmd_trust_verify(args: argparse.Namespace) -> int:
 
 
 def _registry(schemas: str | None) -> SchemaRegistry:
-    from gateway.config import DEFAULT_SCHEMAS
+    from gateway.node.config import DEFAULT_SCHEMAS
 
     return SchemaRegistry.load(Path(schemas) if schemas else DEFAULT_SCHEMAS)
 
 
 def _node_trust(config: NodeConfig) -> TrustList:
     """The trust list a node's config names, verified against its pinned authority keys."""
-    from gateway.trust import authority_keys, load_trust_list
+    from gateway.crypto.trust import authority_keys, load_trust_list
 
     pinned = authority_keys(config.authority_keys)
     return load_trust_list(config.trust_file, pinned, now=datetime.now(UTC))
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from gateway.policy import load_policy
+    from gateway.policy.engine import load_policy
 
     registry = _registry(args.schemas)
     trust = None
     if args.config:
-        from gateway.config import load_config
+        from gateway.node.config import load_config
 
         trust = _node_trust(load_config(Path(args.config)))
     failed = 0
@@ -209,17 +209,17 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
-    from gateway.node import load_node_files
-    from gateway.outbound import parse_plain_event
-    from gateway.policytools import explain
+    from gateway.core.outbound import parse_plain_event
+    from gateway.node.config import load_config
+    from gateway.node.runtime import load_node_files
+    from gateway.policy.tools import explain
 
     config = load_config(Path(args.config))
     now = datetime.now(UTC)
     loaded = load_node_files(config, now)
     policy = loaded.policy
     if args.policy:
-        from gateway.policy import load_policy
+        from gateway.policy.engine import load_policy
 
         policy = load_policy(Path(args.policy), loaded.registry)
         policy.check_against(loaded.trust)
@@ -257,7 +257,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
-    from gateway.policytools import run_policy_tests
+    from gateway.policy.tools import run_policy_tests
 
     registry = _registry(args.schemas)
     files = [Path(f) for f in args.files] or sorted(Path("policies").glob("*.test.yaml"))
@@ -317,8 +317,8 @@ def _pinned_keys(pairs: Sequence[str]) -> dict[str, bytes]:
 def _node_audit_keys(config_path: str) -> tuple[Path, str, dict[str, bytes]]:
     """A node's audit folder, agency and checkpoint keys: every signing key the trust list holds
     for the agency (old ones too, for older checkpoints), and the public half of its key file."""
-    from gateway.config import load_config
-    from gateway.keys import load_signing_key
+    from gateway.crypto.keys import load_signing_key
+    from gateway.node.config import load_config
 
     config = load_config(Path(config_path))
     keys: dict[str, bytes] = {}
@@ -347,7 +347,7 @@ def _node_audit_keys(config_path: str) -> tuple[Path, str, dict[str, bytes]]:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from gateway.auditlog import read_export, verify_export, verify_folder
+    from gateway.audit.store import read_export, verify_export, verify_folder
 
     pinned = _pinned_keys(args.key or [])
     target = Path(args.path) if args.path else None
@@ -358,7 +358,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             folder, _, keys = _node_audit_keys(args.config)
             source = "the agency's signing keys in the trust list and key file"
         elif args.config:
-            from gateway.config import load_config
+            from gateway.node.config import load_config
 
             folder = load_config(Path(args.config)).audit_dir
         elif target is None:
@@ -382,7 +382,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from gateway.auditlog import export, verify_export
+    from gateway.audit.store import export, verify_export
 
     pinned = _pinned_keys(args.key or [])
     agency: str | None = None
@@ -405,9 +405,9 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.auditlog import read_entries
-    from gateway.config import load_config
-    from gateway.status import build_view, render, to_json
+    from gateway.audit.status import build_view, render, to_json
+    from gateway.audit.store import read_entries
+    from gateway.node.config import load_config
 
     config = load_config(Path(args.config))
     if not config.audit_dir.is_dir():
@@ -428,9 +428,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
-    from gateway.outbound import parse_plain_event
-    from gateway.schemas import SchemaRegistry
+    from gateway.contract.schemas import SchemaRegistry
+    from gateway.core.outbound import parse_plain_event
+    from gateway.node.config import load_config
 
     config = load_config(Path(args.config))
     registry = SchemaRegistry.load(config.schemas_dir)
@@ -456,7 +456,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             asyncio.run(_send_to_topic(config.local_bootstrap, config.outbound_topic, good))
             where = f"topic {config.outbound_topic}"
         elif config.spool_outbound:
-            from gateway.sinks import write_atomically
+            from gateway.node.sinks import write_atomically
 
             config.spool_outbound.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -474,7 +474,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 async def _send_to_topic(bootstrap: str, topic: str, lines: Sequence[bytes]) -> None:
-    from gateway.transport import Producer, TopicSpec, ensure_topics
+    from gateway.node.transport import Producer, TopicSpec, ensure_topics
 
     await ensure_topics(bootstrap, [TopicSpec(topic)])
     producer = Producer(bootstrap, "fxgw-send")
@@ -486,8 +486,8 @@ async def _send_to_topic(bootstrap: str, topic: str, lines: Sequence[bytes]) -> 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
-    from gateway.node import Node
+    from gateway.node.config import load_config
+    from gateway.node.runtime import Node
 
     config = load_config(Path(args.config))
     node = Node(config)
@@ -504,7 +504,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.dev.demo import run_demo
 
     return run_demo(Path(args.dir) if args.dir else None, keep=args.keep)
 

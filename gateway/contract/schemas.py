@@ -68,7 +68,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar, cast
 
-from gateway import _avro
+from gateway.contract import _avro
 from gateway.errors import RecordInvalid, SchemaError, UnknownEventType
 from gateway.types import EventType
 

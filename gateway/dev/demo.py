@@ -1,7 +1,7 @@
 """``fxgw demo``: three agencies exchange seizures and a trace round trip on a real Kafka.
 
-It starts a local single-node Kafka (see :mod:`gateway.devkafka`), builds a sandbox federation
-(:mod:`gateway.sandbox`: NL-POL and BE-FPJ in the EU, US-ATF outside it), runs the three nodes,
+It starts a local single-node Kafka (see :mod:`gateway.dev.kafka`), builds a sandbox federation
+(:mod:`gateway.dev.sandbox`: NL-POL and BE-FPJ in the EU, US-ATF outside it), runs the three nodes,
 and plays the national systems: NL-POL reports a seizure and asks for a trace of a Belgian
 pistol, US-ATF reports a seizure, BE-FPJ answers the trace. Then it shows that an envelope
 altered in transit and one signed by a key outside the trust list are quarantined, and that
@@ -23,15 +23,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.auditlog import read_entries, verify_folder
-from gateway.config import load_config
-from gateway.envelope import open_envelope
+from gateway.audit.status import build_view
+from gateway.audit.store import read_entries, verify_folder
+from gateway.crypto.envelope import open_envelope
+from gateway.crypto.keys import generate_signing_key, load_signing_key
+from gateway.dev.sandbox import Federation, build_federation
 from gateway.errors import PeerError
-from gateway.keys import generate_signing_key, load_signing_key
-from gateway.node import Node
-from gateway.sandbox import Federation, build_federation
-from gateway.status import build_view
-from gateway.transport import Message, Producer, read_topic
+from gateway.node.config import load_config
+from gateway.node.runtime import Node
+from gateway.node.transport import Message, Producer, read_topic
 from gateway.types import KeyId
 
 AGENCIES = ("NL-POL", "BE-FPJ", "US-ATF")
@@ -269,7 +269,7 @@ async def _tamper_checks(fed: Federation, nodes: dict[str, Node], producer: Prod
     nl = nodes["NL-POL"].outbound
     rogue = replace(nl.keys, signing=generate_signing_key(KeyId("NL-POL/sign/rogue")))
     forged_core = replace(nl, keys=rogue)
-    from gateway.outbound import parse_plain_event
+    from gateway.core.outbound import parse_plain_event
 
     event = parse_plain_event(seizure_nl(), nodes["NL-POL"].registry)
     forged = [
@@ -400,7 +400,7 @@ async def _report(fed: Federation, nodes: dict[str, Node], tamper_lines: list[st
 
 def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
     """Run the whole demo; returns the exit code."""
-    from gateway.devkafka import LocalKafka
+    from gateway.dev.kafka import LocalKafka
 
     root = workdir or Path(tempfile.mkdtemp(prefix="fxgw-demo-"))
     root.mkdir(parents=True, exist_ok=True)

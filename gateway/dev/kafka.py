@@ -9,8 +9,8 @@ log directory; all nodes of a cluster share one cluster id and a static controll
 This module is a development tool: standard library only, no asyncio, nothing imported from the
 rest of the gateway but its errors. Command line::
 
-    python -m gateway.devkafka start [--nodes N] [--dir D] [--heap-mb M] [--version V]
-    python -m gateway.devkafka classpath [--version V]
+    python -m gateway.dev.kafka start [--nodes N] [--dir D] [--heap-mb M] [--version V]
+    python -m gateway.dev.kafka classpath [--version V]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ __all__ = [
 DEFAULT_VERSION = "4.1.1"
 
 _HOST = "127.0.0.1"
-_DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
+_DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 _POM = _DEPLOY_DIR / "pom.xml"
 _LOG_CONFIG = _DEPLOY_DIR / "log4j2.properties"
 # Logged once by kafka.server.KafkaRaftServer when the broker is unfenced and serving clients.
@@ -131,7 +131,7 @@ def resolve_classpath(version: str = DEFAULT_VERSION, *, refresh: bool = False) 
 def _maven_classpath(version: str, scratch: Path) -> str:
     if not _POM.is_file():
         raise ConfigError(
-            "the Kafka launcher's pom is missing; gateway.devkafka needs a source checkout"
+            "the Kafka launcher's pom is missing; gateway.dev.kafka needs a source checkout"
             " (pip install -e .) with deploy/kafka/pom.xml, or set KAFKA_HOME",
             file=str(_POM),
         )
@@ -455,7 +455,7 @@ class LocalKafka:
             "broker.heartbeat.interval.ms": 500,
             "broker.session.timeout.ms": 3000,
         }
-        lines = [f"# Written by gateway.devkafka for node {node.index}; rewritten on each start."]
+        lines = [f"# Written by gateway.dev.kafka for node {node.index}; rewritten on each start."]
         lines += [f"{key}={value}" for key, value in settings.items()]
         return "\n".join(lines) + "\n"
 
@@ -679,7 +679,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``start`` or ``classpath`` command; return the process exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.devkafka", description="A local Apache Kafka (KRaft), no Docker."
+        prog="python -m gateway.dev.kafka", description="A local Apache Kafka (KRaft), no Docker."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("start", help="start Kafka and stay in the foreground")

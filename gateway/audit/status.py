@@ -1,8 +1,8 @@
 """What became of each message a node released: a fold over its audit trail.
 
 Pure. The audit trail already records every release decision and every receipt that came back
-(:mod:`gateway.node` writes them), so the status view needs no store of its own and can never
-disagree with the evidence. For each message released: ``released`` (no receipt yet),
+(:mod:`gateway.node.runtime` writes them), so the status view needs no store of its own and
+can never disagree with the evidence. For each message released: ``released`` (no receipt yet),
 ``delivered``, ``duplicate`` (the recipient had it already), ``rejected`` (with the reason
 code), or ``overdue`` (no receipt within the configured time). Denials and refusals show in an
 event's fan-out, so one query answers "where did event X go, and where did it not?".

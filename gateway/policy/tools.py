@@ -19,12 +19,12 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
 from gateway._yamlfile import load_model, read_yaml
+from gateway.contract.schemas import SchemaRegistry
+from gateway.core.outbound import parse_plain_event
+from gateway.crypto.trust import Agency
 from gateway.errors import PeerError, PolicyError
-from gateway.outbound import parse_plain_event
-from gateway.policy import Denied, FieldPlan, Plan, Policy, apply_plan, load_policy
-from gateway.schemas import SchemaRegistry
-from gateway.transforms import Pseudonymiser
-from gateway.trust import Agency
+from gateway.policy.engine import Denied, FieldPlan, Plan, Policy, apply_plan, load_policy
+from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, CountryCode
 
 Outcome = Literal["released", "transformed", "withheld"]

@@ -1,7 +1,7 @@
 """The audit chain: entry hashing, chaining, checkpoint signing and verification. Pure.
 
 An audit log is a sequence of entries, one canonical JSON object per line, split into segment
-files (``audit-000001.jsonl``, ...; :mod:`gateway.auditlog` writes them). An entry holds metadata
+files (``audit-000001.jsonl``, ...; :mod:`gateway.audit.store` writes them). An entry holds metadata
 only (ids, digests, reason codes), never an event's field values::
 
     {"at":"2026-11-28T15:12:00.123Z","data":{...},"hash":"<hex>","kind":"release","prev":"<hex>","seq":17}
@@ -59,7 +59,7 @@ from typing import Any, TypeAlias
 import nacl.exceptions
 import nacl.signing
 
-from gateway.keys import SigningKey
+from gateway.crypto.keys import SigningKey
 
 Value: TypeAlias = str | int | bool | list[str] | None
 """What an entry's data may hold: metadata scalars, or a list of strings."""

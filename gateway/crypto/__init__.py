@@ -1,0 +1,1 @@
+"""Keys, the signed trust list, sealed envelopes and signed receipts. Pure."""
