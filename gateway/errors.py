@@ -124,13 +124,34 @@ class Duplicate(PeerError):
 
 
 class InfrastructureError(GatewayError):
-    """A dependency failed; ``retriable`` says whether trying again can help."""
+    """A dependency failed; ``retriable`` says whether trying again can help, ``fatal`` that our
+    own side is broken beyond retrying (the node stops with a clear message and exit code)."""
 
     retriable: bool = True
+    fatal: bool = False
 
 
 class TransportError(InfrastructureError):
     """Kafka could not be reached or refused a request."""
+
+
+class RecordRefused(TransportError):
+    """The cluster refuses this one record (too large for the topic, invalid): tied to the
+    record, so trying again cannot help; it is quarantined and the stream goes on."""
+
+    retriable = False
+
+
+class TopicRefused(TransportError):
+    """A topic is missing, or we may not write to it: tied to that topic (for a recipient's
+    inbox, to that recipient)."""
+
+
+class AccessRefused(TransportError):
+    """The cluster refused our credentials or our rights as a whole: our side is broken."""
+
+    retriable = False
+    fatal = True
 
 
 class StorageError(InfrastructureError):

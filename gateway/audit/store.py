@@ -73,8 +73,6 @@ from gateway.errors import ConfigError, StorageError
 
 EXPORT_FORMAT = "fxgw-audit-export-1"
 
-_FLUSH_AT = 64 * 1024
-
 
 def format_time(moment: datetime) -> str:
     """``moment`` (timezone-aware) as the audit's UTC time: ``2026-11-28T15:12:00.123Z``."""
@@ -94,6 +92,13 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    with memoryview(data) as view:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
 
 
 def _segments(folder: Path) -> list[int]:
@@ -126,8 +131,18 @@ class AuditLog:
         self._number = 0
         self._lines = 0
         self._pending = bytearray()
+        """Entries appended but not yet written to the segment."""
+        self._unsynced = bytearray()
+        """Entries written to the segment since its last successful fsync: after a failed fsync
+        the kernel may have dropped them, so they are written again from here."""
+        self._synced_size = 0
+        self._broken = False
         self._last: Entry | None = None
         self._since_checkpoint = 0
+        self._due_checkpoint = False
+        self._due_rotate = False
+        self._due_head: Head | None = None
+        self._ended = False
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -299,7 +314,8 @@ class AuditLog:
     def append(self, kind: str, data: Mapping[str, object]) -> Entry:
         """Add an entry (buffered; :meth:`sync` makes it durable) and return it.
 
-        Checkpoints and rotation happen on their own, as configured.
+        Checkpoints and rotation happen on their own, as configured, at the next :meth:`sync`
+        (so that appending never fails for the sake of a checkpoint).
 
         :raises ValueError: ``data`` is not metadata (see
             :func:`gateway.audit.chain.make_entry`), or ``kind`` is one the log writes itself
@@ -311,26 +327,52 @@ class AuditLog:
             raise ValueError(f"'{kind}' entries are written by the audit log itself")
         entry = self._write(kind, data)
         if self._since_checkpoint >= self._checkpoint_every:
-            self._checkpoint()
+            self._due_checkpoint = True
         if self._lines >= self._segment_entries:
-            self._rotate()
+            self._due_rotate = True
         return entry
 
     def sync(self) -> None:
-        """Write what is buffered and fsync it.
+        """Write what is buffered and fsync it; then do the checkpoint, head update or rotation
+        that is due.
 
-        :raises StorageError: the disk refused; after a failed fsync ``retriable`` is False
-            (what the kernel dropped cannot be written again).
+        After a failed write or fsync nothing is taken as durable: the next call truncates the
+        segment back to its last synced size and writes everything since again from memory, so
+        calling again after an error is always right.
+
+        :raises StorageError: the disk refused (retriable: call again).
         """
+        self._sync_data()
+        if self._due_head is not None:
+            self._write_head(self._due_head)
+        if self._due_rotate:
+            self._rotate()
+        elif self._due_checkpoint:
+            self._checkpoint()
+
+    def _sync_data(self) -> None:
         if self._fd is None:
             return
-        self._flush()
         try:
+            if self._broken:
+                self._rewrite()
+            self._flush()
             os.fsync(self._fd)
         except OSError as exc:
-            raise _storage_error(
-                self.segment, "cannot fsync the audit log", exc, retriable=False
-            ) from exc
+            self._broken = True
+            raise _storage_error(self.segment, "cannot make the audit log durable", exc) from exc
+        self._synced_size += len(self._unsynced)
+        self._unsynced.clear()
+
+    def _rewrite(self) -> None:
+        """Reopen the segment, cut it back to what was last synced, and write the rest again."""
+        assert self._fd is not None
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = os.open(self.segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.ftruncate(self._fd, self._synced_size)
+        _write_all(self._fd, self._unsynced)
+        self._broken = False
 
     def checkpoint(self) -> Entry:
         """Sign the chain's head with a checkpoint entry and make everything durable.
@@ -389,32 +431,33 @@ class AuditLog:
         self._last = entry
         self._lines += 1
         self._since_checkpoint += 1
-        if len(self._pending) >= _FLUSH_AT:
-            self._flush()
         return entry
 
     def _flush(self) -> None:
+        """Write the pending entries to the segment (they stay in memory until synced)."""
         assert self._fd is not None
-        done = 0
+        pending, self._pending = self._pending, bytearray()
+        self._unsynced += pending
         try:
-            with memoryview(self._pending) as view:
-                while done < len(view):
-                    done += os.write(self._fd, view[done:])
-        except OSError as exc:
-            raise _storage_error(self.segment, "cannot append to the audit log", exc) from exc
-        finally:
-            del self._pending[:done]
+            _write_all(self._fd, pending)
+        except OSError:
+            self._broken = True  # a partial write: the rewrite starts from the synced size
+            raise
 
     def _checkpoint(self) -> Entry:
         last = self._last
         assert last is not None  # a log always holds its segment_start
         if last.kind == CHECKPOINT:
-            self.sync()
+            self._sync_data()
+            if self._due_head is not None:
+                self._write_head(self._due_head)
             return last
         entry = self._write(CHECKPOINT, checkpoint_data(last, self._signer))
-        self.sync()
-        self._write_head(Head(self.segment.name, self._lines, entry.to_line()))
         self._since_checkpoint = 0
+        self._due_checkpoint = False
+        self._due_head = Head(self.segment.name, self._lines, entry.to_line())
+        self._sync_data()
+        self._write_head(self._due_head)
         return entry
 
     def _write_head(self, head: Head) -> None:
@@ -431,27 +474,38 @@ class AuditLog:
             _fsync_dir(self._folder)
         except OSError as exc:
             raise _storage_error(path, "cannot write the audit head", exc) from exc
+        if self._due_head == head:
+            self._due_head = None
 
     def _rotate(self) -> None:
-        name, following = self.segment.name, segment_name(self._number + 1)
-        self._write(
-            SEGMENT_END, {"segment": name, "entries": self._lines + 1, "next_segment": following}
-        )
+        # each step may fail and be tried again at the next sync; none is done twice
+        if not self._ended:
+            name, following = self.segment.name, segment_name(self._number + 1)
+            self._write(
+                SEGMENT_END,
+                {"segment": name, "entries": self._lines + 1, "next_segment": following},
+            )
+            self._ended = True
         self._checkpoint()
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._start_segment(self._number + 1)
+        self._ended = False
+        self._due_rotate = False
 
     def _open_segment(self, number: int) -> None:
         path = self._folder / segment_name(number)
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._synced_size = os.fstat(self._fd).st_size
             _fsync_dir(self._folder)
         except OSError as exc:
             raise _storage_error(path, "cannot open the audit segment", exc) from exc
         self._number = number
+        self._unsynced.clear()
+        self._broken = False
 
     def _start_segment(self, number: int) -> None:
         """Open segment ``number`` (new or empty) and write its ``segment_start`` entry."""

@@ -1,23 +1,56 @@
-"""The inbound core: envelope bytes in, a delivery (or a rejection) out.
+"""The inbound core: envelope bytes in, what must happen out.
 
-Sans-I/O: :meth:`InboundCore.receive` opens the envelope (trust list, signature, addressee,
-freshness, decryption: see :func:`gateway.crypto.envelope.open_envelope`), drops a message id it has
-already delivered, decodes the body with the schema named by its fingerprint, and returns a
-:class:`Delivery`. Anything a peer got wrong comes back as a :class:`Rejection` with a reason code;
-the node quarantines it and goes on.
+Sans-I/O. :meth:`InboundCore.receive` opens the envelope (trust list, signature, addressee,
+freshness, decryption: see :func:`gateway.crypto.envelope.open_envelope`), drops a message id it
+has already delivered, decodes the body with the schema named by its fingerprint, checks that the
+body agrees with the signed header, and returns a :class:`Delivery`. Anything a peer got wrong
+comes back as a :class:`Rejection` with a reason code.
+
+:meth:`InboundCore.take` turns that into :class:`~gateway.core.effects.Effects`: the delivery
+document, the journal entry, the signed receipt, the quarantine record and the audit entries.
+Only an envelope whose signature verified against the trust list is answered with a receipt
+(REJECTED included): receipts are never built from a header nobody vouched for. The size of the
+raw bytes is checked before anything else, and nothing of an unverified header is quoted.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Container
+import json
+import math
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import nacl.exceptions
+import nacl.signing
+
+from gateway.audit.chain import Value
 from gateway.contract.schemas import SchemaRegistry
-from gateway.crypto.envelope import Handling, Header, UnwrapCache, open_envelope, read_header
+from gateway.core.effects import (
+    AuditEntry,
+    Deliver,
+    DeliveredEntry,
+    DeliveredLookup,
+    Effects,
+    Limits,
+    Receipt,
+    Remember,
+    merge,
+    quarantine,
+)
+from gateway.crypto.envelope import (
+    Handling,
+    Header,
+    UnwrapCache,
+    open_envelope,
+    read_header,
+    signing_input,
+)
 from gateway.crypto.keys import AgencyKeys
+from gateway.crypto.receipts import Outcome as ReceiptOutcome
+from gateway.crypto.receipts import make_receipt
 from gateway.crypto.trust import TrustList
 from gateway.errors import PeerError, RecordInvalid
 
@@ -82,7 +115,7 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """An envelope that will not be delivered: reason code, detail (no payload), and the header
-    when it could be parsed."""
+    only when its signature verified against the trust list (otherwise nobody vouches for it)."""
 
     reason: str
     detail: str
@@ -149,25 +182,256 @@ class InboundCore:
             if not schema.is_event:
                 raise RecordInvalid(f"{schema.full_name} is not an event type")
             record = self.registry.decode(schema.full_name, opened.plaintext)
+            check_agreement(header, record)
         except PeerError as exc:
-            return Rejection(exc.reason, str(exc), _try_header(data, self.registry), _sha(data))
+            return Rejection(exc.reason, str(exc), self._verified(data, now), _sha(data))
         except (ValueError, TypeError, OverflowError, RecursionError, KeyError) as exc:
             # bytes a peer crafted to trip a library: still the peer's fault, never a crash
             return Rejection(
                 "malformed",
                 f"the envelope could not be read ({type(exc).__name__})",
-                _try_header(data, self.registry),
+                self._verified(data, now),
                 _sha(data),
             )
         return Delivery(header, record, opened.digest, now)
 
+    def _verified(self, data: bytes, now: datetime) -> Header | None:
+        """The header of ``data`` if its sender's key is on the trust list and the signature
+        over header and body verifies; otherwise None."""
+        try:
+            header, header_bytes, ciphertext, signature = read_header(data, self.registry)
+            public = self.trust.signing_key(header.sender, header.sender_key_id, header.created_at)
+            nacl.signing.VerifyKey(public).verify(
+                signing_input(header_bytes, ciphertext), signature
+            )
+        except (PeerError, nacl.exceptions.BadSignatureError, ValueError, TypeError, KeyError):
+            return None
+        except (OverflowError, RecursionError):
+            return None
+        return header
+
+    def take(
+        self, data: bytes, now: datetime, delivered: DeliveredLookup, limits: Limits
+    ) -> Effects:
+        """Everything that must happen because ``data`` arrived in our inbox.
+
+        Too large: quarantined unread. Delivered: the delivery, its journal entry, a DELIVERED
+        receipt. Seen before: a receipt as of the first delivery (the same envelope again gets
+        the same receipt, byte for byte). Expired retention: a REJECTED receipt. Anything else:
+        quarantined, and answered with a REJECTED receipt only when the signature verified.
+        """
+        now_ms = _ms(now)
+        if len(data) > limits.max_envelope_bytes:
+            return quarantine(
+                data,
+                reason="too_large",
+                detail=f"{len(data)} bytes; this node takes envelopes up to "
+                f"{limits.max_envelope_bytes}",
+                direction="inbound",
+                now_ms=now_ms,
+                limits=limits,
+                log_event="envelope_rejected",
+            )
+        result = self.receive(data, now, delivered)
+        if isinstance(result, Delivery):
+            document = delivery_document(result, self.registry)
+            if len(document) > limits.max_delivery_bytes:
+                result = Rejection(
+                    "delivery_too_large",
+                    f"the delivery document would be {len(document)} bytes; the national "
+                    f"system takes up to {limits.max_delivery_bytes}",
+                    result.header,
+                    result.digest,
+                )
+            else:
+                return self._deliver(result, document, now)
+        if isinstance(result, DuplicateDrop):
+            return self._duplicate(result, delivered, now)
+        if isinstance(result, Expired):
+            h = result.header
+            expired = AuditEntry(
+                "expired",
+                _inbound_data(h, result.digest, "retention_expired"),
+                "retention_expired_not_delivered",
+                "retention_expired",
+            )
+            answer = self._answer(h, result.digest, "REJECTED", "retention_expired", now)
+            return merge(Effects(audit=(expired,)), answer)
+        return self._reject(data, result, now, limits)
+
+    def _deliver(self, result: Delivery, document: bytes, now: datetime) -> Effects:
+        h = result.header
+        until = retain_until(h) or now + timedelta(days=365)
+        deliver = Deliver(
+            message_id=h.message_id,
+            event_id=h.event_id,
+            event_type=h.event_type,
+            sender=h.sender,
+            handling=h.handling.code,
+            document=document,
+            entry=DeliveredEntry(_ms(h.expires_at), _ms(now), result.digest),
+            remember=Remember(
+                h.event_id, h.sender, h.handling.code, h.handling.onward_transfer, _ms(until)
+            ),
+        )
+        delivered = AuditEntry(
+            "delivery", _inbound_data(h, result.digest, None), "delivered", "delivered"
+        )
+        return merge(
+            Effects(deliveries=(deliver,), audit=(delivered,)),
+            self._answer(h, result.digest, "DELIVERED", None, now),
+        )
+
+    def _duplicate(
+        self, result: DuplicateDrop, delivered: DeliveredLookup, now: datetime
+    ) -> Effects:
+        h = result.header
+        # answered as of the first delivery; the very same envelope again gets the very same
+        # receipt, byte for byte
+        first = delivered.get(h.message_id)
+        at = now if first is None else datetime.fromtimestamp(first.recorded_ms / 1000, UTC)
+        outcome: ReceiptOutcome = (
+            "DELIVERED" if first is not None and first.digest == result.digest else "DUPLICATE"
+        )
+        duplicate = AuditEntry(
+            "duplicate", _inbound_data(h, result.digest, None), "duplicate_dropped", "duplicates"
+        )
+        return merge(Effects(audit=(duplicate,)), self._answer(h, result.digest, outcome, None, at))
+
+    def _reject(self, data: bytes, rejection: Rejection, now: datetime, limits: Limits) -> Effects:
+        h = rejection.header
+        ids: dict[str, Value] = {}
+        if h is not None:
+            ids = {"message_id": h.message_id, "event_id": h.event_id, "sender": h.sender}
+        quarantined = quarantine(
+            data,
+            reason=rejection.reason,
+            detail=rejection.detail,
+            direction="inbound",
+            now_ms=_ms(now),
+            limits=limits,
+            extra=tuple((f"fxgw-{k.replace('_', '-')}", str(v).encode()) for k, v in ids.items()),
+            data=ids,
+            log_event="envelope_rejected",
+        )
+        if h is None or h.recipient != self.keys.agency:
+            return quarantined  # nobody vouches for the header, or it is not ours to answer
+        return merge(
+            quarantined, self._answer(h, rejection.digest, "REJECTED", rejection.reason, now)
+        )
+
+    def _answer(
+        self, h: Header, digest: bytes, outcome: ReceiptOutcome, reason: str | None, at: datetime
+    ) -> Effects:
+        """The signed receipt for a verified header, and its audit entry."""
+        data = make_receipt(
+            message_id=h.message_id,
+            event_id=h.event_id,
+            sender=h.sender,
+            recipient=self.keys.agency,
+            envelope_digest=digest,
+            outcome=outcome,
+            reason=reason,
+            received_at=at,
+            signer=self.keys.signing,
+            codec=self.registry,
+        )
+        sent = AuditEntry(
+            "receipt_sent",
+            {
+                "message_id": h.message_id,
+                "sender": h.sender,
+                "outcome": outcome,
+                "reason": reason,
+                "receipt_sha256": hashlib.sha256(data).hexdigest(),
+            },
+            "receipt_sent",
+            "receipts_sent",
+        )
+        return Effects(receipts=(Receipt(h.sender, h.message_id, data),), audit=(sent,))
+
+
+_ORIGIN = {
+    "fxgw.SeizureEvent": "reporting_agency",
+    "fxgw.TraceRequest": "requesting_agency",
+    "fxgw.TraceResponse": "responding_agency",
+}
+"""Per event type, the field naming the agency the event comes from: it must be the sender."""
+
+
+def check_agreement(header: Header, record: Mapping[str, object]) -> None:
+    """The body must agree with the signed header: same event id, the agency the event names as
+    its origin is the sender (or the recipient itself, when its own event comes back to it), and
+    every number is finite.
+
+    :raises PeerError: ``body_header_mismatch`` or ``non_finite_number``.
+    """
+    if record.get("event_id") != header.event_id:
+        raise PeerError(
+            "the body's event_id differs from the signed header's", reason="body_header_mismatch"
+        )
+    origin_field = _ORIGIN.get(header.event_type)
+    origin = record.get(origin_field) if origin_field else None
+    # an event may come back to the agency that reported it (onward transfer back to origin)
+    if isinstance(origin, Mapping) and origin.get("agency_id") not in (
+        header.sender,
+        header.recipient,
+    ):
+        raise PeerError(
+            f"{origin_field}.agency_id is not the signing sender", reason="body_header_mismatch"
+        )
+    path = _non_finite(record, "")
+    if path is not None:
+        raise PeerError(f"{path or 'record'}: not a finite number", reason="non_finite_number")
+
+
+def _non_finite(value: object, path: str) -> str | None:
+    """The path of the first NaN or infinity in ``value``, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _non_finite(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _non_finite(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def delivery_document(delivery: Delivery, registry: SchemaRegistry) -> bytes:
+    """The JSON document of one delivery: ``{"event_type", "provenance", "record"}``, the record
+    in its JSON form (dates ISO-8601, bytes base64)."""
+    document = {
+        "event_type": delivery.header.event_type,
+        "provenance": delivery.provenance(),
+        "record": registry.to_json(delivery.header.event_type, delivery.record),
+    }
+    return json.dumps(document, ensure_ascii=False, sort_keys=True, allow_nan=False).encode("utf-8")
+
+
+def _inbound_data(h: Header, digest: bytes, reason: str | None) -> dict[str, Value]:
+    """What the log and the audit trail say of an envelope taken in (metadata only)."""
+    return {
+        "message_id": h.message_id,
+        "event_id": h.event_id,
+        "event_type": h.event_type,
+        "sender": h.sender,
+        "policy_id": h.policy_id,
+        "policy_digest": h.policy_digest.hex(),
+        "handling": h.handling.code,
+        "retention_days": h.handling.retention_days,
+        "envelope_sha256": digest.hex(),
+        "reason": reason,
+    }
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
 
 def _sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def _try_header(data: bytes, registry: SchemaRegistry) -> Header | None:
-    try:
-        return read_header(data, registry)[0]
-    except (PeerError, ValueError, TypeError, OverflowError, RecursionError, KeyError):
-        return None

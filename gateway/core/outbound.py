@@ -2,18 +2,25 @@
 
 Sans-I/O: :meth:`OutboundCore.release` takes one parsed event and the time and returns what to
 publish, plus the recipients the policy denied and those the node refused to serve (fail
-closed: no trust-list entry, no valid encryption key). The node publishes and commits.
+closed: no trust-list entry, no valid encryption key, an envelope too large for the exchange).
+:meth:`OutboundCore.take` starts from the national system's raw bytes and returns
+:class:`~gateway.core.effects.Effects`: envelopes, audit entries, and the bounded quarantine
+record of an event that is invalid or that some recipient could not be served. The node
+publishes and commits.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from gateway.audit.chain import Value
 from gateway.contract.schemas import SchemaRegistry
+from gateway.core.effects import AuditEntry, Effects, Envelope, Limits, merge, quarantine
 from gateway.core.routing import Route, route
 from gateway.crypto.envelope import (
     DataKeyRing,
@@ -25,7 +32,7 @@ from gateway.crypto.envelope import (
 )
 from gateway.crypto.keys import AgencyKeys
 from gateway.crypto.trust import PublicKey, TrustList
-from gateway.errors import RecordInvalid, UnknownEventType
+from gateway.errors import PeerError, RecordInvalid, UnknownEventType
 from gateway.policy.engine import Denied, Plan, Policy, Released, apply_plan
 from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, EventId, EventType
@@ -164,10 +171,121 @@ class OutboundCore:
     received: Mapping[str, ReceivedEvent] = field(default_factory=dict)
     """Events received from peers, by event id: their handling limits forwarding."""
 
+    limits: Limits = field(default_factory=Limits)
+
     @property
     def agency(self) -> AgencyId:
         """The sending agency."""
         return self.keys.agency
+
+    def take(self, raw: bytes, now: datetime) -> Effects:
+        """Everything that must happen because the national system handed over ``raw``.
+
+        An event too large, invalid, or whose released view cannot be built is quarantined
+        locally; otherwise its envelopes are published and every decision audited (release,
+        denial, refusal: a refused recipient also quarantines the event, once per recipient).
+        """
+        limits = self.limits
+        now_ms = int(now.timestamp() * 1000)
+        if len(raw) > limits.max_event_bytes:
+            return quarantine(
+                raw,
+                reason="too_large",
+                detail=f"{len(raw)} bytes; this node takes events up to {limits.max_event_bytes}",
+                direction="outbound",
+                now_ms=now_ms,
+                limits=limits,
+                log_event="event_rejected",
+            )
+        try:
+            event = parse_plain_event(raw, self.registry)
+        except PeerError as exc:
+            return quarantine(
+                raw,
+                reason=exc.reason,
+                detail=str(exc),
+                direction="outbound",
+                now_ms=now_ms,
+                limits=limits,
+                log_event="event_rejected",
+            )
+        try:
+            outcome = self.release(event, now)
+        except PeerError as exc:  # a released view that does not encode: keep the event
+            return quarantine(
+                raw,
+                reason="release_failed",
+                detail=str(exc),
+                direction="outbound",
+                now_ms=now_ms,
+                limits=limits,
+                data={"event_id": event.event_id},
+                log_event="release_failed",
+            )
+        parts = [Effects(envelopes=tuple(self._envelope(s) for s in outcome.envelopes))]
+        parts.append(Effects(audit=tuple(self._released(s, outcome) for s in outcome.envelopes)))
+        for denied in outcome.denied:
+            data: dict[str, Value] = {
+                "event_id": event.event_id,
+                "event_type": event.event_type,
+                "recipient": denied.recipient,
+                "reason": denied.reason,
+                "policy_id": self.policy.policy_id,
+            }
+            parts.append(
+                Effects(audit=(AuditEntry("release_denied", data, "not_released", "denied"),))
+            )
+        for refused in outcome.refused:
+            data = {
+                "event_id": event.event_id,
+                "event_type": event.event_type,
+                "recipient": refused.recipient,
+                "reason": refused.reason,
+                "detail": refused.detail,
+            }
+            audit = AuditEntry("release_refused", data, "release_refused", "refused", warn=True)
+            parts.append(Effects(audit=(audit,)))
+            parts.append(
+                quarantine(
+                    raw,
+                    reason=refused.reason,
+                    detail=f"recipient {refused.recipient}: {refused.detail}",
+                    direction="outbound",
+                    now_ms=now_ms,
+                    limits=limits,
+                    extra=(("fxgw-recipient", refused.recipient.encode()),),
+                    data={"event_id": event.event_id, "recipient": refused.recipient},
+                )
+            )
+        return merge(*parts)
+
+    @staticmethod
+    def _envelope(sealed: Sealed) -> Envelope:
+        h = sealed.header
+        return Envelope(h.recipient, h.sender, h.message_id, sealed.data)
+
+    @staticmethod
+    def _released(sealed: Sealed, outcome: Outcome) -> AuditEntry:
+        h = sealed.header
+        data: dict[str, Value] = {
+            "message_id": h.message_id,
+            "event_id": h.event_id,
+            "event_type": h.event_type,
+            "recipient": h.recipient,
+            "policy_id": h.policy_id,
+            "policy_digest": h.policy_digest.hex(),
+            "rule": h.policy_rule,
+            "handling": h.handling.code,
+            "purpose": h.handling.purpose,
+            "retention_days": h.handling.retention_days,
+            "onward_transfer": h.handling.onward_transfer,
+            "kept": list(outcome.kept.get(h.message_id, ())),
+            "transformed": list(h.transformed),
+            "withheld": list(h.withheld),
+            "envelope_sha256": hashlib.sha256(sealed.data).hexdigest(),
+            "recipient_key_id": h.recipient_key_id,
+        }
+        return AuditEntry("release", data, "released", "released")
 
     def release(self, event: PlainEvent, now: datetime) -> Outcome:
         """Route ``event``, apply the policy per recipient, and seal one envelope for each
@@ -210,6 +328,16 @@ class OutboundCore:
                 continue
             try:
                 sealed, released = self._seal_view(event, recipient, decision, public, now)
+                if len(sealed.data) > self.limits.max_envelope_bytes:
+                    refused.append(
+                        Refused(
+                            recipient,
+                            "envelope_too_large",
+                            f"the envelope would be {len(sealed.data)} bytes; the exchange "
+                            f"takes up to {self.limits.max_envelope_bytes}",
+                        )
+                    )
+                    continue
                 envelopes.append(sealed)
                 kept[sealed.header.message_id] = released.kept
             except (RecordInvalid, ValueError, TypeError, OverflowError) as exc:

@@ -6,7 +6,7 @@ keys and state can move together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway._yamlfile import load_model, read_yaml
+from gateway.core.effects import MIB, Limits
 from gateway.core.routing import Route
 from gateway.errors import ConfigError
 from gateway.types import AgencyId
@@ -72,6 +73,21 @@ class EnvelopeModel(_Strict):
     data_key_max_uses: int = Field(default=10_000, ge=1)
 
 
+_LIMITS = Limits()
+
+
+class LimitsModel(_Strict):
+    """Sizes in bytes; they must fit the topics' ``max.message.bytes``."""
+
+    max_event_bytes: int = Field(default=_LIMITS.max_event_bytes, ge=1024, le=64 * MIB)
+    max_envelope_bytes: int = Field(default=_LIMITS.max_envelope_bytes, ge=1024, le=64 * MIB)
+    max_delivery_bytes: int = Field(default=_LIMITS.max_delivery_bytes, ge=1024, le=64 * MIB)
+    max_receipt_bytes: int = Field(default=_LIMITS.max_receipt_bytes, ge=1024, le=MIB)
+    quarantine_raw_bytes: int = Field(default=_LIMITS.quarantine_raw_bytes, ge=0, le=64 * MIB)
+    quarantine_prefix_bytes: int = Field(default=_LIMITS.quarantine_prefix_bytes, ge=0, le=MIB)
+    detail_chars: int = Field(default=_LIMITS.detail_chars, ge=64, le=65536)
+
+
 class RouteToModel(_Strict):
     agencies: list[str] = []
     groups: list[str] = []
@@ -98,6 +114,7 @@ class NodeModel(_Strict):
     spool: SpoolModel = SpoolModel()
     delivery: DeliveryModel = DeliveryModel()
     envelope: EnvelopeModel = EnvelopeModel()
+    limits: LimitsModel = LimitsModel()
     routes: list[RouteModel] = []
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
@@ -143,6 +160,7 @@ class NodeConfig:
     data_key_max_uses: int
     routes: tuple[Route, ...]
     metrics_port: int | None
+    limits: Limits = field(default_factory=Limits)
 
     def inbox_topic(self, agency: str) -> str:
         """The exchange topic an agency reads its envelopes from."""
@@ -212,4 +230,5 @@ def load_config(path: Path) -> NodeConfig:
         data_key_max_uses=model.envelope.data_key_max_uses,
         routes=routes,
         metrics_port=model.metrics_port,
+        limits=Limits(**model.limits.model_dump()),
     )

@@ -13,12 +13,13 @@ has expired.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from gateway.core.effects import DeliveredEntry
 from gateway.core.outbound import ReceivedEvent
 from gateway.errors import StorageError
 
@@ -28,8 +29,8 @@ def _line(message_id: str, entry: DeliveredEntry) -> str:
     return f"{message_id} {entry.expires_ms} {entry.recorded_ms}{digest}\n"
 
 
-def _open_journal(path: Path, what: str) -> tuple[list[str], TextIO]:
-    """The complete lines of a journal, and the journal opened for appending.
+def _open_journal(path: Path, what: str) -> tuple[list[str], TextIO, int]:
+    """The complete lines of a journal, the journal opened for appending, and its size.
 
     A torn last line (a crash mid-write) is cut off, so that the next line starts clean.
 
@@ -45,47 +46,63 @@ def _open_journal(path: Path, what: str) -> tuple[list[str], TextIO]:
                 f.flush()
                 os.fsync(f.fileno())
         lines = complete.decode("utf-8", errors="replace").splitlines()
-        return lines, path.open("a", encoding="utf-8")
+        return lines, path.open("a", encoding="utf-8"), len(complete)
     except OSError as exc:
         raise StorageError(f"{path}: cannot open the {what}: {exc}") from exc
 
 
 class _Journal:
-    """An append-only journal file: buffered lines, made durable by :meth:`sync`."""
+    """An append-only journal file: buffered lines, made durable by :meth:`sync`.
+
+    Lines stay in memory until an fsync succeeds. After a failed write or fsync nothing is taken
+    as durable: the next :meth:`sync` cuts the file back to its last synced size and writes the
+    lines since again (what the kernel dropped after a failed fsync is not written by a second
+    fsync).
+    """
 
     _path: Path
     _file: TextIO
+    _synced_size: int
+    _unsynced: list[str]
+    _broken: bool
+
+    def _start(self, file: TextIO, size: int) -> None:
+        self._file, self._synced_size, self._unsynced, self._broken = file, size, [], False
 
     def _append(self, line: str) -> None:
+        self._unsynced.append(line)
+        if self._broken:
+            return  # written again, with the rest, by the next sync
         try:
             self._file.write(line)
-        except OSError as exc:
-            raise StorageError(f"{self._path}: cannot append: {exc}") from exc
+        except OSError:
+            self._broken = True
 
     def sync(self) -> None:
         """Flush and fsync what was appended.
 
-        :raises StorageError: the disk refused.
+        :raises StorageError: the disk refused (retriable: call again).
         """
         try:
+            if self._broken:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                os.truncate(self._path, self._synced_size)
+                self._file = self._path.open("a", encoding="utf-8")
+                self._file.write("".join(self._unsynced))
+                self._broken = False
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
+            self._broken = True
             raise StorageError(f"{self._path}: cannot sync: {exc}") from exc
+        self._synced_size += sum(len(line.encode("utf-8")) for line in self._unsynced)
+        self._unsynced.clear()
 
     def close(self) -> None:
         """Sync and close."""
         self.sync()
         self._file.close()
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveredEntry:
-    """When a message was delivered, and the digest of the envelope that delivered it."""
-
-    expires_ms: int
-    recorded_ms: int
-    digest: bytes | None
 
 
 class DeliveredJournal(_Journal):
@@ -95,14 +112,15 @@ class DeliveredJournal(_Journal):
         self._path = path
         self._ids: dict[str, DeliveredEntry] = {}
         self.newest_recorded_ms: int | None = None
-        lines, self._file = _open_journal(path, "delivered-message journal")
+        lines, file, size = _open_journal(path, "delivered-message journal")
+        self._start(file, size)
         for line in lines:
             self._load_line(line, now_ms)
         if len(lines) > 1000 and len(self._ids) < len(lines) // 2:
             self._file.close()
             try:
                 self._compact()
-                self._file = path.open("a", encoding="utf-8")
+                self._start(path.open("a", encoding="utf-8"), path.stat().st_size)
             except OSError as exc:
                 raise StorageError(f"{path}: cannot compact the journal: {exc}") from exc
 
@@ -133,6 +151,10 @@ class DeliveredJournal(_Journal):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def ids(self) -> Iterator[str]:
+        """The message ids remembered."""
+        return iter(self._ids)
 
     def get(self, message_id: str) -> DeliveredEntry | None:
         """When ``message_id`` was delivered and by which envelope, or None."""
@@ -166,7 +188,8 @@ class ReceivedEvents(_Journal, Mapping[str, ReceivedEvent]):
     def __init__(self, path: Path, now_ms: int) -> None:
         self._path = path
         self._events: dict[str, tuple[ReceivedEvent, int]] = {}
-        lines, self._file = _open_journal(path, "received-events journal")
+        lines, file, size = _open_journal(path, "received-events journal")
+        self._start(file, size)
         for line in lines:
             parts = line.split()
             if len(parts) == 5 and parts[4].isdigit():

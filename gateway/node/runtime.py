@@ -20,66 +20,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import structlog
 
-from gateway.audit.chain import CHECKPOINT, Value
+from gateway.audit.chain import CHECKPOINT
 from gateway.audit.store import AuditLog
 from gateway.contract.schemas import SchemaRegistry
-from gateway.core.inbound import (
-    Delivery,
-    DuplicateDrop,
-    Expired,
-    InboundCore,
-    Rejection,
-    retain_until,
-)
-from gateway.core.outbound import OutboundCore, Outcome, ReceivedEvent, parse_plain_event
-from gateway.crypto.envelope import DataKeyRing, Header, Sealed
+from gateway.core.effects import Batch, DeliveredEntry
+from gateway.core.inbound import InboundCore
+from gateway.core.outbound import OutboundCore
+from gateway.core.receipts import ReceiptsCore
+from gateway.crypto.envelope import DataKeyRing
 from gateway.crypto.keys import (
     AgencyKeys,
     load_encryption_key,
     load_pseudonym_key,
     load_signing_key,
 )
-from gateway.crypto.receipts import Outcome as ReceiptOutcome
-from gateway.crypto.receipts import make_receipt, open_receipt
 from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
 from gateway.errors import ConfigError, InfrastructureError, PeerError, TrustError
 from gateway.node.config import NodeConfig
 from gateway.node.journals import DeliveredJournal, ReceivedEvents
-from gateway.node.sinks import KafkaSink, Sink, SpoolSink, delivery_document
-from gateway.node.transport import Consumer, Headers, Producer, TopicSpec, ensure_topics, read_topic
+from gateway.node.loop import Executor, Pending, Retry, Topics
+from gateway.node.sinks import KafkaSink, Sink, SpoolSink
+from gateway.node.transport import Consumer, Message, Producer, TopicSpec, ensure_topics
 from gateway.policy.engine import Policy, load_policy
 from gateway.policy.transforms import Pseudonymiser
 
 log = structlog.get_logger("fxgw.node")
-T = TypeVar("T")
-
-
-def _inbound_data(h: Header, digest: bytes, reason: str | None) -> dict[str, Value]:
-    """What the log and the audit trail say of an envelope taken in (metadata only)."""
-    return {
-        "message_id": h.message_id,
-        "event_id": h.event_id,
-        "event_type": h.event_type,
-        "sender": h.sender,
-        "policy_id": h.policy_id,
-        "policy_digest": h.policy_digest.hex(),
-        "handling": h.handling.code,
-        "retention_days": h.handling.retention_days,
-        "envelope_sha256": digest.hex(),
-        "reason": reason,
-    }
 
 
 def _now() -> datetime:
@@ -183,13 +158,14 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 
 class Node:
-    """One agency's gateway node."""
+    """One agency's gateway node: wiring of cores, Kafka, sinks, journals and loops."""
 
     def __init__(self, config: NodeConfig, *, now: Callable[[], datetime] = _now) -> None:
         self.config = config
         self._now = now
         loaded = load_node_files(config, now())
         self.registry = loaded.registry
+        self.limits = config.limits
         self.outbound = OutboundCore(
             keys=loaded.keys,
             registry=loaded.registry,
@@ -199,6 +175,7 @@ class Node:
             ttl=config.ttl,
             keyring=DataKeyRing(config.data_key_max_age, config.data_key_max_uses),
             pseudonymiser=loaded.pseudonymiser,
+            limits=config.limits,
         )
         self.inbound = InboundCore(
             keys=loaded.keys,
@@ -207,6 +184,7 @@ class Node:
             max_skew=config.max_skew,
             max_lifetime=config.max_lifetime,
         )
+        self.receipts = ReceiptsCore(config.agency, loaded.registry, loaded.trust, config.limits)
         self.counters: Counter[str] = Counter()
         self.ready = asyncio.Event()
         self._audit_log: AuditLog | None = None
@@ -264,40 +242,84 @@ class Node:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then finish the batch in hand and close.
 
-        :raises InfrastructureError: Kafka or the disk failed at start-up.
+        :raises InfrastructureError: Kafka or the disk failed at start-up, or a fault of our own
+            side (refused credentials, lost audit storage) that retrying cannot mend.
         """
         c = self.config
         await ensure_topics(c.exchange_bootstrap, self._exchange_topics())
         await ensure_topics(c.local_bootstrap, self._local_topics())
-        self._exchange = Producer(c.exchange_bootstrap, f"fxgw-{c.agency}-exchange")
-        self._local = (
-            self._exchange
+        exchange = Producer(c.exchange_bootstrap, f"fxgw-{c.agency}-exchange")
+        local = (
+            exchange
             if c.local_bootstrap == c.exchange_bootstrap
             else Producer(c.local_bootstrap, f"fxgw-{c.agency}-local")
         )
-        await self._exchange.start()
-        if self._local is not self._exchange:
-            await self._local.start()
+        await exchange.start()
+        if local is not exchange:
+            await local.start()
         sink: Sink
         if c.sink == "kafka":
             assert c.inbound_topic is not None  # checked by the config model
-            sink = KafkaSink(self._local, c.inbound_topic)
+            sink = KafkaSink(local, c.local_bootstrap, c.inbound_topic)
         else:
             assert c.spool_inbound is not None  # checked by the config model
             sink = SpoolSink(c.spool_inbound)
-        journal = DeliveredJournal(c.state_dir / "delivered.journal", _ms(self._now()))
-        self.received = ReceivedEvents(c.state_dir / "received.journal", _ms(self._now()))
+        now_ms = _ms(self._now())
+        journal = DeliveredJournal(c.state_dir / "delivered.journal", now_ms)
+        self.received = ReceivedEvents(c.state_dir / "received.journal", now_ms)
         self.outbound.received = self.received
         self._audit_log = AuditLog.open(c.audit_dir, self.outbound.keys.signing, now=self._now)
         self._record_loaded({"policy", "trust", "keys"})
-        await self._recover_deliveries(journal, sink)
+        retry = Retry(stop, self.counters)
+        self._executor = Executor(
+            audit=self.audit,
+            exchange=exchange,
+            local=local,
+            topics=Topics(c.agency, c.topic_prefix, c.quarantine_topic),
+            limits=self.limits,
+            retry=retry,
+            counters=self.counters,
+            now_ms=lambda: _ms(self._now()),
+            sink=sink,
+            delivered=journal,
+            received=self.received,
+            bound=self._log,
+        )
+        await retry("recover deliveries", partial(self._recover_deliveries, journal, sink))
+        pending = Pending(journal)
         tasks = [
-            asyncio.create_task(self._inbound_loop(stop, sink, journal), name="inbound"),
+            asyncio.create_task(
+                self._consume(
+                    stop,
+                    "inbox",
+                    c.exchange_bootstrap,
+                    c.inbox_topic(c.agency),
+                    partial(self._take_envelopes, pending),
+                    ready=True,
+                ),
+                name="inbound",
+            ),
             asyncio.create_task(self._watch_loop(stop, sink), name="watch"),
-            asyncio.create_task(self._receipts_loop(stop), name="receipts"),
+            asyncio.create_task(
+                self._consume(
+                    stop,
+                    "receipts",
+                    c.exchange_bootstrap,
+                    c.receipts_topic(c.agency),
+                    self._take_receipts,
+                ),
+                name="receipts",
+            ),
         ]
         if c.outbound_topic:
-            tasks.append(asyncio.create_task(self._outbound_loop(stop), name="outbound"))
+            tasks.append(
+                asyncio.create_task(
+                    self._consume(
+                        stop, "outbound", c.local_bootstrap, c.outbound_topic, self._take_events
+                    ),
+                    name="outbound",
+                )
+            )
         if c.spool_outbound:
             tasks.append(asyncio.create_task(self._spool_loop(stop), name="spool"))
         self._log.info("node_started", tasks=[t.get_name() for t in tasks])
@@ -314,13 +336,90 @@ class Node:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            journal.close()
-            self.received.close()
+            with contextlib.suppress(InfrastructureError):
+                journal.close()
+            with contextlib.suppress(InfrastructureError):
+                self.received.close()
             self.audit.close()
-            await self._exchange.stop()
-            if self._local is not self._exchange:
-                await self._local.stop()
+            await exchange.stop()
+            if local is not exchange:
+                await local.stop()
             self._log.info("node_stopped", counters=dict(self.counters))
+
+    # --- the loops: poll a batch -> core -> effects -> durable -> commit -------------------------
+
+    async def _consume(
+        self,
+        stop: asyncio.Event,
+        name: str,
+        bootstrap: str,
+        topic: str,
+        handle: Callable[[Sequence[Message]], Batch],
+        *,
+        ready: bool = False,
+    ) -> None:
+        c = self.config
+        consumer = Consumer(
+            [topic],
+            bootstrap_servers=bootstrap,
+            group_id=f"fxgw.{c.agency}.{name}",
+            client_id=f"fxgw-{c.agency}-{name}",
+        )
+        retry = self._executor.retry
+        await retry(f"start {name} consumer", consumer.start)
+        if ready:
+            self.ready.set()
+        try:
+            while not stop.is_set():
+                messages = await retry(
+                    f"poll {name}", partial(consumer.poll, timeout_ms=300, max_records=500)
+                )
+                if not messages:
+                    continue
+                await self._executor.execute(handle(messages))
+                await retry(f"commit {name}", partial(consumer.commit, messages))
+        finally:
+            with contextlib.suppress(InfrastructureError):
+                await consumer.stop()
+
+    def _take_events(self, messages: Sequence[Message]) -> Batch:
+        now = self._now()
+        return Batch.of(self.outbound.take(m.value, now) for m in messages)
+
+    def _take_envelopes(self, pending: Pending, messages: Sequence[Message]) -> Batch:
+        now = self._now()
+        pending.clear()
+        return Batch.of(
+            pending.add(self.inbound.take(m.value, now, pending, self.limits)) for m in messages
+        )
+
+    def _take_receipts(self, messages: Sequence[Message]) -> Batch:
+        now = self._now()
+        return Batch.of(self.receipts.take(m.value, now) for m in messages)
+
+    async def _spool_loop(self, stop: asyncio.Event) -> None:
+        """Release every ``*.jsonl``/``*.json`` file dropped into the outbound spool folder, one
+        event per line, as one batch per file; then move the file to ``done/``."""
+        folder = self.config.spool_outbound
+        assert folder is not None
+        done = folder / "done"
+        done.mkdir(parents=True, exist_ok=True)
+        while not stop.is_set():
+            files = sorted(
+                p
+                for p in folder.iterdir()
+                if p.is_file() and p.suffix in (".json", ".jsonl") and not p.name.startswith(".")
+            )
+            for path in files:
+                now = self._now()
+                lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+                await self._executor.execute(
+                    Batch.of(self.outbound.take(line, now) for line in lines)
+                )
+                os.replace(path, done / path.name)
+            if not files:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
 
     async def _watch_loop(self, stop: asyncio.Event, sink: Sink) -> None:
         """Hot reload of the policy and the trust list, the spool's retention sweep, and a signed
@@ -352,7 +451,7 @@ class Node:
                         self.audit.append("retention_purged", {"message_id": message_id})
                 last = self.audit.last
                 if last is not None and last.kind != CHECKPOINT:
-                    await self._retry("audit checkpoint", self._checkpoint_audit, stop)
+                    await self._executor.retry("audit checkpoint", self._checkpoint_audit)
 
     def reload(self, changed: set[str]) -> bool:
         """Load the changed files (``policy``, ``trust``) and swap them in if all are valid.
@@ -399,431 +498,22 @@ class Node:
         return True
 
     async def _recover_deliveries(self, journal: DeliveredJournal, sink: Sink) -> None:
-        """Add to the journal what the sink holds but the journal missed (a crash between the
-        sink's acknowledgement and the journal's sync)."""
+        """Bring the journal and the sink together after a crash: deliveries the sink holds but
+        the journal missed are journaled (with their first digest and time when the sink keeps
+        them, so the receipt is the same one); the spool's interrupted renames are finished."""
         now_ms = _ms(self._now())
-        expires = now_ms + int(self.config.max_lifetime.total_seconds() * 1000)
-        found = sink.delivered_ids()
-        if isinstance(sink, KafkaSink):
-            since = (journal.newest_recorded_ms or 0) - 300_000
-            floor = now_ms - int(self.config.max_lifetime.total_seconds() * 1000)
-            records = await read_topic(
-                self.config.local_bootstrap, sink.topic, since_ms=max(since, floor)
-            )
-            found |= {
-                m.header("fxgw-message-id").decode()  # type: ignore[union-attr]  # filtered below
-                for m in records
-                if m.header("fxgw-message-id") is not None
-            }
-        added = 0
-        for message_id in found:
-            if message_id not in journal:
-                journal.remember(message_id, expires, now_ms)
-                # delivered just before a crash, before its audit entry was on disk
-                self.audit.append("delivery_recovered", {"message_id": message_id})
-                added += 1
+        lifetime_ms = int(self.config.max_lifetime.total_seconds() * 1000)
+        since = max((journal.newest_recorded_ms or 0) - 300_000, now_ms - lifetime_ms)
+        found = await sink.recover(set(journal.ids()), since)
+        for message_id, entry in found.items():
+            if entry is None:
+                entry = DeliveredEntry(now_ms + lifetime_ms, now_ms, None)
+            journal.remember(message_id, entry.expires_ms, entry.recorded_ms, entry.digest)
+            # delivered just before a crash, before its audit entry was on disk
+            self.audit.append("delivery_recovered", {"message_id": message_id})
         self.audit.sync()
         journal.sync()
-        self._log.info("deliveries_recovered", known=len(journal), added=added)
-
-    async def _retry(self, what: str, action: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
-        """Run ``action`` until it succeeds; back off on retriable infrastructure errors."""
-        delay = 0.2
-        while True:
-            try:
-                return await action()
-            except InfrastructureError as exc:
-                if stop.is_set():
-                    raise  # shutting down: the offset stays uncommitted, the work is redone
-                self.counters["retries"] += 1
-                level = self._log.warning if exc.retriable else self._log.error
-                level("retrying", what=what, error=str(exc), delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _quarantine(
-        self, raw: bytes, reason: str, detail: str, direction: str, extra: Headers = ()
-    ) -> None:
-        headers: Headers = (
-            ("fxgw-reason", reason.encode()),
-            ("fxgw-detail", detail.encode()),
-            ("fxgw-direction", direction.encode()),
-            ("fxgw-quarantined-at", _ms(self._now()).to_bytes(8, "big")),
-            *extra,
-        )
-        await self._local.send(self.config.quarantine_topic, raw, headers=headers)
-        self.counters[f"quarantined_{direction}"] += 1
-        self.audit.append(
-            "quarantine",
-            {
-                "direction": direction,
-                "reason": reason,
-                "sha256": hashlib.sha256(raw).hexdigest(),
-                "bytes": len(raw),
-            },
-        )
-
-    # --- outbound --------------------------------------------------------------------------------
-
-    async def _outbound_loop(self, stop: asyncio.Event) -> None:
-        c = self.config
-        assert c.outbound_topic is not None
-        consumer = Consumer(
-            [c.outbound_topic],
-            bootstrap_servers=c.local_bootstrap,
-            group_id=f"fxgw.{c.agency}.outbound",
-            client_id=f"fxgw-{c.agency}-outbound",
-        )
-        await consumer.start()
-        try:
-            while not stop.is_set():
-                batch = await consumer.poll(timeout_ms=300, max_records=200)
-                for message in batch:
-                    await self._retry(
-                        "release", partial(self.release_one, message.value, message.topic), stop
-                    )
-                await self._retry("sync audit", self._sync_audit, stop)
-                await self._retry("commit outbound", partial(consumer.commit, batch), stop)
-        finally:
-            await consumer.stop()
-
-    async def release_one(self, raw: bytes, source: str) -> Outcome | None:
-        """Release one plain event: publish its envelopes, quarantine it if it is invalid.
-
-        :raises InfrastructureError: publishing failed (the caller retries the same event; the
-            message ids are the same, so recipients drop what they already have).
-        """
-        now = self._now()
-        try:
-            event = parse_plain_event(raw, self.registry)
-        except PeerError as exc:
-            self._log.warning("event_rejected", source=source, reason=exc.reason, detail=str(exc))
-            await self._quarantine(raw, exc.reason, str(exc), "outbound")
-            return None
-        try:
-            outcome = self.outbound.release(event, now)
-        except PeerError as exc:  # a released view that does not encode: keep the event
-            self._log.error("release_failed", event_id=event.event_id, reason=exc.reason)
-            await self._quarantine(raw, "release_failed", str(exc), "outbound")
-            return None
-        await self._publish(outcome.envelopes)
-        for sealed in outcome.envelopes:
-            h = sealed.header
-            self._decide(
-                "release",
-                {
-                    "message_id": h.message_id,
-                    "event_id": h.event_id,
-                    "event_type": h.event_type,
-                    "recipient": h.recipient,
-                    "policy_id": h.policy_id,
-                    "policy_digest": h.policy_digest.hex(),
-                    "rule": h.policy_rule,
-                    "handling": h.handling.code,
-                    "purpose": h.handling.purpose,
-                    "retention_days": h.handling.retention_days,
-                    "onward_transfer": h.handling.onward_transfer,
-                    "kept": list(outcome.kept.get(h.message_id, ())),
-                    "transformed": list(h.transformed),
-                    "withheld": list(h.withheld),
-                    "envelope_sha256": hashlib.sha256(sealed.data).hexdigest(),
-                    "recipient_key_id": h.recipient_key_id,
-                },
-                log_event="released",
-                counter="released",
-            )
-        for denied in outcome.denied:
-            self._decide(
-                "release_denied",
-                {
-                    "event_id": event.event_id,
-                    "event_type": event.event_type,
-                    "recipient": denied.recipient,
-                    "reason": denied.reason,
-                    "policy_id": self.outbound.policy.policy_id,
-                },
-                log_event="not_released",
-                counter="denied",
-            )
-        for refused in outcome.refused:
-            self._decide(
-                "release_refused",
-                {
-                    "event_id": event.event_id,
-                    "event_type": event.event_type,
-                    "recipient": refused.recipient,
-                    "reason": refused.reason,
-                    "detail": refused.detail,
-                },
-                log_event="release_refused",
-                counter="refused",
-                warn=True,
-            )
-            await self._quarantine(
-                raw,
-                refused.reason,
-                f"recipient {refused.recipient}: {refused.detail}",
-                "outbound",
-                (("fxgw-recipient", refused.recipient.encode()),),
-            )
-        return outcome
-
-    async def _publish(self, envelopes: tuple[Sealed, ...]) -> None:
-        if not envelopes:
-            return
-        await self._exchange.send_many(
-            [
-                (
-                    self.config.inbox_topic(s.header.recipient),
-                    s.data,
-                    s.header.message_id.encode(),
-                    (
-                        ("fxgw-sender", s.header.sender.encode()),
-                        ("fxgw-message-id", s.header.message_id.encode()),
-                    ),
-                )
-                for s in envelopes
-            ]
-        )
-
-    async def _spool_loop(self, stop: asyncio.Event) -> None:
-        """Release every ``*.jsonl``/``*.json`` file dropped into the outbound spool folder, one
-        event per line; then move the file to ``done/``."""
-        folder = self.config.spool_outbound
-        assert folder is not None
-        done = folder / "done"
-        done.mkdir(parents=True, exist_ok=True)
-        while not stop.is_set():
-            files = sorted(
-                p
-                for p in folder.iterdir()
-                if p.is_file() and p.suffix in (".json", ".jsonl") and not p.name.startswith(".")
-            )
-            for path in files:
-                for line in path.read_bytes().splitlines():
-                    if line.strip():
-                        await self._retry(
-                            "release", partial(self.release_one, line, str(path)), stop
-                        )
-                await self._retry("sync audit", self._sync_audit, stop)
-                os.replace(path, done / path.name)
-            if not files:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=0.5)
-
-    # --- inbound ---------------------------------------------------------------------------------
-
-    async def _inbound_loop(
-        self, stop: asyncio.Event, sink: Sink, journal: DeliveredJournal
-    ) -> None:
-        c = self.config
-        consumer = Consumer(
-            [c.inbox_topic(c.agency)],
-            bootstrap_servers=c.exchange_bootstrap,
-            group_id=f"fxgw.{c.agency}.inbox",
-            client_id=f"fxgw-{c.agency}-inbox",
-        )
-        await consumer.start()
-        self.ready.set()
-        try:
-            while not stop.is_set():
-                batch = await consumer.poll(timeout_ms=300, max_records=200)
-                for message in batch:
-                    await self._retry(
-                        "deliver", partial(self._receive_one, message.value, sink, journal), stop
-                    )
-                if batch:
-                    # audit first: after a crash the trail may hold a delivery the journal
-                    # missed (the recovery scan then finds it in the sink), never the reverse
-                    await self._retry("sync audit", self._sync_audit, stop)
-                    journal.sync()
-                    self.received.sync()
-                    await self._retry("commit inbox", partial(consumer.commit, batch), stop)
-        finally:
-            await consumer.stop()
-
-    async def _receive_one(self, raw: bytes, sink: Sink, journal: DeliveredJournal) -> None:
-        now = self._now()
-        result = self.inbound.receive(raw, now, journal)
-        if isinstance(result, Delivery):
-            h = result.header
-            await sink.deliver(result, delivery_document(result, self.registry))
-            journal.remember(h.message_id, _ms(h.expires_at), _ms(now), result.digest)
-            until = retain_until(h) or now + timedelta(days=365)
-            self.received.remember(
-                h.event_id,
-                ReceivedEvent(h.sender, h.handling.code, h.handling.onward_transfer),
-                _ms(until),
-            )
-            self._decide(
-                "delivery",
-                _inbound_data(h, result.digest, None),
-                log_event="delivered",
-                counter="delivered",
-            )
-            await self._send_receipt(h, result.digest, "DELIVERED", None, now)
-        elif isinstance(result, DuplicateDrop):
-            h = result.header
-            self._decide(
-                "duplicate",
-                _inbound_data(h, result.digest, None),
-                log_event="duplicate_dropped",
-                counter="duplicates",
-            )
-            # a duplicate is answered as of the first delivery; the very same envelope again
-            # gets the very same receipt, byte for byte
-            first = journal.get(h.message_id)
-            at = now if first is None else datetime.fromtimestamp(first.recorded_ms / 1000, UTC)
-            same = first is not None and first.digest == result.digest
-            await self._send_receipt(
-                h, result.digest, "DELIVERED" if same else "DUPLICATE", None, at
-            )
-        elif isinstance(result, Expired):
-            h = result.header
-            self._decide(
-                "expired",
-                _inbound_data(h, result.digest, "retention_expired"),
-                log_event="retention_expired_not_delivered",
-                counter="retention_expired",
-            )
-            await self._send_receipt(h, result.digest, "REJECTED", "retention_expired", now)
-        else:
-            await self._reject(raw, result)
-            if result.header is not None:
-                await self._send_receipt(
-                    result.header, result.digest, "REJECTED", result.reason, now
-                )
-
-    async def _send_receipt(
-        self,
-        h: Header,
-        digest: bytes,
-        outcome: ReceiptOutcome,
-        reason: str | None,
-        at: datetime,
-    ) -> None:
-        """Publish a signed receipt to the sender's receipts topic. A sender not on the trust
-        list gets none: there is nobody to address it to, and nobody to trust it."""
-        if self.inbound.trust.agency(h.sender) is None or h.recipient != self.config.agency:
-            return
-        receipt = make_receipt(
-            message_id=h.message_id,
-            event_id=h.event_id,
-            sender=h.sender,
-            recipient=self.config.agency,
-            envelope_digest=digest,
-            outcome=outcome,
-            reason=reason,
-            received_at=at,
-            signer=self.outbound.keys.signing,
-            codec=self.registry,
-        )
-        await self._exchange.send(
-            self.config.receipts_topic(h.sender), receipt, key=h.message_id.encode()
-        )
-        self.counters["receipts_sent"] += 1
-        self.audit.append(
-            "receipt_sent",
-            {
-                "message_id": h.message_id,
-                "sender": h.sender,
-                "outcome": outcome,
-                "reason": reason,
-                "receipt_sha256": hashlib.sha256(receipt).hexdigest(),
-            },
-        )
-
-    # --- receipts --------------------------------------------------------------------------------
-
-    async def _receipts_loop(self, stop: asyncio.Event) -> None:
-        """Take in the receipts recipients send back; each is verified and audited."""
-        c = self.config
-        consumer = Consumer(
-            [c.receipts_topic(c.agency)],
-            bootstrap_servers=c.exchange_bootstrap,
-            group_id=f"fxgw.{c.agency}.receipts",
-            client_id=f"fxgw-{c.agency}-receipts",
-        )
-        await consumer.start()
-        try:
-            while not stop.is_set():
-                batch = await consumer.poll(timeout_ms=300, max_records=500)
-                for message in batch:
-                    await self._retry(
-                        "take receipt", partial(self._take_receipt, message.value), stop
-                    )
-                if batch:
-                    await self._retry("sync audit", self._sync_audit, stop)
-                    await self._retry("commit receipts", partial(consumer.commit, batch), stop)
-        finally:
-            await consumer.stop()
-
-    async def _take_receipt(self, raw: bytes) -> None:
-        now = self._now()
-        try:
-            r = open_receipt(
-                raw,
-                trust=self.inbound.trust,
-                codec=self.registry,
-                agency=self.config.agency,
-                now=now,
-            )
-        except PeerError as exc:
-            self.counters["receipts_rejected"] += 1
-            self._log.warning("receipt_rejected", reason=exc.reason, detail=str(exc))
-            await self._quarantine(raw, exc.reason, str(exc), "receipts")
-            return
-        self._decide(
-            "receipt_received",
-            {
-                "message_id": r.message_id,
-                "event_id": r.event_id,
-                "recipient": r.recipient,
-                "outcome": r.outcome,
-                "reason": r.reason,
-                "received_at": r.received_at.isoformat().replace("+00:00", "Z"),
-                "envelope_sha256": r.envelope_digest.hex(),
-                "signing_key_id": r.signing_key_id,
-            },
-            log_event="receipt_received",
-            counter="receipts_received",
-        )
-
-    def _decide(
-        self,
-        kind: str,
-        data: Mapping[str, Value],
-        *,
-        log_event: str,
-        counter: str,
-        warn: bool = False,
-    ) -> None:
-        """Count one decision, log it and write it to the audit trail, with the same metadata
-        (ids, reason codes, field paths; never a field value)."""
-        self.counters[counter] += 1
-        (self._log.warning if warn else self._log.info)(log_event, **data)
-        self.audit.append(kind, data)
+        self._log.info("deliveries_recovered", known=len(journal), added=len(found))
 
     async def _checkpoint_audit(self) -> None:
         self.audit.checkpoint()
-
-    async def _sync_audit(self) -> None:
-        """Make the audit trail durable (before any offset is committed)."""
-        self.audit.sync()
-
-    async def _reject(self, raw: bytes, rejection: Rejection) -> None:
-        h = rejection.header
-        extra: Headers = ()
-        if h is not None:
-            extra = (
-                ("fxgw-message-id", h.message_id.encode()),
-                ("fxgw-sender", h.sender.encode()),
-            )
-        self._log.warning(
-            "envelope_rejected",
-            reason=rejection.reason,
-            detail=rejection.detail,
-            message_id=h.message_id if h else None,
-            sender=h.sender if h else None,
-        )
-        await self._quarantine(raw, rejection.reason, rejection.detail, "inbound", extra)

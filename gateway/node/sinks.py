@@ -1,93 +1,194 @@
 """Where deliveries go: the agency's local inbound topic, or a spool directory.
 
-Both write the same JSON document per delivery, so any tool of the national system can read it:
-``{"event_type", "provenance", "record"}``, the record in its JSON form (dates ISO-8601, bytes
-base64), the provenance as :meth:`gateway.core.inbound.Delivery.provenance`.
+Both take the JSON document the inbound core built (``{"event_type", "provenance", "record"}``)
+a whole batch at a time, and both are made exactly-once together with the delivered-message
+journal, each in the order its own recovery needs (:attr:`Sink.journal_first`):
+
+- :class:`KafkaSink` publishes first and journals after: a crash in between leaves deliveries in
+  the topic that the journal lacks, and :meth:`KafkaSink.recover` finds them there (with the
+  envelope digest and time from their provenance, so the receipt is the same one).
+- :class:`SpoolSink` cannot see a file once the national system has taken it, so it journals
+  first: it writes each document to a hidden temp file (fsynced), the node journals the batch,
+  and only then are the files renamed into view. :meth:`SpoolSink.recover` finishes the renames
+  a crash interrupted and deletes temp files the journal never took (their envelopes were not
+  committed, so they are read again). The national system must ignore files whose name starts
+  with a dot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from gateway.contract.schemas import SchemaRegistry
-from gateway.core.inbound import Delivery
-from gateway.errors import StorageError
-from gateway.node.transport import Producer
-
-
-def delivery_document(delivery: Delivery, registry: SchemaRegistry) -> bytes:
-    """The JSON document of one delivery."""
-    document = {
-        "event_type": delivery.header.event_type,
-        "provenance": delivery.provenance(),
-        "record": registry.to_json(delivery.header.event_type, delivery.record),
-    }
-    return json.dumps(document, ensure_ascii=False, sort_keys=True).encode("utf-8")
+from gateway.core.effects import Deliver, DeliveredEntry
+from gateway.errors import StorageError, TransportError
+from gateway.node.transport import Producer, read_topic
 
 
 class Sink(Protocol):
-    """Takes a delivery and returns only when it is durably stored."""
+    """Takes a batch of deliveries and makes them durable and visible to the national system."""
 
-    async def deliver(self, delivery: Delivery, document: bytes) -> None: ...
+    journal_first: bool
+    """Whether the batch is journaled before :meth:`publish` (else after it)."""
 
-    def delivered_ids(self) -> set[str]: ...
+    async def stage(self, items: Sequence[Deliver]) -> None:
+        """Prepare the batch without making it visible.
+
+        :raises InfrastructureError: retriable; call again.
+        """
+
+    async def publish(self, items: Sequence[Deliver]) -> list[TransportError | None]:
+        """Make the items visible; per item, None or the classified error.
+
+        :raises InfrastructureError: retriable, for the whole batch; call again.
+        """
+
+    async def missing(self, items: Sequence[Deliver], since_ms: int) -> list[Deliver]:
+        """Of items whose publishing failed ambiguously, those that did not arrive after all."""
+
+    async def recover(self, known: set[str], since_ms: int) -> dict[str, DeliveredEntry | None]:
+        """Deliveries a crash left outside the journal: message id -> entry (when known).
+
+        :raises InfrastructureError: retriable.
+        """
 
 
 class KafkaSink:
     """Delivers to the local inbound topic, keyed by event id, with the message id in a header."""
 
-    def __init__(self, producer: Producer, topic: str) -> None:
+    journal_first = False
+
+    def __init__(self, producer: Producer, bootstrap: str, topic: str) -> None:
         self._producer = producer
+        self._bootstrap = bootstrap
         self.topic = topic
 
-    async def deliver(self, delivery: Delivery, document: bytes) -> None:
-        """Publish and wait for the acknowledgement of every in-sync replica.
+    async def stage(self, items: Sequence[Deliver]) -> None:
+        """Nothing to prepare: the topic is the only store."""
 
-        :raises TransportError: not acknowledged.
-        """
-        h = delivery.header
-        await self._producer.send(
-            self.topic,
-            document,
-            key=h.event_id.encode("utf-8"),
-            headers=(
-                ("fxgw-message-id", h.message_id.encode("utf-8")),
-                ("fxgw-event-type", h.event_type.encode("utf-8")),
-                ("fxgw-sender", h.sender.encode("utf-8")),
-                ("fxgw-handling", h.handling.code.encode("utf-8")),
-            ),
+    async def publish(self, items: Sequence[Deliver]) -> list[TransportError | None]:
+        """Publish all items together and wait for every in-sync replica's acknowledgement."""
+        return await self._producer.send_each(
+            [
+                (
+                    self.topic,
+                    d.document,
+                    d.event_id.encode("utf-8"),
+                    (
+                        ("fxgw-message-id", d.message_id.encode("utf-8")),
+                        ("fxgw-event-type", d.event_type.encode("utf-8")),
+                        ("fxgw-sender", d.sender.encode("utf-8")),
+                        ("fxgw-handling", d.handling.encode("utf-8")),
+                    ),
+                )
+                for d in items
+            ]
         )
 
-    def delivered_ids(self) -> set[str]:
-        """Not known locally; the node scans the topic (see ``Node``)."""
-        return set()
+    async def missing(self, items: Sequence[Deliver], since_ms: int) -> list[Deliver]:
+        """Items not found in the topic since ``since_ms`` (so re-sending one makes no copy)."""
+        found = await self.recover(set(), since_ms)
+        return [d for d in items if d.message_id not in found]
+
+    async def recover(self, known: set[str], since_ms: int) -> dict[str, DeliveredEntry | None]:
+        """Scan the topic from ``since_ms`` for message ids not in ``known``."""
+        records = await read_topic(self._bootstrap, self.topic, since_ms=since_ms)
+        found: dict[str, DeliveredEntry | None] = {}
+        for m in records:
+            raw_id = m.header("fxgw-message-id")
+            if raw_id is None:
+                continue
+            message_id = raw_id.decode("utf-8", errors="replace")
+            if message_id not in known:
+                found[message_id] = _entry_of(m.value)
+        return found
+
+
+def _entry_of(document: bytes) -> DeliveredEntry | None:
+    """The journal entry a delivery document implies (digest and times from its provenance)."""
+    try:
+        provenance = json.loads(document)["provenance"]
+        digest = bytes.fromhex(provenance["envelope_sha256"])
+        received = datetime.fromisoformat(provenance["received_at"])
+        expires = datetime.fromisoformat(provenance["expires_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return DeliveredEntry(_ms(expires), _ms(received), digest)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.astimezone(UTC).timestamp() * 1000)
 
 
 class SpoolSink:
-    """Writes each delivery as ``<message id>.json`` into a directory, atomically.
+    """Writes each delivery as ``<message id>.json`` into a directory, exactly once."""
 
-    The file appears complete or not at all (temp file, fsync, rename, fsync of the folder), so a
-    reader polling the folder never sees half a record.
-    """
+    journal_first = True
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
-    async def deliver(self, delivery: Delivery, document: bytes) -> None:
-        """Write the file (an existing file of the same message id is left as it is).
+    def _final(self, message_id: str) -> Path:
+        return self.directory / f"{message_id}.json"
 
-        :raises StorageError: the file could not be written.
+    def _temp(self, message_id: str) -> Path:
+        return self.directory / f".{message_id}.json.tmp"
+
+    async def stage(self, items: Sequence[Deliver]) -> None:
+        """Write every document to its hidden temp file and fsync it.
+
+        :raises StorageError: the disk refused.
         """
-        write_atomically(self.directory / f"{delivery.header.message_id}.json", document)
+        try:
+            for d in items:
+                with self._temp(d.message_id).open("wb") as f:
+                    f.write(d.document)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise StorageError(f"{self.directory}: cannot write a delivery: {exc}") from exc
 
-    def delivered_ids(self) -> set[str]:
-        """Message ids of the files present in the folder."""
-        return {p.stem for p in self.directory.glob("*.json")}
+    async def publish(self, items: Sequence[Deliver]) -> list[TransportError | None]:
+        """Rename the temp files into view, then fsync the folder.
+
+        :raises StorageError: the disk refused (renaming again is harmless).
+        """
+        try:
+            for d in items:
+                temp = self._temp(d.message_id)
+                if temp.exists():
+                    os.replace(temp, self._final(d.message_id))
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            raise StorageError(f"{self.directory}: cannot publish a delivery: {exc}") from exc
+        return [None] * len(items)
+
+    async def missing(self, items: Sequence[Deliver], since_ms: int) -> list[Deliver]:
+        """Renames never fail ambiguously."""
+        return list(items)
+
+    async def recover(self, known: set[str], since_ms: int) -> dict[str, DeliveredEntry | None]:
+        """Finish the renames of journaled deliveries; delete temp files never journaled.
+
+        Returns nothing to add to the journal: a spooled delivery is journaled before it shows.
+        """
+        try:
+            for temp in self.directory.glob(".*.json.tmp"):
+                message_id = temp.name[1 : -len(".json.tmp")]
+                if message_id in known:
+                    os.replace(temp, self._final(message_id))
+                else:
+                    temp.unlink()
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            raise StorageError(f"{self.directory}: cannot recover deliveries: {exc}") from exc
+        return {}
 
     def purge_expired(self, now: datetime) -> list[str]:
         """Delete the delivered files whose sender-set retention has ended; their message ids.
@@ -107,6 +208,14 @@ class SpoolSink:
         return purged
 
 
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file and rename, with fsyncs; keep an existing file.
 
@@ -121,10 +230,8 @@ def write_atomically(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(path.parent)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise StorageError(f"{path}: cannot write: {exc}") from exc

@@ -23,7 +23,7 @@ import aiokafka.errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
-from gateway.errors import TransportError
+from gateway.errors import AccessRefused, RecordRefused, TopicRefused, TransportError
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -58,18 +58,50 @@ class TopicSpec:
     configs: tuple[tuple[str, str], ...] = ()
 
 
+_RECORD_TIED = (
+    aiokafka.errors.MessageSizeTooLargeError,
+    aiokafka.errors.RecordTooLargeError,
+    aiokafka.errors.RecordListTooLargeError,
+    aiokafka.errors.InvalidMessageError,
+    aiokafka.errors.CorruptRecordException,
+)
+_TOPIC_TIED = (
+    aiokafka.errors.UnknownTopicOrPartitionError,
+    aiokafka.errors.TopicAuthorizationFailedError,
+    aiokafka.errors.InvalidTopicError,
+)
+_OUR_SIDE = (
+    aiokafka.errors.ClusterAuthorizationFailedError,
+    aiokafka.errors.GroupAuthorizationFailedError,
+    aiokafka.errors.TransactionalIdAuthorizationFailed,
+    aiokafka.errors.SaslAuthenticationFailed,
+)
+
+
+def translate(what: str, exc: BaseException) -> TransportError:
+    """Our error for an aiokafka (or socket) exception, classified once: tied to one record,
+    to one topic, fatal to our side, or retriable infrastructure."""
+    text = f"{what}: {type(exc).__name__}"
+    if isinstance(exc, _RECORD_TIED):
+        return RecordRefused(text)
+    if isinstance(exc, _TOPIC_TIED):
+        return TopicRefused(text)
+    if isinstance(exc, _OUR_SIDE):
+        return AccessRefused(text)
+    error = TransportError(f"{text}: {exc}")
+    if isinstance(exc, aiokafka.errors.KafkaError):
+        error.retriable = bool(getattr(exc, "retriable", False)) or isinstance(
+            exc, aiokafka.errors.KafkaConnectionError | aiokafka.errors.KafkaTimeoutError
+        )
+    return error
+
+
 @asynccontextmanager
 async def _translated(what: str) -> AsyncIterator[None]:
     try:
         yield
-    except aiokafka.errors.KafkaError as exc:
-        error = TransportError(f"{what}: {type(exc).__name__}: {exc}")
-        error.retriable = bool(getattr(exc, "retriable", False)) or isinstance(
-            exc, aiokafka.errors.KafkaConnectionError | aiokafka.errors.KafkaTimeoutError
-        )
-        raise error from exc
-    except (TimeoutError, OSError) as exc:
-        raise TransportError(f"{what}: {exc}") from exc
+    except (aiokafka.errors.KafkaError, TimeoutError, OSError) as exc:
+        raise translate(what, exc) from exc
 
 
 def _messages(batches: dict[TopicPartition, list[aiokafka.ConsumerRecord]]) -> list[Message]:
@@ -129,6 +161,41 @@ class Producer:
                 topic, value=value, key=key, headers=list(headers)
             )
         return int(meta.partition), int(meta.offset)
+
+    async def send_each(
+        self, records: Sequence[tuple[str, bytes, bytes | None, Headers]]
+    ) -> list[TransportError | None]:
+        """Publish several records, all in flight together, and wait for every answer.
+
+        Returns, per record in order, None when the cluster has it, or the classified error
+        (:class:`RecordRefused`, :class:`TopicRefused`, :class:`AccessRefused`, or a retriable
+        :class:`TransportError`). Never raises for one record's failure.
+        """
+        pending: list[asyncio.Future[object] | TransportError] = []
+        for topic, value, key, headers in records:
+            try:
+                future = await self._producer.send(
+                    topic, value=value, key=key, headers=list(headers)
+                )
+            except (aiokafka.errors.KafkaError, TimeoutError, OSError) as exc:
+                pending.append(translate(f"send to {topic}", exc))
+            else:
+                pending.append(future)
+        futures = [p for p in pending if not isinstance(p, TransportError)]
+        answers = iter(await asyncio.gather(*futures, return_exceptions=True))
+        results: list[TransportError | None] = []
+        for (topic, *_), item in zip(records, pending, strict=True):
+            if isinstance(item, TransportError):
+                results.append(item)
+                continue
+            answer = next(answers)
+            if isinstance(answer, BaseException):
+                if isinstance(answer, asyncio.CancelledError):
+                    raise answer
+                results.append(translate(f"send to {topic}", answer))
+            else:
+                results.append(None)
+        return results
 
     async def send_many(
         self, records: Sequence[tuple[str, bytes, bytes | None, Headers]]

@@ -188,8 +188,9 @@ class TestAuditFailure:
     async def test_no_offset_is_committed_while_the_audit_cannot_be_synced(
         self, federation: Federation
     ) -> None:
-        """US-ATF's disk refuses the audit sync: it says why and delivers nothing further; once
-        the disk is back, the waiting event is delivered and nothing is delivered twice."""
+        """US-ATF's disk refuses the audit sync: it says why and delivers nothing (nothing is
+        delivered before its audit entry is durable); once the disk is back, the waiting event
+        is delivered, then the next, and nothing twice."""
         with capture_logs() as logs:
             async with running(federation, "NL-POL", "US-ATF") as nodes:
                 audit = nodes["US-ATF"].audit
@@ -203,7 +204,6 @@ class TestAuditFailure:
 
                 audit.sync = sync  # type: ignore[method-assign]
                 await national_send(federation, "NL-POL", seizure_nl())
-                await wait_until(lambda: _count(delivered(federation, "US-ATF"), 1), "first")
 
                 def stuck() -> bool:
                     return any(
@@ -211,10 +211,11 @@ class TestAuditFailure:
                     )
 
                 await wait_until(stuck, "the node to report the audit failure")
-                await national_send(federation, "NL-POL", seizure_nl())
                 await asyncio.sleep(3)
-                assert 1 == len(await delivered(federation, "US-ATF"))
+                assert 0 == len(await delivered(federation, "US-ATF"))
                 broken = False
+                await wait_until(lambda: _count(delivered(federation, "US-ATF"), 1), "first")
+                await national_send(federation, "NL-POL", seizure_nl())
                 await wait_until(lambda: _count(delivered(federation, "US-ATF"), 2), "second")
         assert 2 == len(await delivered(federation, "US-ATF"))
         assert any("No space left" in str(e.get("error")) for e in logs)

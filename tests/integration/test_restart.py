@@ -51,7 +51,7 @@ class TestReceiverCrash:
                 async def stream() -> None:
                     for _ in range(EVENTS // 10):
                         await national_send(fed, "NL-POL", *(seizure_nl() for _ in range(10)))
-                        await asyncio.sleep(0.05)
+                        await asyncio.sleep(0.4)  # a stream the kill lands inside
 
                 sender = asyncio.create_task(stream())
 

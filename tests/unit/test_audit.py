@@ -67,6 +67,7 @@ def _write_log(folder: Path, entries: int, *, close: bool = True, **kwargs: int)
     log = _open(folder, **kwargs)
     for i in range(entries):
         log.append("release", _release(i))
+        log.sync()  # as a node does after each batch: due checkpoints and rotations happen here
     if close:
         log.close()
     else:

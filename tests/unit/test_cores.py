@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gateway.contract.schemas import SchemaRegistry
+from gateway.core.effects import DeliveredEntry, Limits
 from gateway.core.inbound import Delivery, DuplicateDrop, Expired, InboundCore, Rejection
 from gateway.core.outbound import (
     OutboundCore,
@@ -22,7 +23,7 @@ from gateway.core.outbound import (
     parse_plain_event,
 )
 from gateway.crypto.envelope import DataKeyRing, Handling, Header, message_id_for, seal
-from gateway.crypto.keys import AgencyKeys
+from gateway.crypto.keys import AgencyKeys, generate_signing_key
 from gateway.crypto.trust import TrustList, authority_keys, load_trust_list, sign_trust_list
 from gateway.dev.demo import seizure_nl, seizure_us, trace_request_nl
 from gateway.dev.sandbox import Federation
@@ -120,13 +121,14 @@ def _seal_raw(
     fingerprint: bytes | None = None,
     message_id: str | None = None,
     handling: Handling | None = None,
+    event_id: str = "raw-1",
 ) -> bytes:
     """An envelope ``sender`` signs for BE-FPJ around ``body``, with a header as given."""
     public = trust.encryption_key("BE-FPJ", NOW)
     assert public is not None
     header = Header(
-        message_id=MessageId(message_id or message_id_for(sender.agency, "raw-1", "BE-FPJ")),
-        event_id=EventId("raw-1"),
+        message_id=MessageId(message_id or message_id_for(sender.agency, event_id, "BE-FPJ")),
+        event_id=EventId(event_id),
         sender=sender.agency,
         recipient=AgencyId("BE-FPJ"),
         event_type=EventType(event_type),
@@ -467,7 +469,8 @@ class TestInboundCore:
         """The raw helper's envelope around a valid record is delivered (the controls above
         fail for the reason they name, not for the helper)."""
         body = registry.encode(SEIZURE, seizure.record)
-        result = be_inbound.receive(_seal_raw(registry, trust, nl_keys, body), NOW, set())
+        data = _seal_raw(registry, trust, nl_keys, body, event_id=seizure.event_id)
+        result = be_inbound.receive(data, NOW, set())
         assert isinstance(result, Delivery)
         assert seizure.record == result.record
 
@@ -661,7 +664,7 @@ class TestReceivingSideHandling:
         """An H1 delivery carries the notice, the sender's name and the end of retention."""
         body = registry.encode(SEIZURE, seizure.record)
         h1 = Handling("H1", "testing", "A", 1, "NONE", 30)
-        data = _seal_raw(registry, trust, nl_keys, body, handling=h1)
+        data = _seal_raw(registry, trust, nl_keys, body, handling=h1, event_id=seizure.event_id)
         result = be_inbound.receive(data, NOW, set())
         assert isinstance(result, Delivery)
         provenance = result.provenance()
@@ -685,7 +688,7 @@ class TestReceivingSideHandling:
         not delivered, not quarantined."""
         body = registry.encode(SEIZURE, seizure.record)
         short = Handling("H0", "testing", "A", 1, "NONE", 1)
-        data = _seal_raw(registry, trust, nl_keys, body, handling=short)
+        data = _seal_raw(registry, trust, nl_keys, body, handling=short, event_id=seizure.event_id)
         core = be_inbound
         assert isinstance(core.receive(data, NOW + timedelta(hours=23), set()), Delivery)
         assert isinstance(core.receive(data, NOW + timedelta(days=1, seconds=1), set()), Expired)
@@ -711,3 +714,164 @@ class TestReceivingSideHandling:
         else:
             assert () == outcome.refused
             assert "US-ATF" in sealed_to
+
+
+class _Seen(dict[str, DeliveredEntry]):
+    """A delivered-message lookup made of a plain dict."""
+
+
+class TestInboundEffects:
+    """What the inbound core decides must happen: bounded quarantine, verified-only receipts."""
+
+    def _raw(
+        self, registry: SchemaRegistry, trust: TrustList, nl: AgencyKeys, record: dict[str, object]
+    ) -> bytes:
+        body = registry.encode(SEIZURE, record)
+        event_id = str(record["event_id"])
+        return _seal_raw(registry, trust, nl, body, event_id=event_id)
+
+    def test_delivery_comes_with_journal_entry_receipt_and_audit(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+    ) -> None:
+        """A valid envelope: one delivery, one DELIVERED receipt to NL-POL, two audit entries."""
+        effects = be_inbound.take(
+            self._raw(registry, trust, nl_keys, seizure.record), NOW, _Seen(), Limits()
+        )
+        assert 1 == len(effects.deliveries) and 1 == len(effects.receipts)
+        assert "NL-POL" == effects.receipts[0].sender
+        assert ["delivery", "receipt_sent"] == [a.kind for a in effects.audit]
+        assert () == effects.quarantines
+
+    def test_oversize_bytes_are_quarantined_unread_in_bounded_form(
+        self, be_inbound: InboundCore
+    ) -> None:
+        """Bytes over the envelope limit: a prefix and a digest are kept, no receipt is sent."""
+        limits = Limits(
+            max_envelope_bytes=2048, quarantine_raw_bytes=1024, quarantine_prefix_bytes=100
+        )
+        raw = b"\xff" * 5000
+        effects = be_inbound.take(raw, NOW, _Seen(), limits)
+        (record,) = effects.quarantines
+        headers = dict(record.headers)
+        assert (100, b"too_large", b"5000") == (
+            len(record.value),
+            headers["fxgw-reason"],
+            headers["fxgw-original-bytes"],
+        )
+        assert hashlib.sha256(raw).hexdigest().encode() == headers["fxgw-sha256"]
+        assert () == effects.receipts
+
+    def test_forged_signature_with_huge_message_id_gets_no_receipt(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+    ) -> None:
+        """An envelope signed by a key not on the trust list is quarantined, never answered, and
+        nothing of its header is quoted."""
+        forger = AgencyKeys(
+            nl_keys.agency, generate_signing_key(nl_keys.signing.key_id), nl_keys.encryption
+        )
+        body = registry.encode(SEIZURE, seizure.record)
+        huge = "m" * 200_000
+        raw = _seal_raw(registry, trust, forger, body, message_id=huge)
+        effects = be_inbound.take(raw, NOW, _Seen(), Limits())
+        assert () == effects.receipts
+        assert "bad_signature" == effects.audit[0].data["reason"]
+        assert all(huge not in str(v) for v in effects.audit[0].data.values())
+        assert all(len(v) <= 1024 for _, v in effects.quarantines[0].headers)
+
+    def test_body_event_id_other_than_the_header_is_refused(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+    ) -> None:
+        """An authentic envelope whose body names another event id is quarantined with its own
+        reason, and answered REJECTED (the signature verified)."""
+        body = registry.encode(SEIZURE, seizure.record)
+        raw = _seal_raw(registry, trust, nl_keys, body, event_id="another-event")
+        effects = be_inbound.take(raw, NOW, _Seen(), Limits())
+        assert () == effects.deliveries
+        assert "body_header_mismatch" == effects.audit[0].data["reason"]
+        assert 1 == len(effects.receipts)
+
+    def test_reporting_agency_other_than_the_sender_is_refused(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+    ) -> None:
+        """NL-POL cannot deliver a seizure that says US-ATF reported it."""
+        record = copy.deepcopy(seizure.record)
+        record["reporting_agency"] = {**record["reporting_agency"], "agency_id": "US-ATF"}  # type: ignore[dict-item]
+        effects = be_inbound.take(
+            self._raw(registry, trust, nl_keys, record), NOW, _Seen(), Limits()
+        )
+        assert () == effects.deliveries
+        assert "body_header_mismatch" == effects.audit[0].data["reason"]
+
+    def test_non_finite_number_is_refused(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+    ) -> None:
+        """A NaN in the body is refused on the way in, as it is on the way out."""
+        record = copy.deepcopy(seizure.record)
+        record["recovery_location"] = {**record["recovery_location"], "latitude": float("nan")}  # type: ignore[dict-item]
+        effects = be_inbound.take(
+            self._raw(registry, trust, nl_keys, record), NOW, _Seen(), Limits()
+        )
+        assert () == effects.deliveries
+        assert "non_finite_number" == effects.audit[0].data["reason"]
+
+    def test_delivery_document_over_the_limit_is_refused(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+    ) -> None:
+        """A document the national system's topic could not take is refused, not stalled on."""
+        effects = be_inbound.take(
+            self._raw(registry, trust, nl_keys, seizure.record),
+            NOW,
+            _Seen(),
+            Limits(max_delivery_bytes=200),
+        )
+        assert () == effects.deliveries
+        assert "delivery_too_large" == effects.audit[0].data["reason"]
+        assert 1 == len(effects.receipts)
+
+    def test_replay_gets_the_first_receipt_byte_for_byte(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+    ) -> None:
+        """The same envelope again, later: a duplicate answered with the very first receipt."""
+        raw = self._raw(registry, trust, nl_keys, seizure.record)
+        first = be_inbound.take(raw, NOW, _Seen(), Limits())
+        (d,) = first.deliveries
+        again = be_inbound.take(
+            raw, NOW + timedelta(minutes=5), _Seen({d.message_id: d.entry}), Limits()
+        )
+        assert first.receipts == again.receipts
+        assert "duplicate" == again.audit[0].kind

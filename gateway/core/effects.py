@@ -1,0 +1,239 @@
+"""What the cores decide must happen, as values; the node executes them batch by batch.
+
+A core takes one input (a plain event, envelope bytes, a receipt) and returns :class:`Effects`:
+envelopes to publish, receipts to send, deliveries to hand to the national system, quarantine
+records, and audit entries. The node executes a whole poll batch of them together (every produce
+in flight at once, one audit fsync, one journal sync) and commits the batch's offsets only when
+all of it is durable. Which entry is audited and which receipt answers what is decided in the
+cores, never in the node.
+
+Also here: the size :class:`Limits` a node enforces, and :func:`quarantine`, which turns a
+record that cannot be handled into a bounded quarantine record (raw bytes up to a limit,
+otherwise their digest and a prefix; detail and header values truncated; original sizes stated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.audit.chain import Value
+
+Headers = tuple[tuple[str, bytes], ...]
+"""Kafka record headers: (name, value) pairs."""
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Sizes a node accepts and writes, checked before any expensive work.
+
+    The byte limits must fit the topics' ``max.message.bytes`` (the broker default is 1 MiB).
+    """
+
+    max_event_bytes: int = MIB
+    """A plain event from the national system."""
+    max_envelope_bytes: int = MIB
+    """An envelope, taken in or sent out."""
+    max_delivery_bytes: int = MIB
+    """A delivery document for the national system."""
+    max_receipt_bytes: int = 64 * KIB
+    """A receipt taken in."""
+    quarantine_raw_bytes: int = 256 * KIB
+    """A quarantined record's raw bytes are kept whole up to this size."""
+    quarantine_prefix_bytes: int = 4 * KIB
+    """Beyond that, only this many leading bytes (and the digest of all of them) are kept."""
+    detail_chars: int = 512
+    """Longest detail text and header value in a quarantine record, log line or audit entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredEntry:
+    """When a message was delivered, until when it is remembered, and the digest of the
+    envelope that delivered it (so that the same envelope again gets the same receipt)."""
+
+    expires_ms: int
+    recorded_ms: int
+    digest: bytes | None
+
+
+class DeliveredLookup(Protocol):
+    """The message ids this node has delivered (the journal, plus the batch in hand)."""
+
+    def __contains__(self, message_id: object) -> bool: ...
+
+    def get(self, message_id: str) -> DeliveredEntry | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One decision: written to the audit trail, logged (same metadata) and counted."""
+
+    kind: str
+    data: Mapping[str, Value]
+    log_event: str
+    counter: str
+    warn: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A sealed envelope to publish to its recipient's inbox."""
+
+    recipient: str
+    sender: str
+    message_id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A signed receipt to publish to the envelope's sender."""
+
+    sender: str
+    message_id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """An event received from a peer, noted so that its handling limits forwarding."""
+
+    event_id: str
+    sender: str
+    code: str
+    onward_transfer: str
+    until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A delivery for the national system: the JSON document, and what the journal keeps."""
+
+    message_id: str
+    event_id: str
+    event_type: str
+    sender: str
+    handling: str
+    document: bytes
+    entry: DeliveredEntry
+    remember: Remember
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """A record that cannot be handled, in bounded form, for the local quarantine topic."""
+
+    value: bytes
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """Everything that must happen because of one input."""
+
+    envelopes: tuple[Envelope, ...] = ()
+    receipts: tuple[Receipt, ...] = ()
+    deliveries: tuple[Deliver, ...] = ()
+    quarantines: tuple[Quarantine, ...] = ()
+    audit: tuple[AuditEntry, ...] = ()
+
+
+@dataclass(slots=True)
+class Batch:
+    """The effects of a poll batch, gathered in input order."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    deliveries: list[Deliver] = field(default_factory=list)
+    quarantines: list[Quarantine] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+
+    def add(self, effects: Effects) -> None:
+        """Append one input's effects."""
+        self.envelopes.extend(effects.envelopes)
+        self.receipts.extend(effects.receipts)
+        self.deliveries.extend(effects.deliveries)
+        self.quarantines.extend(effects.quarantines)
+        self.audit.extend(effects.audit)
+
+    @classmethod
+    def of(cls, many: Iterable[Effects]) -> Batch:
+        """The batch of several inputs' effects."""
+        batch = cls()
+        for effects in many:
+            batch.add(effects)
+        return batch
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _clip_bytes(value: bytes, limit: int) -> bytes:
+    return value if len(value) <= limit else value[:limit]
+
+
+def quarantine(
+    raw: bytes,
+    *,
+    reason: str,
+    detail: str,
+    direction: str,
+    now_ms: int,
+    limits: Limits,
+    extra: Headers = (),
+    data: Mapping[str, Value] | None = None,
+    log_event: str = "quarantined",
+) -> Effects:
+    """Quarantine ``raw`` in bounded form, and audit it.
+
+    The record holds the raw bytes when they fit ``limits.quarantine_raw_bytes``, otherwise
+    only a prefix; its headers always state the reason, the (clipped) detail, the original size
+    and the SHA-256 of the whole, so the record always fits the quarantine topic. ``data`` adds
+    metadata to the audit entry (ids of a verified header; never a value from the record).
+    """
+    digest = hashlib.sha256(raw).hexdigest()
+    whole = len(raw) <= limits.quarantine_raw_bytes
+    value = raw if whole else raw[: limits.quarantine_prefix_bytes]
+    short = clip(detail, limits.detail_chars)
+    headers: Headers = (
+        ("fxgw-reason", reason.encode()),
+        ("fxgw-detail", short.encode()),
+        ("fxgw-direction", direction.encode()),
+        ("fxgw-quarantined-at", now_ms.to_bytes(8, "big")),
+        ("fxgw-original-bytes", str(len(raw)).encode()),
+        ("fxgw-sha256", digest.encode()),
+        ("fxgw-content", b"whole" if whole else b"prefix"),
+        *((name, _clip_bytes(v, limits.detail_chars)) for name, v in extra),
+    )
+    entry: dict[str, Value] = {
+        "direction": direction,
+        "reason": reason,
+        "detail": short,
+        "sha256": digest,
+        "bytes": len(raw),
+        **(data or {}),
+    }
+    return Effects(
+        quarantines=(Quarantine(value, headers),),
+        audit=(AuditEntry("quarantine", entry, log_event, f"quarantined_{direction}", warn=True),),
+    )
+
+
+def merge(*parts: Effects) -> Effects:
+    """One input's effects made of several parts, in order."""
+    return Effects(
+        envelopes=tuple(e for p in parts for e in p.envelopes),
+        receipts=tuple(r for p in parts for r in p.receipts),
+        deliveries=tuple(d for p in parts for d in p.deliveries),
+        quarantines=tuple(q for p in parts for q in p.quarantines),
+        audit=tuple(a for p in parts for a in p.audit),
+    )

@@ -1,0 +1,68 @@
+"""The receipts core: a receipt's bytes in, what must happen out.
+
+Sans-I/O. A receipt addressed to this node (as the envelope's sender) is verified against the
+trust list and audited as ``receipt_received``; anything else is quarantined in bounded form.
+The size is checked before the bytes are parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway.contract.schemas import SchemaRegistry
+from gateway.core.effects import AuditEntry, Effects, Limits, quarantine
+from gateway.crypto.receipts import open_receipt
+from gateway.crypto.trust import TrustList
+from gateway.errors import PeerError
+from gateway.types import AgencyId
+
+
+@dataclass(slots=True)
+class ReceiptsCore:
+    """Receipt intake for one sending agency. ``trust`` may be swapped (hot reload)."""
+
+    agency: AgencyId
+    registry: SchemaRegistry
+    trust: TrustList
+    limits: Limits = field(default_factory=Limits)
+
+    def take(self, raw: bytes, now: datetime) -> Effects:
+        """Verify and audit one receipt, or quarantine it."""
+        now_ms = int(now.timestamp() * 1000)
+        if len(raw) > self.limits.max_receipt_bytes:
+            return quarantine(
+                raw,
+                reason="too_large",
+                detail=f"{len(raw)} bytes; receipts are at most {self.limits.max_receipt_bytes}",
+                direction="receipts",
+                now_ms=now_ms,
+                limits=self.limits,
+                log_event="receipt_rejected",
+            )
+        try:
+            r = open_receipt(
+                raw, trust=self.trust, codec=self.registry, agency=self.agency, now=now
+            )
+        except PeerError as exc:
+            return quarantine(
+                raw,
+                reason=exc.reason,
+                detail=str(exc),
+                direction="receipts",
+                now_ms=now_ms,
+                limits=self.limits,
+                log_event="receipt_rejected",
+            )
+        data: dict[str, str | None] = {
+            "message_id": r.message_id,
+            "event_id": r.event_id,
+            "recipient": r.recipient,
+            "outcome": r.outcome,
+            "reason": r.reason,
+            "received_at": r.received_at.isoformat().replace("+00:00", "Z"),
+            "envelope_sha256": r.envelope_digest.hex(),
+            "signing_key_id": r.signing_key_id,
+        }
+        entry = AuditEntry("receipt_received", data, "receipt_received", "receipts_received")
+        return Effects(audit=(entry,))

@@ -1,0 +1,316 @@
+"""One generic loop per input: poll a batch -> hand it to a core -> execute the effects -> make
+them durable -> commit.
+
+The cores decide; this module only executes, in an order that keeps every guarantee:
+
+1. audit entries are appended (and logged and counted, with the same metadata);
+2. deliveries are staged (spool: hidden temp files);
+3. the audit trail is fsynced once for the batch (group commit; the trail may run ahead of the
+   effects after a crash, never behind);
+4. deliveries are journaled and published, in the order the sink's recovery needs;
+5. envelopes, receipts and quarantine records are produced all together and every
+   acknowledgement awaited;
+6. the received-events journal is synced; then the caller commits the batch's offsets.
+
+Failures are classified once (:class:`~gateway.errors.InfrastructureError` flags): a retriable
+fault is retried with back-off and rate-limited log lines, repeating only the step that failed
+(so a failed fsync never turns into a second receipt or a false duplicate); a record the cluster
+refuses is quarantined and the stream goes on; a fatal fault of our own side is raised, to stop
+the node with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+
+import structlog
+
+from gateway.audit.store import AuditLog
+from gateway.core.effects import (
+    AuditEntry,
+    Batch,
+    Deliver,
+    DeliveredEntry,
+    Effects,
+    Envelope,
+    Headers,
+    Limits,
+    quarantine,
+)
+from gateway.core.outbound import ReceivedEvent
+from gateway.errors import InfrastructureError, RecordRefused, TransportError
+from gateway.node.journals import DeliveredJournal, ReceivedEvents
+from gateway.node.sinks import Sink
+from gateway.node.transport import Producer
+from gateway.types import AgencyId
+
+T = TypeVar("T")
+log = structlog.get_logger("fxgw.node")
+
+
+class Retry:
+    """Back-off for retriable infrastructure faults, with at most one log line per fault kind
+    every ``log_every`` seconds (the count of retries in between is logged with it)."""
+
+    def __init__(
+        self, stop: asyncio.Event, counters: Counter[str], *, log_every: float = 10.0
+    ) -> None:
+        self._stop = stop
+        self._counters = counters
+        self._log_every = log_every
+        self._last_logged: dict[str, float] = {}
+        self._quiet: Counter[str] = Counter()
+
+    async def __call__(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run ``action`` until it succeeds.
+
+        :raises InfrastructureError: a fatal or non-retriable fault (our side is broken), or
+            any fault once stopping has begun (the batch stays uncommitted and is redone).
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await action()
+            except InfrastructureError as exc:
+                if exc.fatal or not exc.retriable or self._stop.is_set():
+                    raise
+                self._counters["retries"] += 1
+                self._note(what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _note(self, what: str, exc: InfrastructureError, delay: float) -> None:
+        key = f"{what}:{type(exc).__name__}"
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -self._log_every) < self._log_every:
+            self._quiet[key] += 1
+            return
+        self._last_logged[key] = now
+        log.warning(
+            "retrying",
+            what=what,
+            error=str(exc)[:512],
+            delay_s=round(delay, 2),
+            suppressed=self._quiet.pop(key, 0),
+        )
+
+
+@dataclass(slots=True)
+class Topics:
+    """Where effects go."""
+
+    agency: AgencyId
+    prefix: str
+    quarantine: str
+
+    def inbox(self, agency: str) -> str:
+        return f"{self.prefix}.inbox.{agency}"
+
+    def receipts(self, agency: str) -> str:
+        return f"{self.prefix}.receipts.{agency}"
+
+
+@dataclass(slots=True)
+class Executor:
+    """Executes the effects of a batch and makes them durable."""
+
+    audit: AuditLog
+    exchange: Producer
+    local: Producer
+    topics: Topics
+    limits: Limits
+    retry: Retry
+    counters: Counter[str]
+    now_ms: Callable[[], int]
+    sink: Sink | None = None
+    delivered: DeliveredJournal | None = None
+    received: ReceivedEvents | None = None
+    bound: structlog.stdlib.BoundLogger = field(default_factory=lambda: log)
+
+    async def execute(self, batch: Batch) -> None:
+        """Execute ``batch`` until every effect is durable (or raise a fatal error)."""
+        self._record(batch.audit)
+        started_ms = self.now_ms()
+        if batch.deliveries:
+            assert self.sink is not None
+            await self.retry("stage deliveries", lambda: self._stage(batch.deliveries))
+        await self.retry("sync audit", self._sync_audit)
+        if batch.deliveries:
+            await self._deliver(batch, started_ms)
+        await self._produce(batch)
+        if self.received is not None and batch.deliveries:
+            await self.retry("sync journal", self._sync_received)
+
+    def _record(self, entries: Sequence[AuditEntry]) -> None:
+        """Count, log and audit each decision, with the same metadata."""
+        for entry in entries:
+            self.counters[entry.counter] += 1
+            emit = self.bound.warning if entry.warn else self.bound.info
+            emit(entry.log_event, **entry.data)
+            self.audit.append(entry.kind, entry.data)
+
+    async def _stage(self, items: Sequence[Deliver]) -> None:
+        assert self.sink is not None
+        await self.sink.stage(items)
+
+    async def _sync_audit(self) -> None:
+        self.audit.sync()
+
+    async def _sync_received(self) -> None:
+        assert self.received is not None
+        self.received.sync()
+
+    async def _journal(self, items: Sequence[Deliver]) -> None:
+        assert self.delivered is not None and self.received is not None
+        for d in items:
+            e = d.entry
+            self.delivered.remember(d.message_id, e.expires_ms, e.recorded_ms, e.digest)
+            r = d.remember
+            self.received.remember(
+                r.event_id, ReceivedEvent(r.sender, r.code, r.onward_transfer), r.until_ms
+            )
+        self.delivered.sync()
+
+    async def _deliver(self, batch: Batch, started_ms: int) -> None:
+        sink = self.sink
+        assert sink is not None
+        items = list(batch.deliveries)
+        if sink.journal_first:
+            await self.retry("journal deliveries", lambda: self._journal(items))
+        pending = items
+        since = started_ms - 60_000
+        while pending:
+            batch_now = pending
+            results = await self.retry("deliver", partial(sink.publish, batch_now))
+            again: list[Deliver] = []
+            for d, result in zip(batch_now, results, strict=True):
+                if result is None:
+                    continue
+                if isinstance(result, RecordRefused):
+                    self._refused_delivery(batch, d, result)
+                elif result.fatal or not result.retriable:
+                    raise result
+                else:
+                    again.append(d)
+            pending = []
+            if again:
+                first = next(r for r in results if _retriable(r))
+                assert first is not None
+                await self.retry("deliver", _raise_once(first))  # back off and log, once
+                # an unanswered send may still have arrived: re-send only what did not
+                pending = await self.retry("check deliveries", partial(sink.missing, again, since))
+        if not sink.journal_first:
+            await self.retry("journal deliveries", lambda: self._journal(items))
+
+    def _refused_delivery(self, batch: Batch, d: Deliver, error: TransportError) -> None:
+        """The local cluster refused one delivery as a record: quarantine it, bounded."""
+        effects = quarantine(
+            d.document,
+            reason="delivery_refused",
+            detail=str(error),
+            direction="delivery",
+            now_ms=self.now_ms(),
+            limits=self.limits,
+            data={"message_id": d.message_id, "event_id": d.event_id, "sender": d.sender},
+        )
+        batch.quarantines.extend(effects.quarantines)
+        self._record(effects.audit)
+
+    async def _produce(self, batch: Batch) -> None:
+        exchange: list[Record] = [
+            (self.topics.inbox(e.recipient), e.data, e.message_id.encode(), _ids(e))
+            for e in batch.envelopes
+        ]
+        exchange += [
+            (self.topics.receipts(r.sender), r.data, r.message_id.encode(), ())
+            for r in batch.receipts
+        ]
+        local: list[Record] = [
+            (self.topics.quarantine, q.value, None, q.headers) for q in batch.quarantines
+        ]
+        while exchange or local:
+            sent = await asyncio.gather(
+                self.exchange.send_each(exchange), self.local.send_each(local)
+            )
+            exchange = self._unsent(exchange, sent[0])
+            local = self._unsent(local, sent[1])
+            failed = [r for r in (*sent[0], *sent[1]) if _retriable(r)]
+            if failed:
+                assert failed[0] is not None
+                await self.retry("produce", _raise_once(failed[0]))  # back off and log, once
+
+    def _unsent(self, records: list[Record], results: list[TransportError | None]) -> list[Record]:
+        """The records to send again; a fatal error is raised, a refused record noted."""
+        again: list[Record] = []
+        for record, result in zip(records, results, strict=True):
+            if result is None:
+                continue
+            if result.fatal:
+                raise result
+            if isinstance(result, RecordRefused) or not result.retriable:
+                self._refused_record(record[0], record[1], result)
+            else:
+                again.append(record)
+        return again
+
+    def _refused_record(self, topic: str, value: bytes, error: TransportError) -> None:
+        """A record the cluster refused outright (bounded quarantine records never are)."""
+        self.counters["refused_by_cluster"] += 1
+        self.bound.error("record_refused", topic=topic, bytes=len(value), error=str(error)[:512])
+        self.audit.append(
+            "record_refused", {"topic": topic, "bytes": len(value), "error": str(error)[:512]}
+        )
+
+
+Record = tuple[str, bytes, bytes | None, Headers]
+"""A record to produce: topic, value, key, headers."""
+
+
+def _ids(e: Envelope) -> Headers:
+    return (("fxgw-sender", e.sender.encode()), ("fxgw-message-id", e.message_id.encode()))
+
+
+def _retriable(result: TransportError | None) -> bool:
+    return result is not None and result.retriable and not result.fatal
+
+
+def _raise_once(error: InfrastructureError) -> Callable[[], Awaitable[None]]:
+    """An action that fails once with ``error`` (so :class:`Retry` backs off and logs it)."""
+    state = {"raised": False}
+
+    async def action() -> None:
+        if not state["raised"]:
+            state["raised"] = True
+            raise error
+
+    return action
+
+
+class Pending:
+    """The delivered-message journal plus the deliveries of the batch in hand, so that a second
+    copy of a message within one batch is a duplicate too."""
+
+    def __init__(self, journal: DeliveredJournal) -> None:
+        self._journal = journal
+        self._batch: dict[str, DeliveredEntry] = {}
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._batch or message_id in self._journal
+
+    def get(self, message_id: str) -> DeliveredEntry | None:
+        return self._batch.get(message_id) or self._journal.get(message_id)
+
+    def clear(self) -> None:
+        """Start a new batch (the last one is in the journal now)."""
+        self._batch.clear()
+
+    def add(self, effects: Effects) -> Effects:
+        for d in effects.deliveries:
+            self._batch[d.message_id] = d.entry
+        return effects
