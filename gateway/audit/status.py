@@ -4,7 +4,9 @@ Pure. The audit trail already records every release decision and every receipt t
 (:mod:`gateway.node.runtime` writes them), so the status view needs no store of its own and
 can never disagree with the evidence. For each message released: ``released`` (no receipt yet),
 ``delivered``, ``duplicate`` (the recipient had it already), ``rejected`` (with the reason
-code), or ``overdue`` (no receipt within the configured time). Denials and refusals show in an
+code), ``parked`` (the recipient's inbox refused it; offered again with back-off), ``not_sent``
+(parked until it expired, or no room to park it), or ``overdue`` (no receipt within the
+configured time). Denials and refusals show in an
 event's fan-out, so one query answers "where did event X go, and where did it not?".
 """
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-State = Literal["released", "delivered", "duplicate", "rejected", "overdue"]
+State = Literal["released", "parked", "not_sent", "delivered", "duplicate", "rejected", "overdue"]
 
 _RANK = {"REJECTED": 1, "DUPLICATE": 2, "DELIVERED": 3}
 """A later, better receipt wins: a re-release delivered after a rejection is delivered."""
@@ -34,6 +36,8 @@ class Transfer:
     receipt: str | None = None
     reason: str | None = None
     receipt_at: datetime | None = None
+    parking: Literal["parked", "not_sent"] | None = None
+    """Parked because the recipient's inbox refused it, or given up (expired, no room)."""
 
     def state(self, now: datetime, timeout: timedelta) -> State:
         """The transfer's state at ``now``."""
@@ -43,6 +47,8 @@ class Transfer:
             return "duplicate"
         if self.receipt == "REJECTED":
             return "rejected"
+        if self.parking is not None:
+            return self.parking
         return "overdue" if now - self.released_at > timeout else "released"
 
 
@@ -73,6 +79,15 @@ class StatusView:
         return totals
 
 
+_PARKING: dict[str, Literal["parked", "not_sent"] | None] = {
+    "parked": "parked",
+    "unparked": None,
+    "parked_expired": "not_sent",
+    "park_dropped": "not_sent",
+}
+"""Audit kinds that move a transfer in and out of parking."""
+
+
 def _time(value: object) -> datetime:
     if not isinstance(value, str):
         raise ValueError("audit time is not a string")
@@ -85,8 +100,13 @@ def _text(data: Mapping[str, object], key: str) -> str:
 
 
 def build_view(entries: Iterable[tuple[str, str, Mapping[str, object]]]) -> StatusView:
-    """Fold audit entries ``(kind, at, data)`` into the status of every release."""
+    """Fold audit entries ``(kind, at, data)`` into the status of every release.
+
+    The fold does not depend on order: a receipt recorded before its release entry (possible
+    when a crash left the trail behind the exchange) is applied when the release turns up.
+    """
     view = StatusView()
+    early: dict[str, list[Mapping[str, object]]] = {}
     for kind, at, data in entries:
         if kind == "release":
             transfer = Transfer(
@@ -102,23 +122,38 @@ def build_view(entries: Iterable[tuple[str, str, Mapping[str, object]]]) -> Stat
                 view.transfers[transfer.message_id] = transfer
                 fan_out = view.fan_outs.setdefault(transfer.event_id, FanOut(transfer.event_id))
                 fan_out.transfers.append(transfer)
+                for receipt in early.pop(transfer.message_id, []):
+                    _apply_receipt(transfer, receipt)
         elif kind in ("release_denied", "release_refused"):
             event_id = _text(data, "event_id")
             fan_out = view.fan_outs.setdefault(event_id, FanOut(event_id))
             verdict = "denied" if kind == "release_denied" else "refused"
             fan_out.not_released.append((_text(data, "recipient"), verdict, _text(data, "reason")))
-        elif kind == "receipt_received":
+        elif kind in _PARKING:
             target = view.transfers.get(_text(data, "message_id"))
-            outcome = _text(data, "outcome")
-            if target is None or outcome not in _RANK:
+            if target is not None:
+                target.parking = _PARKING[kind]
+        elif kind == "receipt_received":
+            if _text(data, "outcome") not in _RANK:
                 view.unmatched_receipts += 1
                 continue
-            if target.receipt is None or _RANK[outcome] >= _RANK[target.receipt]:
-                target.receipt = outcome
-                reason = data.get("reason")
-                target.reason = reason if isinstance(reason, str) else None
-                target.receipt_at = _time(data.get("received_at"))
+            target = view.transfers.get(_text(data, "message_id"))
+            if target is None:
+                early.setdefault(_text(data, "message_id"), []).append(data)
+            else:
+                _apply_receipt(target, data)
+    view.unmatched_receipts += sum(len(receipts) for receipts in early.values())
     return view
+
+
+def _apply_receipt(target: Transfer, data: Mapping[str, object]) -> None:
+    """Record a receipt on its transfer; a better outcome wins over an earlier one."""
+    outcome = _text(data, "outcome")
+    if target.receipt is None or _RANK[outcome] >= _RANK[target.receipt]:
+        target.receipt = outcome
+        reason = data.get("reason")
+        target.reason = reason if isinstance(reason, str) else None
+        target.receipt_at = _time(data.get("received_at"))
 
 
 def render(

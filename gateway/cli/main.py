@@ -1,7 +1,9 @@
 """The ``fxgw`` command: keys, trust list, policy and schema checks, sending, running, demo.
 
 Exit codes: 0 done; 1 some input was rejected (each rejection is printed with its file, line and
-field); 2 the command could not run (bad config or files; the message says what to fix).
+field); 2 the command could not run (bad config or files; the message says what to fix); 3 a
+running node stopped on a fault of our own side that retrying cannot mend (refused credentials,
+a locked or lost state folder).
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import structlog
 import yaml
 
 from gateway.contract.schemas import SchemaRegistry
-from gateway.errors import ConfigError, GatewayError, PeerError
+from gateway.errors import ConfigError, GatewayError, InfrastructureError, PeerError
 from gateway.types import AgencyId
 
 if TYPE_CHECKING:
     from gateway.crypto.trust import TrustList
     from gateway.node.config import NodeConfig
 
-EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_REJECTED, EXIT_ERROR, EXIT_FATAL = 0, 1, 2, 3
 
 
 class _CurrentStderr:
@@ -499,7 +501,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await node.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except InfrastructureError as exc:
+        # our own side is broken beyond retrying (refused credentials, a second process on the
+        # state folder, lost audit storage): stop with a clear message instead of spinning
+        structlog.get_logger("fxgw.node").critical(
+            "node_stopped_on_fault", error=str(exc)[:512], fault=type(exc).__name__
+        )
+        sys.stderr.write(f"fxgw: stopped: {exc}; fix it and start the node again\n")
+        return EXIT_FATAL
     return EXIT_OK
 
 

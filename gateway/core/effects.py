@@ -49,6 +49,8 @@ class Limits:
     """Beyond that, only this many leading bytes (and the digest of all of them) are kept."""
     detail_chars: int = 512
     """Longest detail text and header value in a quarantine record, log line or audit entry."""
+    max_parked_bytes: int = 256 * MIB
+    """Records parked for one topic that refuses them (a recipient's missing inbox)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,8 @@ class Envelope:
     sender: str
     message_id: str
     data: bytes
+    expires_ms: int
+    """Past this the recipient refuses it as stale: a parked envelope is kept until then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,8 @@ class Receipt:
     sender: str
     message_id: str
     data: bytes
+    expires_ms: int
+    """When the envelope it answers expires: a parked receipt is kept until then."""
 
 
 @dataclass(frozen=True, slots=True)

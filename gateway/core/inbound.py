@@ -348,7 +348,8 @@ class InboundCore:
             "receipt_sent",
             "receipts_sent",
         )
-        return Effects(receipts=(Receipt(h.sender, h.message_id, data),), audit=(sent,))
+        receipt = Receipt(h.sender, h.message_id, data, _ms(h.expires_at))
+        return Effects(receipts=(receipt,), audit=(sent,))
 
 
 _ORIGIN = {

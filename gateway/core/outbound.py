@@ -262,7 +262,8 @@ class OutboundCore:
     @staticmethod
     def _envelope(sealed: Sealed) -> Envelope:
         h = sealed.header
-        return Envelope(h.recipient, h.sender, h.message_id, sealed.data)
+        expires_ms = int(h.expires_at.timestamp() * 1000)
+        return Envelope(h.recipient, h.sender, h.message_id, sealed.data, expires_ms)
 
     @staticmethod
     def _released(sealed: Sealed, outcome: Outcome) -> AuditEntry:

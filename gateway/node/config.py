@@ -86,6 +86,7 @@ class LimitsModel(_Strict):
     quarantine_raw_bytes: int = Field(default=_LIMITS.quarantine_raw_bytes, ge=0, le=64 * MIB)
     quarantine_prefix_bytes: int = Field(default=_LIMITS.quarantine_prefix_bytes, ge=0, le=MIB)
     detail_chars: int = Field(default=_LIMITS.detail_chars, ge=64, le=65536)
+    max_parked_bytes: int = Field(default=_LIMITS.max_parked_bytes, ge=0, le=64 * 1024 * MIB)
 
 
 class RouteToModel(_Strict):

@@ -22,6 +22,7 @@ the node with a clear message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +32,7 @@ from typing import TypeVar
 
 import structlog
 
+from gateway.audit.chain import Value
 from gateway.audit.store import AuditLog
 from gateway.core.effects import (
     AuditEntry,
@@ -44,8 +46,9 @@ from gateway.core.effects import (
     quarantine,
 )
 from gateway.core.outbound import ReceivedEvent
-from gateway.errors import InfrastructureError, RecordRefused, TransportError
+from gateway.errors import InfrastructureError, RecordRefused, TopicRefused, TransportError
 from gateway.node.journals import DeliveredJournal, ReceivedEvents
+from gateway.node.parked import Parked, ParkedRecord
 from gateway.node.sinks import Sink
 from gateway.node.transport import Producer
 from gateway.types import AgencyId
@@ -131,23 +134,26 @@ class Executor:
     sink: Sink | None = None
     delivered: DeliveredJournal | None = None
     received: ReceivedEvents | None = None
+    parked: Parked | None = None
     bound: structlog.stdlib.BoundLogger = field(default_factory=lambda: log)
+    _late: bool = False
+    """Audit entries or parked records were added after the batch's audit sync."""
 
     async def execute(self, batch: Batch) -> None:
         """Execute ``batch`` until every effect is durable (or raise a fatal error)."""
-        self._record(batch.audit)
+        self.record(batch.audit)
         started_ms = self.now_ms()
         if batch.deliveries:
             assert self.sink is not None
             await self.retry("stage deliveries", lambda: self._stage(batch.deliveries))
-        await self.retry("sync audit", self._sync_audit)
+        await self.retry("sync audit", self.sync_audit)
         if batch.deliveries:
             await self._deliver(batch, started_ms)
         await self._produce(batch)
         if self.received is not None and batch.deliveries:
             await self.retry("sync journal", self._sync_received)
 
-    def _record(self, entries: Sequence[AuditEntry]) -> None:
+    def record(self, entries: Sequence[AuditEntry]) -> None:
         """Count, log and audit each decision, with the same metadata."""
         for entry in entries:
             self.counters[entry.counter] += 1
@@ -159,7 +165,7 @@ class Executor:
         assert self.sink is not None
         await self.sink.stage(items)
 
-    async def _sync_audit(self) -> None:
+    async def sync_audit(self) -> None:
         self.audit.sync()
 
     async def _sync_received(self) -> None:
@@ -220,56 +226,114 @@ class Executor:
             data={"message_id": d.message_id, "event_id": d.event_id, "sender": d.sender},
         )
         batch.quarantines.extend(effects.quarantines)
-        self._record(effects.audit)
+        self.record(effects.audit)
+        self._late = True
 
     async def _produce(self, batch: Batch) -> None:
-        exchange: list[Record] = [
-            (self.topics.inbox(e.recipient), e.data, e.message_id.encode(), _ids(e))
+        exchange = [
+            Outgoing(self.topics.inbox(e.recipient), e.data, e.message_id, e.expires_ms, _ids(e))
             for e in batch.envelopes
         ]
         exchange += [
-            (self.topics.receipts(r.sender), r.data, r.message_id.encode(), ())
+            Outgoing(self.topics.receipts(r.sender), r.data, r.message_id, r.expires_ms, ())
             for r in batch.receipts
         ]
-        local: list[Record] = [
-            (self.topics.quarantine, q.value, None, q.headers) for q in batch.quarantines
+        local = [
+            Outgoing(self.topics.quarantine, q.value, None, 0, q.headers) for q in batch.quarantines
         ]
         while exchange or local:
             sent = await asyncio.gather(
-                self.exchange.send_each(exchange), self.local.send_each(local)
+                self.exchange.send_each([o.record for o in exchange]),
+                self.local.send_each([o.record for o in local]),
             )
-            exchange = self._unsent(exchange, sent[0])
-            local = self._unsent(local, sent[1])
+            exchange = self._unsent(exchange, sent[0], park=True)
+            local = self._unsent(local, sent[1], park=False)
             failed = [r for r in (*sent[0], *sent[1]) if _retriable(r)]
             if failed:
                 assert failed[0] is not None
                 await self.retry("produce", _raise_once(failed[0]))  # back off and log, once
+        if self._late:
+            await self.retry("park records", self._sync_parked)
+            await self.retry("sync audit", self.sync_audit)
+            self._late = False
 
-    def _unsent(self, records: list[Record], results: list[TransportError | None]) -> list[Record]:
-        """The records to send again; a fatal error is raised, a refused record noted."""
-        again: list[Record] = []
-        for record, result in zip(records, results, strict=True):
+    def _unsent(
+        self, items: list[Outgoing], results: list[TransportError | None], *, park: bool
+    ) -> list[Outgoing]:
+        """The records to send again; a fatal error is raised, a refused topic's records parked
+        (exchange side), a refused record noted."""
+        again: list[Outgoing] = []
+        for item, result in zip(items, results, strict=True):
             if result is None:
                 continue
             if result.fatal:
                 raise result
-            if isinstance(result, RecordRefused) or not result.retriable:
-                self._refused_record(record[0], record[1], result)
+            if park and isinstance(result, TopicRefused):
+                self._park(item, result)
+            elif isinstance(result, RecordRefused) or not result.retriable:
+                self._refused_record(item, result)
             else:
-                again.append(record)
+                again.append(item)
         return again
 
-    def _refused_record(self, topic: str, value: bytes, error: TransportError) -> None:
-        """A record the cluster refused outright (bounded quarantine records never are)."""
-        self.counters["refused_by_cluster"] += 1
-        self.bound.error("record_refused", topic=topic, bytes=len(value), error=str(error)[:512])
-        self.audit.append(
-            "record_refused", {"topic": topic, "bytes": len(value), "error": str(error)[:512]}
+    def _park(self, item: Outgoing, error: TransportError) -> None:
+        """Keep a record for a topic that refuses it now; a task offers it again later."""
+        assert item.message_id is not None
+        data: dict[str, Value] = {
+            "topic": item.topic,
+            "message_id": item.message_id,
+            "reason": str(error)[:512],
+        }
+        expired = item.expires_ms <= self.now_ms()
+        fits = (
+            not expired
+            and self.parked is not None
+            and self.parked.park(
+                item.topic,
+                item.message_id,
+                item.expires_ms,
+                item.record[2],
+                item.value,
+                item.headers,
+            )
         )
+        kind = "parked" if fits else "park_dropped"
+        self.record([AuditEntry(kind, data, kind, kind, warn=True)])
+        self._late = True
+
+    def _refused_record(self, item: Outgoing, error: TransportError) -> None:
+        """A record the cluster refused outright (bounded quarantine records never are)."""
+        data: dict[str, Value] = {
+            "topic": item.topic,
+            "message_id": item.message_id,
+            "bytes": len(item.value),
+            "error": str(error)[:512],
+        }
+        self.record(
+            [AuditEntry("record_refused", data, "record_refused", "refused_by_cluster", True)]
+        )
+        self._late = True
+
+    async def _sync_parked(self) -> None:
+        if self.parked is not None:
+            self.parked.sync()
 
 
-Record = tuple[str, bytes, bytes | None, Headers]
-"""A record to produce: topic, value, key, headers."""
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A record to produce, with what parking it needs."""
+
+    topic: str
+    value: bytes
+    message_id: str | None
+    expires_ms: int
+    headers: Headers
+
+    @property
+    def record(self) -> tuple[str, bytes, bytes | None, Headers]:
+        """As the producer takes it: topic, value, key, headers."""
+        key = self.message_id.encode() if self.message_id is not None else None
+        return (self.topic, self.value, key, self.headers)
 
 
 def _ids(e: Envelope) -> Headers:
@@ -290,6 +354,55 @@ def _raise_once(error: InfrastructureError) -> Callable[[], Awaitable[None]]:
             raise error
 
     return action
+
+
+async def offer_parked(executor: Executor, stop: asyncio.Event, *, every_s: float = 1.0) -> None:
+    """Offer parked records to their topics again, oldest first, with back-off per topic (up
+    to a minute), until the topic takes them or they expire; each outcome is audited."""
+    parked = executor.parked
+    assert parked is not None
+    due: dict[str, tuple[float, float]] = {}
+    """Per topic: when to try next (monotonic seconds), and the delay after that."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_s)
+        for topic in parked.topics():
+            next_try, delay = due.get(topic, (0.0, 1.0))
+            if time.monotonic() < next_try:
+                continue
+            records = parked.oldest(topic, 200)
+            now_ms = executor.now_ms()
+            live = [r for r in records if r.expires_ms > now_ms]
+            entries = [
+                _parked_entry("parked_expired", r) for r in records if r.expires_ms <= now_ms
+            ]
+            results = await executor.exchange.send_each(
+                [(r.topic, r.value, r.key, r.headers) for r in live], probe=True
+            )
+            refused = False
+            for r, result in zip(live, results, strict=True):
+                if result is not None and result.fatal:
+                    raise result
+                if result is None:
+                    entries.append(_parked_entry("unparked", r))
+                elif isinstance(result, RecordRefused):
+                    entries.append(_parked_entry("park_dropped", r))
+                else:
+                    refused = True
+                    continue
+                parked.remove(r)
+            for r in records:
+                if r.expires_ms <= now_ms:
+                    parked.remove(r)
+            if entries:
+                executor.record(entries)
+                await executor.retry("sync audit", executor.sync_audit)
+            due[topic] = (time.monotonic() + delay, min(delay * 2, 60.0)) if refused else (0, 1)
+
+
+def _parked_entry(kind: str, r: ParkedRecord) -> AuditEntry:
+    data: dict[str, Value] = {"topic": r.topic, "message_id": r.message_id}
+    return AuditEntry(kind, data, kind, kind, warn=kind != "unparked")
 
 
 class Pending:

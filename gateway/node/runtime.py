@@ -48,13 +48,21 @@ from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
 from gateway.errors import ConfigError, InfrastructureError, PeerError, TrustError
 from gateway.node.config import NodeConfig
 from gateway.node.journals import DeliveredJournal, ReceivedEvents
-from gateway.node.loop import Executor, Pending, Retry, Topics
+from gateway.node.loop import Executor, Pending, Retry, Topics, offer_parked
+from gateway.node.parked import Parked
 from gateway.node.sinks import KafkaSink, Sink, SpoolSink
 from gateway.node.transport import Consumer, Message, Producer, TopicSpec, ensure_topics
 from gateway.policy.engine import Policy, load_policy
 from gateway.policy.transforms import Pseudonymiser
 
 log = structlog.get_logger("fxgw.node")
+
+
+def _close_quietly(journal: DeliveredJournal | ReceivedEvents) -> None:
+    """Close a journal at shutdown; a disk that refuses now loses nothing (what was not synced
+    was not committed, and is read again)."""
+    with contextlib.suppress(InfrastructureError):
+        journal.close()
 
 
 def _now() -> datetime:
@@ -245,18 +253,28 @@ class Node:
         :raises InfrastructureError: Kafka or the disk failed at start-up, or a fault of our own
             side (refused credentials, lost audit storage) that retrying cannot mend.
         """
+        async with contextlib.AsyncExitStack() as stack:
+            sink, journal = await self._open(stack, stop)
+            await self._executor.retry(
+                "recover deliveries", partial(self._recover_deliveries, journal, sink)
+            )
+            await self._serve(stop, sink, Pending(journal))
+
+    async def _open(
+        self, stack: contextlib.AsyncExitStack, stop: asyncio.Event
+    ) -> tuple[Sink, DeliveredJournal]:
+        """Connect, open the journals and the audit trail, each closed by ``stack``."""
         c = self.config
         await ensure_topics(c.exchange_bootstrap, self._exchange_topics())
         await ensure_topics(c.local_bootstrap, self._local_topics())
         exchange = Producer(c.exchange_bootstrap, f"fxgw-{c.agency}-exchange")
-        local = (
-            exchange
-            if c.local_bootstrap == c.exchange_bootstrap
-            else Producer(c.local_bootstrap, f"fxgw-{c.agency}-local")
-        )
         await exchange.start()
-        if local is not exchange:
+        stack.push_async_callback(exchange.stop)
+        local = exchange
+        if c.local_bootstrap != c.exchange_bootstrap:
+            local = Producer(c.local_bootstrap, f"fxgw-{c.agency}-local")
             await local.start()
+            stack.push_async_callback(local.stop)
         sink: Sink
         if c.sink == "kafka":
             assert c.inbound_topic is not None  # checked by the config model
@@ -266,63 +284,61 @@ class Node:
             sink = SpoolSink(c.spool_inbound)
         now_ms = _ms(self._now())
         journal = DeliveredJournal(c.state_dir / "delivered.journal", now_ms)
+        stack.callback(_close_quietly, journal)
         self.received = ReceivedEvents(c.state_dir / "received.journal", now_ms)
+        stack.callback(_close_quietly, self.received)
         self.outbound.received = self.received
         self._audit_log = AuditLog.open(c.audit_dir, self.outbound.keys.signing, now=self._now)
+        stack.callback(self._audit_log.close)
+        stack.callback(lambda: self._log.info("node_stopped", counters=dict(self.counters)))
         self._record_loaded({"policy", "trust", "keys"})
-        retry = Retry(stop, self.counters)
         self._executor = Executor(
-            audit=self.audit,
+            audit=self._audit_log,
             exchange=exchange,
             local=local,
             topics=Topics(c.agency, c.topic_prefix, c.quarantine_topic),
             limits=self.limits,
-            retry=retry,
+            retry=Retry(stop, self.counters),
             counters=self.counters,
             now_ms=lambda: _ms(self._now()),
             sink=sink,
             delivered=journal,
             received=self.received,
+            parked=Parked(c.state_dir / "parked", c.limits.max_parked_bytes),
             bound=self._log,
         )
-        await retry("recover deliveries", partial(self._recover_deliveries, journal, sink))
-        pending = Pending(journal)
-        tasks = [
-            asyncio.create_task(
-                self._consume(
-                    stop,
-                    "inbox",
-                    c.exchange_bootstrap,
-                    c.inbox_topic(c.agency),
-                    partial(self._take_envelopes, pending),
-                    ready=True,
-                ),
-                name="inbound",
+        return sink, journal
+
+    async def _serve(self, stop: asyncio.Event, sink: Sink, pending: Pending) -> None:
+        """Run the loops until ``stop`` is set or one of them fails."""
+        c = self.config
+        loops = {
+            "inbound": self._consume(
+                stop,
+                "inbox",
+                c.exchange_bootstrap,
+                c.inbox_topic(c.agency),
+                partial(self._take_envelopes, pending),
+                ready=True,
             ),
-            asyncio.create_task(self._watch_loop(stop, sink), name="watch"),
-            asyncio.create_task(
-                self._consume(
-                    stop,
-                    "receipts",
-                    c.exchange_bootstrap,
-                    c.receipts_topic(c.agency),
-                    self._take_receipts,
-                ),
-                name="receipts",
+            "receipts": self._consume(
+                stop,
+                "receipts",
+                c.exchange_bootstrap,
+                c.receipts_topic(c.agency),
+                self._take_receipts,
             ),
-        ]
+            "watch": self._watch_loop(stop, sink),
+            "parked": offer_parked(self._executor, stop),
+        }
         if c.outbound_topic:
-            tasks.append(
-                asyncio.create_task(
-                    self._consume(
-                        stop, "outbound", c.local_bootstrap, c.outbound_topic, self._take_events
-                    ),
-                    name="outbound",
-                )
+            loops["outbound"] = self._consume(
+                stop, "outbound", c.local_bootstrap, c.outbound_topic, self._take_events
             )
         if c.spool_outbound:
-            tasks.append(asyncio.create_task(self._spool_loop(stop), name="spool"))
-        self._log.info("node_started", tasks=[t.get_name() for t in tasks])
+            loops["spool"] = self._spool_loop(stop)
+        tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
+        self._log.info("node_started", tasks=list(loops))
         try:
             done, _ = await asyncio.wait(
                 [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
@@ -336,15 +352,6 @@ class Node:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(InfrastructureError):
-                journal.close()
-            with contextlib.suppress(InfrastructureError):
-                self.received.close()
-            self.audit.close()
-            await exchange.stop()
-            if local is not exchange:
-                await local.stop()
-            self._log.info("node_stopped", counters=dict(self.counters))
 
     # --- the loops: poll a batch -> core -> effects -> durable -> commit -------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -125,7 +126,18 @@ def _messages(batches: dict[TopicPartition, list[aiokafka.ConsumerRecord]]) -> l
 class Producer:
     """An idempotent producer with ``acks=all``."""
 
-    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        client_id: str,
+        *,
+        metadata_wait_s: float = 5.0,
+        hold_s: float = 30.0,
+    ) -> None:
+        self._metadata_wait_s = metadata_wait_s
+        self._hold_s = hold_s
+        self._held: dict[str, float] = {}
+        """Topics refused lately, until when (monotonic seconds)."""
         self._producer = aiokafka.AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
@@ -162,17 +174,65 @@ class Producer:
             )
         return int(meta.partition), int(meta.offset)
 
+    async def _refusals(self, topics: set[str], probe: bool) -> dict[str, TransportError]:
+        """Of ``topics``, those that cannot be written now, with why.
+
+        A topic found missing or denied in fresh metadata is refused (:class:`TopicRefused`)
+        and, unless ``probe``, answered so without asking the cluster again for a while; when
+        the metadata itself cannot be had, the error is a retriable one for the whole cluster.
+        """
+        now = time.monotonic()
+        refused: dict[str, TransportError] = {}
+        client = self._producer.client
+        unknown = set()
+        for topic in topics:
+            if not probe and self._held.get(topic, 0.0) > now:
+                refused[topic] = TopicRefused(f"{topic}: refused recently; parked")
+            elif client.cluster.partitions_for_topic(topic) is None:
+                unknown.add(topic)
+        if not unknown:
+            return refused
+        updated = False
+        for _ in range(2):  # an update already in flight may predate the topics just added
+            for topic in unknown:
+                client.add_topic(topic)
+            try:
+                updated = bool(
+                    await asyncio.wait_for(client.force_metadata_update(), self._metadata_wait_s)
+                )
+            except TimeoutError:
+                updated = False
+            if all(client.cluster.partitions_for_topic(t) is not None for t in unknown):
+                return refused
+        for topic in unknown:
+            if client.cluster.partitions_for_topic(topic) is not None:
+                continue
+            if topic in client.cluster.unauthorized_topics:
+                refused[topic] = TopicRefused(f"{topic}: not authorized to write")
+            elif updated:
+                refused[topic] = TopicRefused(f"{topic}: no such topic")
+            else:
+                refused[topic] = TransportError(f"{topic}: cluster metadata unavailable")
+                continue
+            self._held[topic] = now + self._hold_s
+        return refused
+
     async def send_each(
-        self, records: Sequence[tuple[str, bytes, bytes | None, Headers]]
+        self, records: Sequence[tuple[str, bytes, bytes | None, Headers]], *, probe: bool = False
     ) -> list[TransportError | None]:
         """Publish several records, all in flight together, and wait for every answer.
 
         Returns, per record in order, None when the cluster has it, or the classified error
         (:class:`RecordRefused`, :class:`TopicRefused`, :class:`AccessRefused`, or a retriable
-        :class:`TransportError`). Never raises for one record's failure.
+        :class:`TransportError`). Never raises for one record's failure. A topic refused
+        recently is answered at once without asking the cluster, unless ``probe``.
         """
+        refusals = await self._refusals({r[0] for r in records}, probe) if records else {}
         pending: list[asyncio.Future[object] | TransportError] = []
         for topic, value, key, headers in records:
+            if topic in refusals:
+                pending.append(refusals[topic])
+                continue
             try:
                 future = await self._producer.send(
                     topic, value=value, key=key, headers=list(headers)

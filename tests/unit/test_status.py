@@ -105,3 +105,24 @@ def test_fan_out_of_one_event() -> None:
     assert any("CH-FP" in line and "denied" in line and "no_rule" in line for line in lines)
     assert any("DE-BKA" in line and "refused" in line for line in lines)
     assert "ev-other" not in text
+
+
+def test_receipt_recorded_before_its_release_counts() -> None:
+    """A receipt that reached the trail before its release entry is applied when it turns up."""
+    view = build_view([_receipt("m1", "DELIVERED", at=1), _release("m1", "BE-FPJ", at=2)])
+    (row,) = to_json(view, T0 + timedelta(hours=1), TIMEOUT)
+    assert ("delivered", 0) == (row["state"], view.unmatched_receipts)
+
+
+def test_parking_shows_until_the_record_leaves_or_expires() -> None:
+    """Parked, it is 'parked'; unparked, it waits for its receipt; expired, it is 'not_sent'."""
+    parked = [_release("m1", "XX-NEW"), ("parked", _at(1), {"message_id": "m1"})]
+    later = T0 + timedelta(seconds=10)
+    (row,) = to_json(build_view(parked), later, TIMEOUT)
+    assert "parked" == row["state"]
+    unparked = [*parked, ("unparked", _at(5), {"message_id": "m1"})]
+    (row,) = to_json(build_view(unparked), later, TIMEOUT)
+    assert "released" == row["state"]
+    expired = [*parked, ("parked_expired", _at(5), {"message_id": "m1"})]
+    (row,) = to_json(build_view(expired), later, TIMEOUT)
+    assert "not_sent" == row["state"]
