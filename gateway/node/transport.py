@@ -163,7 +163,26 @@ class Producer:
 
 
 class Consumer:
-    """A consumer-group member with manual commits, that steps over records it cannot parse."""
+    """A consumer-group member with manual commits, that steps over records it cannot parse.
+
+    With ``instance_id`` it is a *static* member of its group (KIP-345): a node restarted under
+    the same id, even after SIGKILL, gets its partitions back at once instead of after the old
+    member's session timeout. Each running member of a group needs its own id (two replicas
+    under one id fence each other).
+    """
+
+    # With static membership a restarted node takes its partitions back at once, whatever the
+    # session timeout. The timeout decides two other things: how long the partitions of a member
+    # that is gone for good (or hung) wait before the group gives them to another replica, and
+    # how long a stalled member (a long GC or fsync, CPU starvation on a small pod, a broker
+    # leader change) may go without a heartbeat before it is expelled, which costs a rebalance
+    # and re-reading what was not committed. 30 s rides out such stalls and still hands a dead
+    # replica's work on within half a minute; it is inside the brokers' default bounds
+    # (group.min/max.session.timeout.ms: 6 s / 30 min). Heartbeats every tenth of it (Kafka
+    # advises at most a third): nine can be lost before the member is expelled, and a rebalance
+    # another member starts is noticed within 3 s.
+    SESSION_TIMEOUT_MS = 30_000
+    HEARTBEAT_INTERVAL_MS = 3_000
 
     def __init__(
         self,
@@ -173,18 +192,20 @@ class Consumer:
         group_id: str | None,
         client_id: str,
         max_poll_records: int = 500,
+        instance_id: str | None = None,
     ) -> None:
         self._group_id = group_id
         self._consumer = aiokafka.AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
+            group_instance_id=instance_id if group_id is not None else None,
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=max_poll_records,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
+            session_timeout_ms=self.SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=self.HEARTBEAT_INTERVAL_MS,
         )
         self._consumer.subscribe(list(topics), listener=_Forget(self))
         self._next: dict[TopicPartition, int] = {}
@@ -202,7 +223,10 @@ class Consumer:
             await self._consumer.start()
 
     async def stop(self) -> None:
-        """Leave the group and disconnect (uncommitted records will be read again)."""
+        """Leave the group and disconnect (uncommitted records will be read again).
+
+        A static member does not leave: its partitions wait for it (up to the session timeout).
+        """
         async with _translated("consumer stop"):
             await self._consumer.stop()
 
