@@ -251,6 +251,7 @@ class Consumer:
                 if failure is not None:
                     self._held = await self._read_around(failure, timeout_ms)
             if failure is None:
+                self._fruitless = 0
                 messages = _messages(batches)
                 for m in messages:
                     self._next[TopicPartition(m.topic, m.partition)] = m.offset + 1
