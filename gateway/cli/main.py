@@ -48,41 +48,12 @@ _STDERR = _CurrentStderr()
 
 
 def configure_logging(level: str = "info", *, json_logs: bool = True) -> None:
-    """Structured logs on stderr: one JSON object per line (metadata only, never payload)."""
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(_STDERR),  # type: ignore[arg-type]  # a TextIO stand-in
-        cache_logger_on_first_use=False,
-    )
-    # the libraries' own records (aiokafka) go out as JSON too, at WARNING and above
-    handler = logging.StreamHandler(_STDERR)
-    handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    """Structured logs on stderr: one JSON object per line (metadata only, never payload), ours
+    and the libraries' (aiokafka) alike, rate-limited per message and with every field's length
+    capped (:mod:`gateway.node.logs`)."""
+    from gateway.node.logs import configure
 
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "logger": record.name,
-                "level": record.levelname.lower(),
-                "event": record.getMessage(),
-                "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            }
-        )
+    configure(level, _STDERR, json_logs=json_logs)  # type: ignore[arg-type]  # a TextIO stand-in
 
 
 def _print(text: str) -> None:

@@ -234,6 +234,29 @@ def quarantine(
     )
 
 
+def unreadable(
+    topic: str, partition: int, offset: int, reason: str, *, now_ms: int, limits: Limits
+) -> Effects:
+    """A record the Kafka client could not parse (say, a header key that is not UTF-8): its bytes
+    cannot be had, so the quarantine record names where it lies; nobody is answered."""
+    where: Headers = (
+        ("fxgw-source-topic", topic.encode()),
+        ("fxgw-source-partition", str(partition).encode()),
+        ("fxgw-source-offset", str(offset).encode()),
+    )
+    return quarantine(
+        b"",
+        reason="record_unreadable",
+        detail=reason,
+        direction=topic,
+        now_ms=now_ms,
+        limits=limits,
+        extra=where,
+        data={"topic": topic, "partition": partition, "offset": offset},
+        log_event="record_unreadable",
+    )
+
+
 def merge(*parts: Effects) -> Effects:
     """One input's effects made of several parts, in order."""
     return Effects(

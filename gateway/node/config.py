@@ -6,6 +6,9 @@ keys and state can move together.
 
 from __future__ import annotations
 
+import hashlib
+import re
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -118,6 +121,8 @@ class NodeModel(_Strict):
     limits: LimitsModel = LimitsModel()
     routes: list[RouteModel] = []
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Kafka allows these characters in a group.instance.id, up to 249 of them, not "." or ".."
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
 
     @model_validator(mode="after")
     def _sink_has_a_target(self) -> NodeModel:
@@ -161,6 +166,10 @@ class NodeConfig:
     data_key_max_uses: int
     routes: tuple[Route, ...]
     metrics_port: int | None
+    instance_id: str
+    """This node's static member id in every consumer group it joins (Kafka's
+    ``group.instance.id``): a node restarted under the same id gets its partitions back at once.
+    Each replica of an agency needs its own."""
     limits: Limits = field(default_factory=Limits)
 
     def inbox_topic(self, agency: str) -> str:
@@ -231,5 +240,17 @@ def load_config(path: Path) -> NodeConfig:
         data_key_max_uses=model.envelope.data_key_max_uses,
         routes=routes,
         metrics_port=model.metrics_port,
+        instance_id=model.instance_id
+        or default_instance_id(model.agency, resolve(model.state_dir)),
         limits=Limits(**model.limits.model_dump()),
     )
+
+
+def default_instance_id(agency: str, state_dir: Path, host: str | None = None) -> str:
+    """``<agency>.<host name>.<8 hex digits of the state folder's path>``: stable across restarts
+    of one node, and different for replicas on other hosts or with other state folders (as each
+    replica has its own). Where host names change on every start (a Kubernetes Deployment), set
+    ``instance_id`` instead, e.g. from a StatefulSet's pod name."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", host if host is not None else socket.gethostname())
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
+    return f"{agency}.{host[:100] or 'host'}.{digest}"

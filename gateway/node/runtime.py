@@ -33,7 +33,7 @@ import structlog
 from gateway.audit.chain import CHECKPOINT
 from gateway.audit.store import AuditLog
 from gateway.contract.schemas import SchemaRegistry
-from gateway.core.effects import Batch, DeliveredEntry
+from gateway.core.effects import Batch, DeliveredEntry, Effects, unreadable
 from gateway.core.inbound import InboundCore
 from gateway.core.outbound import OutboundCore
 from gateway.core.receipts import ReceiptsCore
@@ -371,6 +371,7 @@ class Node:
             bootstrap_servers=bootstrap,
             group_id=f"fxgw.{c.agency}.{name}",
             client_id=f"fxgw-{c.agency}-{name}",
+            instance_id=c.instance_id,
         )
         retry = self._executor.retry
         await retry(f"start {name} consumer", consumer.start)
@@ -389,20 +390,33 @@ class Node:
             with contextlib.suppress(InfrastructureError):
                 await consumer.stop()
 
+    def _take(self, messages: Sequence[Message], core: Callable[[bytes], Effects]) -> Batch:
+        """Each record's effects; a record the client could not parse is quarantined by where
+        it lies."""
+        now_ms = _ms(self._now())
+        return Batch.of(
+            core(m.value)
+            if m.unreadable is None
+            else unreadable(
+                m.topic, m.partition, m.offset, m.unreadable, now_ms=now_ms, limits=self.limits
+            )
+            for m in messages
+        )
+
     def _take_events(self, messages: Sequence[Message]) -> Batch:
         now = self._now()
-        return Batch.of(self.outbound.take(m.value, now) for m in messages)
+        return self._take(messages, lambda raw: self.outbound.take(raw, now))
 
     def _take_envelopes(self, pending: Pending, messages: Sequence[Message]) -> Batch:
         now = self._now()
         pending.clear()
-        return Batch.of(
-            pending.add(self.inbound.take(m.value, now, pending, self.limits)) for m in messages
+        return self._take(
+            messages, lambda raw: pending.add(self.inbound.take(raw, now, pending, self.limits))
         )
 
     def _take_receipts(self, messages: Sequence[Message]) -> Batch:
         now = self._now()
-        return Batch.of(self.receipts.take(m.value, now) for m in messages)
+        return self._take(messages, lambda raw: self.receipts.take(raw, now))
 
     async def _spool_loop(self, stop: asyncio.Event) -> None:
         """Release every ``*.jsonl``/``*.json`` file dropped into the outbound spool folder, one

@@ -20,18 +20,31 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiokafka
+import aiokafka.codec as codec_module
 import aiokafka.errors
+import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 
 from gateway.errors import AccessRefused, RecordRefused, TopicRefused, TransportError
+from gateway.node._recordbatch import BatchRecords, RawRecord, read_batches
 
 Headers = tuple[tuple[str, bytes], ...]
+
+_log = structlog.get_logger("fxgw.transport")
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One record read from Kafka."""
+    """One record read from Kafka.
+
+    ``unreadable`` is set (to a short reason, e.g. ``header key is not UTF-8``) for a record the
+    Kafka client cannot parse; such a message has only its coordinates (topic, partition,
+    offset): no key, an empty value and no headers. It comes in its place in the partition's
+    order, and committing it moves past it like any other message.
+    """
 
     topic: str
     partition: int
@@ -40,6 +53,7 @@ class Message:
     value: bytes
     headers: Headers
     timestamp_ms: int
+    unreadable: str | None = None
 
     def header(self, name: str) -> bytes | None:
         """The first header called ``name``, or None."""
@@ -116,7 +130,8 @@ def _messages(batches: dict[TopicPartition, list[aiokafka.ConsumerRecord]]) -> l
                     offset=int(r.offset),
                     key=r.key,
                     value=bytes(r.value) if r.value is not None else b"",
-                    headers=tuple((str(k), bytes(v)) for k, v in (r.headers or ())),
+                    # a header value may be null on the wire; we hand on bytes (empty for null)
+                    headers=tuple((str(k), bytes(v or b"")) for k, v in (r.headers or ())),
                     timestamp_ms=int(r.timestamp),
                 )
             )
@@ -275,7 +290,26 @@ class Producer:
 
 
 class Consumer:
-    """A consumer-group member with manual commits."""
+    """A consumer-group member with manual commits, that steps over records it cannot parse.
+
+    With ``instance_id`` it is a *static* member of its group (KIP-345): a node restarted under
+    the same id, even after SIGKILL, gets its partitions back at once instead of after the old
+    member's session timeout. Each running member of a group needs its own id (two replicas
+    under one id fence each other).
+    """
+
+    # With static membership a restarted node takes its partitions back at once, whatever the
+    # session timeout. The timeout decides two other things: how long the partitions of a member
+    # that is gone for good (or hung) wait before the group gives them to another replica, and
+    # how long a stalled member (a long GC or fsync, CPU starvation on a small pod, a broker
+    # leader change) may go without a heartbeat before it is expelled, which costs a rebalance
+    # and re-reading what was not committed. 30 s rides out such stalls and still hands a dead
+    # replica's work on within half a minute; it is inside the brokers' default bounds
+    # (group.min/max.session.timeout.ms: 6 s / 30 min). Heartbeats every tenth of it (Kafka
+    # advises at most a third): nine can be lost before the member is expelled, and a rebalance
+    # another member starts is noticed within 3 s.
+    SESSION_TIMEOUT_MS = 30_000
+    HEARTBEAT_INTERVAL_MS = 3_000
 
     def __init__(
         self,
@@ -285,19 +319,27 @@ class Consumer:
         group_id: str | None,
         client_id: str,
         max_poll_records: int = 500,
+        instance_id: str | None = None,
     ) -> None:
+        self._group_id = group_id
         self._consumer = aiokafka.AIOKafkaConsumer(
-            *topics,
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
+            group_instance_id=instance_id if group_id is not None else None,
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=max_poll_records,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
+            session_timeout_ms=self.SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=self.HEARTBEAT_INTERVAL_MS,
         )
+        self._consumer.subscribe(list(topics), listener=_Forget(self))
+        self._next: dict[TopicPartition, int] = {}
+        """Per partition: the offset after the last record returned (or held in ``_held``)."""
+        self._held: list[Message] = []
+        """Records read around an unparseable one, not yet returned (per partition in order)."""
+        self._fruitless = 0
 
     async def start(self) -> None:
         """Connect and join the group.
@@ -308,15 +350,42 @@ class Consumer:
             await self._consumer.start()
 
     async def stop(self) -> None:
-        """Leave the group and disconnect (uncommitted records will be read again)."""
+        """Leave the group and disconnect (uncommitted records will be read again).
+
+        A static member does not leave: its partitions wait for it (up to the session timeout).
+        """
         async with _translated("consumer stop"):
             await self._consumer.stop()
 
     async def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Message]:
-        """The next batch of records (possibly empty), in offset order per partition."""
-        async with _translated("poll"):
-            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        return _messages(batches)
+        """The next batch of records (possibly empty), in offset order per partition.
+
+        A record the client cannot parse (a header key that is not UTF-8, a corrupt batch) comes
+        back in its place as a :class:`Message` with ``unreadable`` set; it never raises, and
+        nothing before or after it is lost or repeated.
+
+        :raises TransportError: the cluster failed in a way the client does not retry.
+        """
+        if not self._held:
+            failure: Exception | None = None
+            async with _translated("poll"):
+                try:
+                    batches = await self._consumer.getmany(
+                        timeout_ms=timeout_ms, max_records=max_records
+                    )
+                except _UNPARSEABLE as exc:
+                    failure = exc
+                if failure is not None:
+                    self._held = await self._read_around(failure, timeout_ms)
+            if failure is None:
+                self._fruitless = 0
+                messages = _messages(batches)
+                for m in messages:
+                    self._next[TopicPartition(m.topic, m.partition)] = m.offset + 1
+                return messages
+        count = len(self._held) if max_records is None else max_records
+        taken, self._held = self._held[:count], self._held[count:]
+        return taken
 
     async def commit(self, messages: Iterable[Message]) -> None:
         """Commit past every message given (the highest offset per partition, plus one).
@@ -330,6 +399,205 @@ class Consumer:
         if offsets:
             async with _translated("commit"):
                 await self._consumer.commit(offsets)
+
+    # --- stepping over what the client cannot parse ----------------------------------------------
+    #
+    # When aiokafka fails to parse a record, ``getmany`` raises and leaves this state behind
+    # (aiokafka/consumer/fetcher.py): the records it had drained before the failure, from other
+    # partitions and from the failing one, are lost to us while those partitions' positions have
+    # moved past them; the failing partition's position stays before the bad record, so the next
+    # fetch fails on it again, for ever. And every record after the bad one in its batch is out of
+    # the client's reach, since its parser raises at the bad one each time. So: every partition
+    # goes back to the offset after the last record we returned; each is fetched raw from there
+    # and read with :mod:`gateway.node._recordbatch`; in the partitions holding a bad record,
+    # everything up to the end of that record's batch is returned from this read (the bad record
+    # as an unreadable marker), and the client resumes after that batch.
+
+    async def _read_around(self, failure: Exception, timeout_ms: int) -> list[Message]:
+        try:
+            positions = {tp: await self._resume_offset(tp) for tp in self._consumer.assignment()}
+            self._seek_assigned(positions)
+            reads = {tp: await self._fetch_raw(tp, offset) for tp, offset in positions.items()}
+        except aiokafka.errors.KafkaError as exc:
+            if not exc.retriable:
+                raise
+            # the client's next fetch fails on the same record and this is tried again
+            _log.warning("record_parse_failed", error=type(failure).__name__, retry=str(exc))
+            await asyncio.sleep(min(timeout_ms, 1000) / 1000)
+            return []
+        assigned = self._consumer.assignment()  # a rebalance may have run meanwhile
+        reads = {tp: batches for tp, batches in sorted(reads.items()) if tp in assigned}
+        self._fruitless = (
+            0 if any(_through_faulty(r) for r in reads.values()) else (self._fruitless + 1)
+        )
+        # aiokafka failed but no bad record shows in our own read: a transient fault (a batch
+        # damaged in transit) and the client's next fetch will do. If it keeps failing, our read
+        # is taken as it is, a batch at a time, so the stream moves on whatever the cause.
+        fallback = self._fruitless >= _FRUITLESS_LIMIT
+        found: list[Message] = []
+        ends: dict[TopicPartition, int] = {}
+        for tp, batches in reads.items():
+            taken = _through_faulty(batches) or (batches[:1] if fallback else [])
+            if taken:
+                found.extend(_message(tp, r) for batch in taken for r in batch.records)
+                ends[tp] = taken[-1].next_offset
+        self._seek_assigned(ends)
+        self._next.update(ends)
+        unreadable = [m for m in found if m.unreadable is not None]
+        for m in unreadable:
+            _log.warning(
+                "record_unreadable",
+                topic=m.topic,
+                partition=m.partition,
+                offset=m.offset,
+                reason=m.unreadable,
+            )
+        if not unreadable:
+            _log.warning(
+                "record_parse_failed",
+                error=type(failure).__name__,
+                partitions=len(reads),
+                stepped_over=len(found),
+                attempt=self._fruitless,
+            )
+        if not found:  # let the client fetch again, but not in a tight loop
+            await asyncio.sleep(min(timeout_ms, 1000) / 1000)
+        return found
+
+    def _seek_assigned(self, positions: dict[TopicPartition, int]) -> None:
+        assigned = self._consumer.assignment()
+        for tp, offset in positions.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+
+    def _forget(self, revoked: Iterable[TopicPartition]) -> None:
+        """Drop what is known of partitions taken away (another member reads them now)."""
+        gone = set(revoked)
+        for tp in gone:
+            self._next.pop(tp, None)
+        self._held = [m for m in self._held if TopicPartition(m.topic, m.partition) not in gone]
+
+    async def _resume_offset(self, tp: TopicPartition) -> int:
+        """The offset after the last record returned from ``tp``: for a partition nothing has been
+        returned from since it was assigned, where the group's committed offset (or, with none,
+        the start of the log, as ``auto_offset_reset="earliest"``) put it."""
+        if tp in self._next:
+            return self._next[tp]
+        if self._group_id is not None:
+            committed = await self._consumer.committed(tp)
+            if committed is not None:
+                return int(committed)
+        return int((await self._consumer.beginning_offsets([tp]))[tp])
+
+    async def _fetch_raw(self, tp: TopicPartition, offset: int) -> list[BatchRecords]:
+        """The record batches of ``tp`` from ``offset``, fetched past the client's parser.
+
+        :raises KafkaError: the fetch failed (translated by the caller).
+        """
+        # The consumer's own client: it holds the connections (with their security settings)
+        # and the cluster metadata; aiokafka has no public call that returns raw batches.
+        client = self._consumer._client
+        leader = client.cluster.leader_for_partition(tp)
+        if leader is None or leader < 0:
+            raise aiokafka.errors.LeaderNotAvailableError(f"no leader known for {tp}")
+        request = FetchRequest(
+            max_wait_time=500,
+            min_bytes=1,
+            max_bytes=_RAW_FETCH_BYTES,
+            isolation_level=1,  # read_committed, as the consumer
+            topics=[(tp.topic, [(tp.partition, offset, _RAW_FETCH_BYTES)])],
+        )
+        response = await client.send(leader, request)
+        for _topic, partitions in response.topics:
+            for partition, error_code, _highwater, *part_data in partitions:
+                if partition != tp.partition:
+                    continue
+                error = aiokafka.errors.for_code(error_code)
+                if error is aiokafka.errors.OffsetOutOfRangeError:
+                    return []  # the client resets the position by its own rule
+                if error is not aiokafka.errors.NoError:
+                    raise error(f"raw fetch of {tp} at {offset}")
+                # v4: lso, aborted, records; v5-10: lso, log start, aborted, records;
+                # v11: lso, log start, aborted, preferred replica, records
+                aborted = part_data[2] if response.API_VERSION >= 11 else part_data[-2]
+                return read_batches(
+                    bytes(part_data[-1] or b""),
+                    fetch_offset=offset,
+                    aborted_transactions=[(int(p), int(o)) for p, o in aborted or ()],
+                    crc32c=calc_crc32c,
+                    decompress=_decompress,
+                )
+        return []
+
+
+class _Forget(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
+    """Tells the consumer which partitions were taken away in a rebalance."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._consumer._forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Nothing to do: a partition's first position comes from the group's commit."""
+
+
+_UNPARSEABLE = (
+    UnicodeDecodeError,
+    aiokafka.errors.CorruptRecordException,
+    aiokafka.errors.UnsupportedCodecError,
+)
+"""What aiokafka raises from ``getmany`` for a record it cannot parse: its C parser raises
+UnicodeDecodeError for a header key that is not UTF-8, its Python parser CorruptRecordException."""
+_FRUITLESS_LIMIT = 3
+_RAW_FETCH_BYTES = 2 * 1024 * 1024
+"""Twice the client's ``max_partition_fetch_bytes``: a raw read from a later offset than the
+client's failed fetch still reaches as far."""
+
+
+def _through_faulty(batches: Sequence[BatchRecords]) -> list[BatchRecords]:
+    """The batches up to and including the first faulty one (none if none is faulty)."""
+    for index, batch in enumerate(batches):
+        if batch.faulty:
+            return list(batches[: index + 1])
+    return []
+
+
+def _message(tp: TopicPartition, record: RawRecord) -> Message:
+    if record.unreadable is not None:
+        return Message(
+            tp.topic,
+            tp.partition,
+            record.offset,
+            None,
+            b"",
+            (),
+            record.timestamp_ms,
+            record.unreadable,
+        )
+    return Message(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value or b"",
+        headers=tuple((k, v or b"") for k, v in record.headers),
+        timestamp_ms=record.timestamp_ms,
+    )
+
+
+def _decompress(codec: int, data: bytes) -> bytes:
+    """Decompress a v2 batch's records with the client library's codecs."""
+    decoders = {
+        1: codec_module.gzip_decode,
+        2: codec_module.snappy_decode,
+        3: codec_module.lz4_decode,
+        4: codec_module.zstd_decode,
+    }
+    if codec not in decoders:
+        raise ValueError(f"unknown compression codec {codec}")
+    return bytes(decoders[codec](data))
 
 
 async def ensure_topics(bootstrap_servers: str, topics: Iterable[TopicSpec]) -> None:
