@@ -177,10 +177,14 @@ class Batch:
 
 
 def clip(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, saying how long it was."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters)"
+    """``text`` as printable ASCII (anything else escaped, so a character can never weigh more
+    than one byte in a header or a few in a JSON log line), cut to ``limit`` characters, saying
+    how long it was."""
+    safe = text if text.isascii() and text.isprintable() else text.encode("unicode_escape")
+    shown = safe if isinstance(safe, str) else safe.decode("ascii")
+    if len(shown) <= limit:
+        return shown
+    return f"{shown[:limit]}... ({len(text)} characters)"
 
 
 def _clip_bytes(value: bytes, limit: int) -> bytes:

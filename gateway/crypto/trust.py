@@ -143,7 +143,11 @@ class TrustList:
         """
         agency = self.agency(agency_id)
         if agency is None:
-            raise UntrustedSender(f"sender {agency_id!r} is not on the trust list")
+            # the id comes from a header nobody has vouched for yet: it is not quoted
+            raise UntrustedSender(
+                f"the sender named in the header ({len(agency_id)} characters) is not on the "
+                "trust list"
+            )
         for key in agency.keys:
             if key.key_id == key_id and key.use == "sign":
                 if key.valid_at(at):
@@ -151,7 +155,10 @@ class TrustList:
                 raise UntrustedSender(
                     f"signing key {key_id!r} of {agency_id} is revoked or outside its validity"
                 )
-        raise UntrustedSender(f"signing key {key_id!r} is not listed for {agency_id}")
+        raise UntrustedSender(
+            f"the signing key id in the header ({len(key_id)} characters) is not listed for "
+            f"{agency_id}"
+        )
 
     def encryption_key(self, agency_id: str, at: datetime) -> PublicKey | None:
         """The newest X25519 key of ``agency_id`` valid at ``at``, or None if there is none."""

@@ -39,7 +39,7 @@ from gateway.dev.sandbox import THREE_AGENCIES, Federation, build_federation, re
 from gateway.node.transport import Message, TopicSpec, ensure_topics, read_topic
 from gateway.types import AgencyId, EventId
 from tests.integration.conftest import delivered, national_send, quarantined, running, wait_until
-from tests.integration.rawkafka import batch_with_header_key, produce_raw_batch
+from tests.recordbatches import bad, produce_raw, record_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -489,8 +489,8 @@ class TestHeaderKeyNotUtf8:
             before = [seizure_nl() for _ in range(10)]
             await national_send(s.fed, SENDER, *before)
             await wait_until(s.at_least(10, s.deliveries), "deliveries before the bad record")
-            batch = batch_with_header_key(os.urandom(2 * KIB), b"\xff\xfe\xc3\x28bad-key")
-            await produce_raw_batch(s.fed.bootstrap, s.fed.inbox(RECEIVER), batch)
+            batch = record_batch([bad(os.urandom(2 * KIB))])
+            await produce_raw(s.fed.bootstrap, s.fed.inbox(RECEIVER), 0, batch)
             after = [seizure_nl() for _ in range(10)]
             await national_send(s.fed, SENDER, *after)
             await wait_until(s.at_least(20, s.deliveries), "deliveries after the bad record")
