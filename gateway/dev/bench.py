@@ -1063,23 +1063,58 @@ def _options_json(options: BenchOptions) -> dict[str, object]:
 # --- soak ----------------------------------------------------------------------------------------
 
 
+SOAK_BACKLOG = 2000
+"""Events fed ahead of the deliveries during a soak: enough to keep the gateway busy, few
+enough that a million-event soak does not first fill the disk."""
+SOAK_ROW_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SoakRow:
+    """One line of ``soak.csv``."""
+
+    elapsed_s: float
+    arrived: int
+    rss_mib: tuple[float, ...]
+    cpu_s: tuple[float, ...]
+
+
+def soak_summary(
+    names: Sequence[str], rows: Sequence[SoakRow], total: int
+) -> dict[str, dict[str, float]]:
+    """Per process: RSS once 10 % of the events had arrived (after warm-up), at its peak and
+    at the end, and the growth from the first to the last, per 100 000 events."""
+    warm = next((r for r in rows if r.arrived >= total / 10), rows[0])
+    last = rows[-1]
+    events = max(1, last.arrived - warm.arrived)
+    return {
+        name: {
+            "rss_mib_after_warmup": round(warm.rss_mib[i], 1),
+            "rss_mib_peak": round(max(r.rss_mib[i] for r in rows), 1),
+            "rss_mib_last": round(last.rss_mib[i], 1),
+            "growth_mib_per_100k_events": round(
+                (last.rss_mib[i] - warm.rss_mib[i]) * 100_000 / events, 2
+            ),
+        }
+        for i, name in enumerate(names)
+    }
+
+
 async def _soak(options: BenchOptions, total: int, bootstrap: str, work: Path, out: Path) -> None:
-    """Feed ``total`` events through the gateway, a bounded backlog at a time, and write the
-    processes' RSS and CPU over time to ``soak.csv``, a summary to ``soak.json`` and a plot to
-    ``soak.png``.
+    """Feed ``total`` events through the gateway, at most ``SOAK_BACKLOG`` ahead of the
+    deliveries, and write RSS and CPU over time to ``soak.csv``, a summary to ``soak.json`` and
+    a plot to ``soak.png``.
 
     :raises InfrastructureError: the pipeline stalled, a process died, or the time ran out.
     """
     run = uuid.uuid4().hex[:8]
     factory = SeizureEvents(run)
-    pipeline = gateway_pipeline(
-        bootstrap, f"soak{run}", work / "soak", log_level=options.node_log_level
-    )
+    level = options.node_log_level
+    pipeline = gateway_pipeline(bootstrap, f"soak{run}", work / "soak", log_level=level)
     await pipeline.create_topics(bootstrap)
-    chunk = 2000
     limit = time.monotonic() + options.soak_max_hours * 3600
     csv = out / "soak.csv"
-    rows: list[tuple[float, int, list[float]]] = []
+    rows: list[SoakRow] = []
     began = time.time()
     load_at_start = os.getloadavg()[0]
     async with (
@@ -1097,62 +1132,61 @@ async def _soak(options: BenchOptions, total: int, bootstrap: str, work: Path, o
         next_row = 0.0
         while arrived < total:
             children.check_alive()
-            if fed < total and fed - arrived < chunk:
-                size = min(chunk, total - fed)
+            if fed < total and fed - arrived < SOAK_BACKLOG:
+                size = min(SOAK_BACKLOG, total - fed)
                 await preload(bootstrap, pipeline.source, factory.take(size))
                 fed += size
-            now_count = await count()
-            if now_count > arrived:
-                arrived, last_progress = now_count, time.monotonic()
+            counted = await count()
+            if counted > arrived:
+                arrived, last_progress = counted, time.monotonic()
             stalled = time.monotonic() - last_progress > STALL_S
             if stalled or time.monotonic() > limit:
+                why = "no progress" if stalled else f"not done in {options.soak_max_hours} h"
                 error = InfrastructureError(
-                    f"soak: {arrived} of {total} arrived; "
-                    + ("no progress" if stalled else "out of time")
-                    + f"; see the logs in {children.logs}"
+                    f"soak: {arrived} of {total} arrived, {why}; see the logs in {children.logs}"
                 )
                 error.retriable = False
                 raise error
             elapsed = time.time() - began
-            if elapsed >= next_row or arrived >= total:
-                next_row = elapsed + 5.0
-                latest = [c.samples[-1] if c.samples else (0.0, 0.0, 0) for c in children.children]
-                values = [r / MIB for _, _, r in latest] + [cpu for _, cpu, _ in latest]
-                rows.append((elapsed, arrived, values))
+            sampled = all(c.samples for c in children.children)
+            if sampled and (elapsed >= next_row or arrived >= total):
+                next_row = elapsed + SOAK_ROW_S
+                latest = [c.samples[-1] for c in children.children]
+                row = SoakRow(
+                    round(elapsed, 1),
+                    arrived,
+                    tuple(round(rss / MIB, 2) for _, _, rss in latest),
+                    tuple(round(cpu, 2) for _, cpu, _ in latest),
+                )
+                rows.append(row)
                 with csv.open("a") as f:
-                    f.write(f"{elapsed:.1f},{arrived}," + ",".join(f"{v:.2f}" for v in values))
-                    f.write("\n")
+                    f.write(",".join(map(str, (row.elapsed_s, row.arrived, *row.rss_mib))))
+                    f.write("," + ",".join(map(str, row.cpu_s)) + "\n")
                 log.info("bench_soak", arrived=arrived, total=total)
             await asyncio.sleep(0.5)
         ended = time.time()
         await children.stop()
+    memory = soak_summary(names, rows, total)
     summary = {
         "events": total,
         "seconds": round(ended - began, 1),
         "events_per_s": round(total / (ended - began), 2),
+        "memory": memory,
         "processes": [asdict(p) for p in children.describe(began, ended)],
-        "rss_mib": {
-            c.name: {
-                "first": round(c.samples[0][2] / MIB, 1) if c.samples else None,
-                "peak": c.rss_mib(began, ended)[1],
-                "last": c.rss_mib(began, ended)[0],
-            }
-            for c in children.children
-        },
         "machine": _machine(
             bootstrap if options.bootstrap else "local, started by the bench", load_at_start
         ),
     }
     (out / "soak.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot_soak(names, rows, out / "soak.png")
-    sys.stdout.write(
-        f"soak: {total} events in {summary['seconds']} s; RSS (MiB) "
-        + ", ".join(
-            f"{n}: first {v['first']}, peak {v['peak']}, last {v['last']}"
-            for n, v in summary["rss_mib"].items()  # type: ignore[attr-defined]
-        )
-        + f"\nwritten: {csv}, {out / 'soak.json'}, {out / 'soak.png'}\n"
-    )
+    lines = [f"soak: {total} events in {summary['seconds']} s, RSS in MiB:"]
+    lines += [
+        f"  {name}: {m['rss_mib_after_warmup']} after warm-up, peak {m['rss_mib_peak']}, last"
+        f" {m['rss_mib_last']} ({m['growth_mib_per_100k_events']:+} per 100k events)"
+        for name, m in memory.items()
+    ]
+    lines += [f"written: {csv}, {out / 'soak.json'}, {out / 'soak.png'}", ""]
+    sys.stdout.write("\n".join(lines))
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -1259,9 +1293,7 @@ def plot_latency(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_soak(
-    names: Sequence[str], rows: Sequence[tuple[float, int, list[float]]], path: Path
-) -> None:
+def plot_soak(names: Sequence[str], rows: Sequence[SoakRow], path: Path) -> None:
     """RSS of each process against events delivered."""
     import matplotlib
 
@@ -1270,7 +1302,7 @@ def plot_soak(
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, name in enumerate(names):
-        ax.plot([a for _, a, _ in rows], [v[i] for _, _, v in rows], label=name)
+        ax.plot([r.arrived for r in rows], [r.rss_mib[i] for r in rows], label=name)
     ax.set_xlabel("events delivered")
     ax.set_ylabel("RSS (MiB)")
     ax.set_title("fxgw bench --soak: memory of the gateway's processes")
