@@ -1259,7 +1259,7 @@ def plot_latency(report: Report, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9.0, 4.8))
     top = 1.0
     colours = {"relay": "tab:blue", "gateway": "tab:red"}
     runs = {"relay": report.relay_latency, "gateway": report.gateway_latency}
@@ -1285,9 +1285,14 @@ def plot_latency(report: Report, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("offered load (events/s)")
     ax.set_ylabel("end-to-end latency (ms)")
-    ax.set_title("fxgw bench: latency against offered load")
+    m = report.machine
+    ax.set_title(
+        f"fxgw bench: end-to-end latency against offered load\n"
+        f"{m['cpus']} CPUs, Python {m['python']}; x: rate not carried (saturated)",
+        fontsize="medium",
+    )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
