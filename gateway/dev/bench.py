@@ -19,9 +19,10 @@ What it measures, each pipeline the same way:
    from ``/proc`` (so start-up is left out), divided by the events in it; each process's whole
    life (``wait4`` rusage) is reported beside it;
 3. **latency** at fixed offered rates: a paced producer stamps each event as it sends it, a
-   consumer on the end topic stamps its arrival; p50, p99 and p99.9. A rate whose events are not
-   all delivered within a drain period after the last send is reported as saturated, and the
-   higher rates are not run for that pipeline (they would only measure a growing queue);
+   consumer on the end topic stamps its arrival; p50, p99 and p99.9. A rate is saturated when
+   its events are not all delivered within a drain period after the last send, or deliveries
+   fall below 90 % of the rate offered; the higher rates are then not run for that pipeline
+   (they would only measure a growing queue);
 4. **fan-out**: the sending node alone, each event to 1, 3 and 10 recipients, counted at the
    recipients' inboxes: envelopes per second and sender CPU per event;
 5. **memory**: RSS of every process, sampled with the CPU; ``--soak N`` instead feeds N events
@@ -44,6 +45,7 @@ Linux only (``/proc``, ``wait4``). A development tool: the runtime never imports
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import json
 import logging
@@ -62,6 +64,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import aiokafka
@@ -75,12 +78,19 @@ from gateway.errors import ConfigError, InfrastructureError
 from gateway.node.transport import Producer, TopicSpec, ensure_topics, read_topic
 
 __all__ = [
+    "EXIT_BELOW_FLOOR",
+    "EXIT_OK",
+    "TEMPLATE",
     "BenchOptions",
     "RateLatency",
+    "Report",
+    "SeizureEvents",
+    "SoakRow",
     "cpu_between",
     "percentile",
     "ratio_verdict",
     "run_bench",
+    "soak_summary",
 ]
 
 log = structlog.get_logger("fxgw.bench")
@@ -530,6 +540,7 @@ class Children:
                 stderr=out,
                 env=env,
                 start_new_session=True,  # its own group, so a kill reaches all it may start
+                preexec_fn=_stop_with(os.getpid()),
             )
         child = Child(name, popen, path)
         self.children.append(child)
@@ -603,6 +614,24 @@ class Children:
                 )
             )
         return tuple(figures)
+
+
+def _stop_with(parent: int) -> Callable[[], None]:
+    """In the child, before exec: have the kernel send SIGTERM when the bench dies, even by
+    SIGKILL, so that no pipeline process outlives it."""
+
+    # loaded here: between fork and exec the child only makes the one call (no imports, locks)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arrange() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the bench died before the request took effect
+            os._exit(1)
+
+    return arrange
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _signal_group(pid: int, signum: signal.Signals) -> None:
@@ -946,6 +975,19 @@ def run_bench(options: BenchOptions) -> int:
     _require_plotting()
     # a topic just created has no leader for a moment; the client retries and says so
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    # SIGTERM unwinds like Ctrl-C, through every finally that stops a process or Kafka
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _run(options: BenchOptions) -> int:
     out = options.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fxgw-bench-"))
