@@ -633,20 +633,40 @@ def build_parser() -> argparse.ArgumentParser:
         "real Kafka; writes report.json, latency.png and the processes' logs to --out and "
         "prints a table. Exit 1 when gateway/relay throughput is below --min-ratio.",
     )
-    p.add_argument("--out", type=Path, default=Path("bench-out"), help="default: bench-out/")
-    p.add_argument("--bootstrap", help="host:port of a Kafka to use (default: start one)")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", default=Path("bench-out"), help="default: bench-out/"
+    )
+    p.add_argument(
+        "--bootstrap", metavar="HOST:PORT", help="host:port of a Kafka to use (default: start one)"
+    )
     p.add_argument("--quick", action="store_true", help="the short version for CI (< 2 min)")
-    p.add_argument("--events", type=int, help="events for the gateway's throughput")
-    p.add_argument("--relay-events", type=int, help="events for the relay's throughput")
-    p.add_argument("--rates", type=_ints, help="offered rates, events/s, e.g. 100,500,1000")
-    p.add_argument("--seconds", type=float, help="sending time per offered rate")
-    p.add_argument("--fanout", type=_ints, help="recipients per event, e.g. 1,3,10")
-    p.add_argument("--fanout-events", type=int, help="events per fan-out run")
-    p.add_argument("--min-ratio", type=float, help="exit 1 if gateway/relay throughput is lower")
+    p.add_argument(
+        "--events", type=int, metavar="N", help="gateway throughput run (5000; quick 300)"
+    )
+    p.add_argument(
+        "--relay-events", type=int, metavar="N", help="relay throughput run (50000; quick 5000)"
+    )
+    p.add_argument(
+        "--rates", type=_ints, metavar="R,R", help="events/s (100,500,1000,2000; quick 20,50)"
+    )
+    p.add_argument("--seconds", type=float, metavar="S", help="per offered rate (10; quick 3)")
+    p.add_argument("--fanout", type=_ints, metavar="K,K", help="recipients per event (1,3,10)")
+    p.add_argument(
+        "--fanout-events", type=int, metavar="N", help="events per fan-out run (1000; quick 100)"
+    )
+    p.add_argument(
+        "--min-ratio", type=float, metavar="X", help="exit 1 if gateway/relay throughput is lower"
+    )
     p.add_argument("--soak", type=int, metavar="N", help="instead: N events, RSS over time")
-    p.add_argument("--soak-max-hours", type=float, help="give the soak up after this long")
+    p.add_argument(
+        "--soak-max-hours", type=float, metavar="H", help="give the soak up after this long (12)"
+    )
     p.add_argument("--profile", action="store_true", help="cProfile the nodes (throughput run)")
-    p.add_argument("--node-log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--node-log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="the nodes' log level (info, as an operator runs them)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the federation's folders")
     p.set_defaults(func=cmd_bench)
 
