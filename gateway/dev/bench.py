@@ -1240,10 +1240,11 @@ def _ms(value: float | None) -> str:
 
 def render_table(report: Report) -> str:
     """The short table printed at the end of a run."""
-    r, g = report.relay, report.gateway
+    r, g, m = report.relay, report.gateway, report.machine
     lines = [
-        f"fxgw bench: {report.machine['cpus']} CPUs, Python {report.machine['python']}, "
-        f"{report.seconds:.0f} s",
+        f"fxgw bench: {m['cpus']} CPUs, Python {m['python']}, {report.seconds:.0f} s;"
+        f" load average {m['loadavg_1min_at_start']} at the start,"
+        f" {m['loadavg_1min_at_end']} at the end",
         "",
         f"{'':28}{'relay':>12}{'gateway':>12}{'gateway/relay':>15}",
         f"{'throughput (events/s)':28}{r.events_per_s:>12.1f}{g.events_per_s:>12.1f}"
