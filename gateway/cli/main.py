@@ -491,7 +491,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.dir) if args.dir else None, keep=args.keep)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gateway.dev.bench import BenchOptions, run_bench
+
+    return run_bench(BenchOptions.from_arguments(vars(args)))
+
+
 # --- parser --------------------------------------------------------------------------------------
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers, comma-separated") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -594,6 +607,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the node")
     p.add_argument("-c", "--config", required=True)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "bench",
+        help="the gateway against a bare aiokafka relay: throughput, CPU, latency, fan-out",
+        description="Runs a bare aiokafka relay and the gateway (two processes each) on one "
+        "real Kafka; writes report.json, latency.png and the processes' logs to --out and "
+        "prints a table. Exit 1 when gateway/relay throughput is below --min-ratio.",
+    )
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", default=Path("bench-out"), help="default: bench-out/"
+    )
+    p.add_argument(
+        "--bootstrap", metavar="HOST:PORT", help="host:port of a Kafka to use (default: start one)"
+    )
+    p.add_argument("--quick", action="store_true", help="the short version for CI (< 2 min)")
+    p.add_argument(
+        "--events", type=int, metavar="N", help="gateway throughput run (5000; quick 300)"
+    )
+    p.add_argument(
+        "--relay-events", type=int, metavar="N", help="relay throughput run (50000; quick 5000)"
+    )
+    p.add_argument(
+        "--rates", type=_ints, metavar="R,R", help="events/s (100,500,1000,2000; quick 20,50)"
+    )
+    p.add_argument("--seconds", type=float, metavar="S", help="per offered rate (10; quick 3)")
+    p.add_argument("--fanout", type=_ints, metavar="K,K", help="recipients per event (1,3,10)")
+    p.add_argument(
+        "--fanout-events", type=int, metavar="N", help="events per fan-out run (1000; quick 100)"
+    )
+    p.add_argument(
+        "--min-ratio", type=float, metavar="X", help="exit 1 if gateway/relay throughput is lower"
+    )
+    p.add_argument("--soak", type=int, metavar="N", help="instead: N events, RSS over time")
+    p.add_argument(
+        "--soak-max-hours", type=float, metavar="H", help="give the soak up after this long (12)"
+    )
+    p.add_argument("--profile", action="store_true", help="cProfile the nodes (throughput run)")
+    p.add_argument(
+        "--node-log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="the nodes' log level (info, as an operator runs them)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the federation's folders")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="three agencies on a local Kafka, end to end")
     p.add_argument("--dir", help="work folder (default: a new temporary folder)")

@@ -74,6 +74,40 @@ THREE_AGENCIES: tuple[AgencySpec, ...] = (
 )
 
 
+EU_PARTNER_COUNTRIES = ("DE", "FR", "IT", "ES", "AT", "PT", "PL", "SE", "DK", "FI", "IE", "LU")
+"""Countries of the extra EU partners of :func:`seizure_exchange`, beyond BE-FPJ."""
+
+
+def seizure_exchange(recipients: int = 1) -> tuple[AgencySpec, ...]:
+    """NL-POL sending every seizure to ``recipients`` EU partners, and nothing else.
+
+    The first partner is BE-FPJ, delivering to its local Kafka topic; the others are
+    ``<country>-POL`` agencies whose nodes need not run (they have no policy file). All of them
+    are EU members under ``EU-LED``, so NL-POL's policy releases the same view to each. This is
+    the federation ``fxgw bench`` measures: one recipient for the pipeline, more for fan-out.
+    """
+    if not 1 <= recipients <= 1 + len(EU_PARTNER_COUNTRIES):
+        raise ValueError(f"recipients must be 1..{1 + len(EU_PARTNER_COUNTRIES)}, got {recipients}")
+    partners = [AgencySpec("BE-FPJ", "BE", ("EU", "INTERPOL"), legal_bases=("EU-LED",))]
+    partners += [
+        AgencySpec(f"{country}-POL", country, ("EU",), legal_bases=("EU-LED",))
+        for country in EU_PARTNER_COUNTRIES[: recipients - 1]
+    ]
+    sender = AgencySpec(
+        "NL-POL",
+        "NL",
+        ("EU", "INTERPOL"),
+        legal_bases=("EU-LED",),
+        routes=(
+            {
+                "event": "fxgw.SeizureEvent",
+                "to": {"agencies": [p.agency for p in partners]},
+            },
+        ),
+    )
+    return (sender, *partners)
+
+
 @dataclass(slots=True)
 class Federation:
     """The files of a sandbox federation."""
