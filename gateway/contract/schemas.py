@@ -1041,7 +1041,9 @@ def _check_float(kind: str, value: int | float, path: str | None) -> None:
         as_float = float(value)
     except OverflowError:
         raise RecordInvalid(f"expected {kind}, got an int too large for it", field=path) from None
-    if kind == "float" and math.isfinite(as_float) and abs(as_float) > _FLOAT32_MAX:
+    if not math.isfinite(as_float):
+        raise RecordInvalid("not a finite number", field=path)
+    if kind == "float" and abs(as_float) > _FLOAT32_MAX:
         raise RecordInvalid("expected float, got a number beyond 32-bit float range", field=path)
 
 
@@ -1540,6 +1542,17 @@ class SchemaRegistry:
         schema, node = self._record(name)
         return _avro.write(schema.parsed, _conform_record(node, record, None, False))
 
+    def write(self, name: str, record: Mapping[str, object]) -> bytes:
+        """Encode a record that conforms already (just decoded, or built by our own code from
+        conforming values), without :meth:`encode`'s check; fastavro's writer still refuses a
+        value of the wrong type.
+
+        :raises UnknownEventType: no record type of that name.
+        :raises RecordInvalid: fastavro refuses the record (no field is named).
+        """
+        schema, _ = self._record(name)
+        return _avro.write(schema.parsed, record)
+
     def decode(self, name: str, data: bytes) -> dict[str, object]:
         """Decode bytes written by :meth:`encode` with the same schema.
 
@@ -1575,6 +1588,15 @@ class SchemaRegistry:
         _, node = self._record(name)
         complete = _conform_record(node, record, None, False)
         return cast("dict[str, object]", _to_json(node, complete))
+
+    def to_json_decoded(self, name: str, record: Mapping[str, object]) -> dict[str, object]:
+        """:meth:`to_json` of a record just decoded with this registry (so it conforms, and is
+        not checked again).
+
+        :raises UnknownEventType: no record type of that name.
+        """
+        _, node = self._record(name)
+        return cast("dict[str, object]", _to_json(node, record))
 
 
 # --- compatibility -------------------------------------------------------------------------------

@@ -80,6 +80,8 @@ class AuditEntry:
     log_event: str
     counter: str
     warn: bool = False
+    log_data: Mapping[str, Value] | None = None
+    """What the log line says, when shorter than the audit entry (default: the same)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -234,17 +233,10 @@ class InboundCore:
             )
         result = self.receive(data, now, delivered)
         if isinstance(result, Delivery):
-            document = delivery_document(result, self.registry)
-            if len(document) > limits.max_delivery_bytes:
-                result = Rejection(
-                    "delivery_too_large",
-                    f"the delivery document would be {len(document)} bytes; the national "
-                    f"system takes up to {limits.max_delivery_bytes}",
-                    result.header,
-                    result.digest,
-                )
-            else:
+            document = self._document(result, limits)
+            if isinstance(document, bytes):
                 return self._deliver(result, document, now)
+            result = document
         if isinstance(result, DuplicateDrop):
             return self._duplicate(result, delivered, now)
         if isinstance(result, Expired):
@@ -258,6 +250,29 @@ class InboundCore:
             answer = self._answer(h, result.digest, "REJECTED", "retention_expired", now)
             return merge(Effects(audit=(expired,)), answer)
         return self._reject(data, result, now, limits)
+
+    def _document(self, result: Delivery, limits: Limits) -> bytes | Rejection:
+        """The delivery document, or why there can be none: a number that is not finite (json
+        refuses NaN and infinities; they are not exchanged), or more bytes than the national
+        system takes."""
+        try:
+            document = delivery_document(result, self.registry)
+        except ValueError:
+            return Rejection(
+                "non_finite_number",
+                "the record holds a number that is not finite",
+                result.header,
+                result.digest,
+            )
+        if len(document) > limits.max_delivery_bytes:
+            return Rejection(
+                "delivery_too_large",
+                f"the delivery document would be {len(document)} bytes; the national system "
+                f"takes up to {limits.max_delivery_bytes}",
+                result.header,
+                result.digest,
+            )
+        return document
 
     def _deliver(self, result: Delivery, document: bytes, now: datetime) -> Effects:
         h = result.header
@@ -361,11 +376,11 @@ _ORIGIN = {
 
 
 def check_agreement(header: Header, record: Mapping[str, object]) -> None:
-    """The body must agree with the signed header: same event id, the agency the event names as
-    its origin is the sender (or the recipient itself, when its own event comes back to it), and
-    every number is finite.
+    """The body must agree with the signed header: same event id, and the agency the event names
+    as its origin is the sender (or the recipient itself, when its own event comes back to it).
+    (Numbers that are not finite are refused when the delivery document is written.)
 
-    :raises PeerError: ``body_header_mismatch`` or ``non_finite_number``.
+    :raises PeerError: ``body_header_mismatch``.
     """
     if record.get("event_id") != header.event_id:
         raise PeerError(
@@ -381,26 +396,6 @@ def check_agreement(header: Header, record: Mapping[str, object]) -> None:
         raise PeerError(
             f"{origin_field}.agency_id is not the signing sender", reason="body_header_mismatch"
         )
-    path = _non_finite(record, "")
-    if path is not None:
-        raise PeerError(f"{path or 'record'}: not a finite number", reason="non_finite_number")
-
-
-def _non_finite(value: object, path: str) -> str | None:
-    """The path of the first NaN or infinity in ``value``, or None."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else path
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            found = _non_finite(item, f"{path}.{key}" if path else str(key))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _non_finite(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
 
 
 def delivery_document(delivery: Delivery, registry: SchemaRegistry) -> bytes:
@@ -409,7 +404,7 @@ def delivery_document(delivery: Delivery, registry: SchemaRegistry) -> bytes:
     document = {
         "event_type": delivery.header.event_type,
         "provenance": delivery.provenance(),
-        "record": registry.to_json(delivery.header.event_type, delivery.record),
+        "record": registry.to_json_decoded(delivery.header.event_type, delivery.record),
     }
     return json.dumps(document, ensure_ascii=False, sort_keys=True, allow_nan=False).encode("utf-8")
 

@@ -62,6 +62,8 @@ class Codec(Protocol):
 
     def encode(self, name: str, record: Mapping[str, object]) -> bytes: ...
 
+    def write(self, name: str, record: Mapping[str, object]) -> bytes: ...
+
     def decode(self, name: str, data: bytes) -> dict[str, object]: ...
 
 
@@ -350,12 +352,12 @@ def seal(
         nonce=secrets.token_bytes(_NONCE_BYTES),
         format_version=FORMAT_VERSION,
     )
-    header_bytes = codec.encode(HEADER_TYPE, header.to_avro())
+    header_bytes = codec.write(HEADER_TYPE, header.to_avro())
     ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
         plaintext, header_bytes, header.nonce, data_key.secret
     )
     signature = signer.sign(signing_input(header_bytes, ciphertext))
-    data = codec.encode(
+    data = codec.write(
         ENVELOPE_TYPE,
         {"header": header.to_avro(), "ciphertext": ciphertext, "signature": signature},
     )
@@ -373,14 +375,14 @@ def read_header(data: bytes, codec: Codec) -> tuple[Header, bytes, bytes, bytes]
         if not isinstance(header_record, Mapping):
             raise MalformedEnvelope("header is not a record")
         header = Header.from_avro(header_record)
-        header_bytes = codec.encode(HEADER_TYPE, header_record)
+        header_bytes = codec.write(HEADER_TYPE, header_record)
     except MalformedEnvelope:
         raise
     except (PeerError, KeyError) as exc:
         raise MalformedEnvelope(f"not an envelope: {exc}") from exc
     if header.format_version != FORMAT_VERSION:
         raise MalformedEnvelope(f"envelope format version {header.format_version} is not spoken")
-    if codec.encode(ENVELOPE_TYPE, record) != data:
+    if codec.write(ENVELOPE_TYPE, record) != data:
         # Avro admits several encodings of one record (block sizes, trailing bytes); the signed
         # header bytes are re-encoded from the record, so only the canonical form is accepted.
         raise MalformedEnvelope("envelope is not in canonical Avro encoding")

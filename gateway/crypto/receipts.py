@@ -119,7 +119,7 @@ def open_receipt(
     """
     try:
         record = codec.decode(RECEIPT_TYPE, data)
-        if codec.encode(RECEIPT_TYPE, record) != data:
+        if codec.write(RECEIPT_TYPE, record) != data:
             raise MalformedEnvelope("receipt is not in canonical Avro encoding")
         receipt = _from_avro(record)
     except PeerError:

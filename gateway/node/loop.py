@@ -158,7 +158,7 @@ class Executor:
         for entry in entries:
             self.counters[entry.counter] += 1
             emit = self.bound.warning if entry.warn else self.bound.info
-            emit(entry.log_event, **entry.data)
+            emit(entry.log_event, **(entry.data if entry.log_data is None else entry.log_data))
             self.audit.append(entry.kind, entry.data)
 
     async def _stage(self, items: Sequence[Deliver]) -> None:
