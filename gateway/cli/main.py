@@ -184,7 +184,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     from gateway.core.outbound import parse_plain_event
     from gateway.node.config import load_config
-    from gateway.node.runtime import load_node_files
+    from gateway.node.files import load_node_files
     from gateway.policy.tools import explain
 
     config = load_config(Path(args.config))

@@ -1,19 +1,11 @@
-"""The node: wires config, cores, Kafka, sinks and the journal together, and owns the loops.
+"""The node: wiring of config, cores, Kafka, sinks, journals and loops; no business rule.
 
-No business rule lives here: what to release and what to accept is decided by
-:class:`~gateway.core.outbound.OutboundCore` and :class:`~gateway.core.inbound.InboundCore`.
-The node reads, hands over, writes, and commits offsets only once what it read is durably handled:
-
-- outbound: an event's offset is committed after every envelope made from it is acknowledged
-  by the exchange cluster (or the event was quarantined locally);
-- inbound: an envelope's offset is committed after the sink holds the delivery, the journal
-  of delivered ids is synced (or the envelope was quarantined), and its receipt is published;
-- receipts: a receipt's offset is committed after it is recorded.
-
-Every decision is written to the audit trail (:mod:`gateway.audit.store`), and every commit waits
-for the audit trail to be on disk: nothing is acknowledged that is not recorded.
-
-A failure of Kafka or of the disk is retried with back-off, never skipped.
+Each input (the outbound topic, the outbound spool folder, the inbox, the receipts topic) has
+one generic loop: poll a batch -> hand each record to its core (:mod:`gateway.core`) -> execute
+the effects and make them durable (:class:`~gateway.node.loop.Executor`) -> commit the offsets.
+Nothing is committed before its effects are durable. Records for a topic that refuses them are
+parked and offered again by their own task; hot reload and housekeeping are in
+:mod:`gateway.node.watch`; the files a node loads, in :mod:`gateway.node.files`.
 """
 
 from __future__ import annotations
@@ -23,37 +15,26 @@ import contextlib
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 
 import structlog
 
-from gateway.audit.chain import CHECKPOINT
 from gateway.audit.store import AuditLog
-from gateway.contract.schemas import SchemaRegistry
 from gateway.core.effects import Batch, DeliveredEntry, Effects, unreadable
 from gateway.core.inbound import InboundCore
 from gateway.core.outbound import OutboundCore
 from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.envelope import DataKeyRing
-from gateway.crypto.keys import (
-    AgencyKeys,
-    load_encryption_key,
-    load_pseudonym_key,
-    load_signing_key,
-)
-from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
-from gateway.errors import ConfigError, InfrastructureError, PeerError, TrustError
+from gateway.errors import InfrastructureError
 from gateway.node.config import NodeConfig
+from gateway.node.files import load_node_files
 from gateway.node.journals import DeliveredJournal, ReceivedEvents
 from gateway.node.loop import Executor, Pending, Retry, Topics, offer_parked
 from gateway.node.parked import Parked
 from gateway.node.sinks import KafkaSink, Sink, SpoolSink
 from gateway.node.transport import Consumer, Message, Producer, TopicSpec, ensure_topics
-from gateway.policy.engine import Policy, load_policy
-from gateway.policy.transforms import Pseudonymiser
+from gateway.node.watch import Watching
 
 log = structlog.get_logger("fxgw.node")
 
@@ -73,99 +54,7 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """Everything a node loads from files at start-up."""
-
-    keys: AgencyKeys
-    registry: SchemaRegistry
-    trust: TrustList
-    policy: Policy
-    pseudonymiser: Pseudonymiser | None
-
-
-def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
-    """Load keys, schemas, trust list and policy; refuse anything inconsistent.
-
-    :raises ConfigError: a file is missing or invalid (the message names it and the fix).
-    """
-    signing = load_signing_key(config.signing_key)
-    encryption = tuple(load_encryption_key(p) for p in config.encryption_keys)
-    keys = AgencyKeys(config.agency, signing, encryption)
-    registry = SchemaRegistry.load(config.schemas_dir)
-    trust_state = config.state_dir / "trust-version"
-    min_version = int(trust_state.read_text()) if trust_state.exists() else 0
-    trust = load_trust_list(
-        config.trust_file,
-        authority_keys(config.authority_keys),
-        now=now,
-        min_version=min_version,
-    )
-    me = trust.agency(config.agency)
-    if me is None:
-        raise TrustError(
-            f"this node's agency {config.agency} is not on the trust list",
-            file=str(config.trust_file),
-        )
-    try:
-        trust.signing_key(config.agency, signing.key_id, now)
-    except PeerError as exc:
-        raise TrustError(
-            f"our signing key {signing.key_id!r} is not valid on the trust list ({exc}); "
-            "publish its public entry (fxgw keygen prints it) before starting the node",
-            file=str(config.trust_file),
-        ) from exc
-    pseudonymiser = None
-    if config.pseudonym_key is not None:
-        pseudonymiser = Pseudonymiser(load_pseudonym_key(config.pseudonym_key).secret)
-    policy = load_checked_policy(
-        config, registry, trust, can_pseudonymise=pseudonymiser is not None
-    )
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically_replace(trust_state, str(trust.version).encode())
-    return Loaded(keys, registry, trust, policy, pseudonymiser)
-
-
-def load_checked_policy(
-    config: NodeConfig, registry: SchemaRegistry, trust: TrustList, *, can_pseudonymise: bool
-) -> Policy:
-    """Load the node's policy and check it against the trust list and the node's keys.
-
-    :raises ConfigError: invalid, another agency's, rules that disagree for some agency, or
-        pseudonyms asked for without a pseudonym secret.
-    """
-    policy = load_policy(config.policy_file, registry)
-    if policy.agency != config.agency:
-        raise ConfigError(
-            f"policy belongs to {policy.agency}, but this node is {config.agency}",
-            file=str(config.policy_file),
-        )
-    policy.check_against(trust)
-    if policy.uses_pseudonyms and not can_pseudonymise:
-        raise ConfigError(
-            "the policy pseudonymises fields but keys.pseudonym names no secret; create one "
-            "with 'fxgw keygen' and add it to the node config",
-            file=str(config.path),
-        )
-    return policy
-
-
-def write_atomically_replace(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _stat(path: Path) -> tuple[int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (info.st_mtime_ns, info.st_size)
-
-
-class Node:
+class Node(Watching):
     """One agency's gateway node: wiring of cores, Kafka, sinks, journals and loops."""
 
     def __init__(self, config: NodeConfig, *, now: Callable[[], datetime] = _now) -> None:
@@ -199,40 +88,6 @@ class Node:
         self._log = log.bind(agency=config.agency)
 
     # --- wiring ----------------------------------------------------------------------------------
-
-    @property
-    def audit(self) -> AuditLog:
-        """The audit trail (open while the node runs)."""
-        if self._audit_log is None:
-            raise RuntimeError("the audit trail is open only while the node runs")
-        return self._audit_log
-
-    def _record_loaded(self, what: set[str]) -> None:
-        """Audit which policy, trust list and keys are in force (ids and digests only)."""
-        policy, trust, keys = self.outbound.policy, self.outbound.trust, self.outbound.keys
-        if "policy" in what:
-            self.audit.append(
-                "policy_loaded",
-                {"policy_id": policy.policy_id, "policy_digest": policy.digest.hex()},
-            )
-        if "trust" in what:
-            self.audit.append(
-                "trust_loaded",
-                {
-                    "federation": trust.federation,
-                    "version": trust.version,
-                    "digest": trust.digest.hex(),
-                    "expires_at": trust.expires_at.isoformat(),
-                },
-            )
-        if "keys" in what:
-            self.audit.append(
-                "keys_loaded",
-                {
-                    "signing_key_id": keys.signing.key_id,
-                    "encryption_key_ids": [k.key_id for k in keys.encryption],
-                },
-            )
 
     def _exchange_topics(self) -> list[TopicSpec]:
         """Our inbox and receipts topics; with ``provision_inboxes`` (dev and test clusters),
@@ -442,82 +297,6 @@ class Node:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=0.5)
 
-    async def _watch_loop(self, stop: asyncio.Event, sink: Sink) -> None:
-        """Hot reload of the policy and the trust list, the spool's retention sweep, and a signed
-        audit checkpoint each minute in which entries were written (so that a quiet node does
-        not leave its recent entries unsigned for long).
-
-        A changed file is loaded and checked in full before it replaces the one in force, between
-        two events; a file that fails keeps the last good version in force and says why.
-        """
-        c = self.config
-        sig = c.trust_file.with_name(c.trust_file.name + ".sig")
-        watched = {"policy": c.policy_file, "trust": c.trust_file, "trust-signature": sig}
-        seen = {name: _stat(path) for name, path in watched.items()}
-        last_sweep = 0.0
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            changed = {n for n, p in watched.items() if _stat(p) != seen[n]}
-            if changed:
-                seen = {name: _stat(path) for name, path in watched.items()}
-                self.reload({"trust" if n == "trust-signature" else n for n in changed})
-            if loop.time() - last_sweep > 60:
-                last_sweep = loop.time()
-                if isinstance(sink, SpoolSink):
-                    for message_id in sink.purge_expired(self._now()):
-                        self.counters["retention_purged"] += 1
-                        self._log.info("retention_purged", message_id=message_id)
-                        self.audit.append("retention_purged", {"message_id": message_id})
-                last = self.audit.last
-                if last is not None and last.kind != CHECKPOINT:
-                    await self._executor.retry("audit checkpoint", self._checkpoint_audit)
-
-    def reload(self, changed: set[str]) -> bool:
-        """Load the changed files (``policy``, ``trust``) and swap them in if all are valid.
-
-        Returns True when the new versions are in force; on any error the old ones stay.
-        """
-        c = self.config
-        try:
-            trust = self.outbound.trust
-            if "trust" in changed:
-                trust = load_trust_list(
-                    c.trust_file,
-                    authority_keys(c.authority_keys),
-                    now=self._now(),
-                    min_version=trust.version,
-                )
-            policy = load_checked_policy(
-                c, self.registry, trust, can_pseudonymise=self.outbound.pseudonymiser is not None
-            )
-        except ConfigError as exc:
-            self.counters["reload_failed"] += 1
-            self._log.error("reload_failed", files=sorted(changed), error=str(exc))
-            if self._audit_log is not None:
-                self._audit_log.append(
-                    "reload_failed", {"files": sorted(changed), "error": str(exc)}
-                )
-                self._audit_log.sync()
-            return False
-        self.outbound.trust = trust
-        self.inbound.trust = trust
-        self.outbound.policy = policy
-        write_atomically_replace(c.state_dir / "trust-version", str(trust.version).encode())
-        self.counters["reloads"] += 1
-        if self._audit_log is not None:
-            self._record_loaded(changed | {"policy"})
-            self._audit_log.sync()
-        self._log.info(
-            "reloaded",
-            files=sorted(changed),
-            policy=policy.policy_id,
-            policy_digest=policy.digest.hex(),
-            trust_version=trust.version,
-        )
-        return True
-
     async def _recover_deliveries(self, journal: DeliveredJournal, sink: Sink) -> None:
         """Bring the journal and the sink together after a crash: deliveries the sink holds but
         the journal missed are journaled (with their first digest and time when the sink keeps
@@ -535,6 +314,3 @@ class Node:
         self.audit.sync()
         journal.sync()
         self._log.info("deliveries_recovered", known=len(journal), added=len(found))
-
-    async def _checkpoint_audit(self) -> None:
-        self.audit.checkpoint()

@@ -30,7 +30,7 @@ from gateway.crypto.envelope import (
 from gateway.dev.demo import seizure_nl
 from gateway.dev.sandbox import build_federation
 from gateway.node.config import load_config
-from gateway.node.runtime import load_node_files
+from gateway.node.files import load_node_files
 from gateway.policy.engine import Plan, apply_plan
 from gateway.types import AgencyId
 

@@ -24,7 +24,7 @@ from gateway.dev.bench import (
 from gateway.dev.sandbox import build_federation, seizure_exchange
 from gateway.errors import ConfigError
 from gateway.node.config import load_config
-from gateway.node.runtime import load_node_files
+from gateway.node.files import load_node_files
 from tests.unit.conftest import NOW
 
 

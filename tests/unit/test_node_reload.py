@@ -66,3 +66,12 @@ def test_node_refuses_to_start_on_an_invalid_policy(tmp_path: Path) -> None:
         Node(load_config(fed.config("NL-POL")), now=lambda: NOW)
     assert str(policies / "nl-pol.yaml") == info.value.file
     assert info.value.line is not None
+
+
+def test_a_reloaded_trust_list_is_in_force_for_every_core(node: Node) -> None:
+    """Release, intake and receipt checking all use the trust list just reloaded."""
+    before = node.receipts.trust
+    assert node.reload({"trust"})
+    trust = node.outbound.trust
+    assert trust is not before
+    assert node.inbound.trust is trust and node.receipts.trust is trust

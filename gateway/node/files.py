@@ -1,0 +1,117 @@
+"""The files a node loads at start-up (keys, schemas, trust list, policy), checked together.
+
+Every problem is a :class:`~gateway.errors.ConfigError` naming the file and the fix, so a node
+refuses to start on a bad set of files, and the CLI's checks load the very same set.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from gateway.contract.schemas import SchemaRegistry
+from gateway.crypto.keys import (
+    AgencyKeys,
+    load_encryption_key,
+    load_pseudonym_key,
+    load_signing_key,
+)
+from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
+from gateway.errors import ConfigError, PeerError, TrustError
+from gateway.node.config import NodeConfig
+from gateway.policy.engine import Policy, load_policy
+from gateway.policy.transforms import Pseudonymiser
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Everything a node loads from files at start-up."""
+
+    keys: AgencyKeys
+    registry: SchemaRegistry
+    trust: TrustList
+    policy: Policy
+    pseudonymiser: Pseudonymiser | None
+
+
+def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
+    """Load keys, schemas, trust list and policy; refuse anything inconsistent.
+
+    :raises ConfigError: a file is missing or invalid (the message names it and the fix).
+    """
+    signing = load_signing_key(config.signing_key)
+    encryption = tuple(load_encryption_key(p) for p in config.encryption_keys)
+    keys = AgencyKeys(config.agency, signing, encryption)
+    registry = SchemaRegistry.load(config.schemas_dir)
+    trust_state = config.state_dir / "trust-version"
+    min_version = int(trust_state.read_text()) if trust_state.exists() else 0
+    trust = load_trust_list(
+        config.trust_file,
+        authority_keys(config.authority_keys),
+        now=now,
+        min_version=min_version,
+    )
+    me = trust.agency(config.agency)
+    if me is None:
+        raise TrustError(
+            f"this node's agency {config.agency} is not on the trust list",
+            file=str(config.trust_file),
+        )
+    try:
+        trust.signing_key(config.agency, signing.key_id, now)
+    except PeerError as exc:
+        raise TrustError(
+            f"our signing key {signing.key_id!r} is not valid on the trust list ({exc}); "
+            "publish its public entry (fxgw keygen prints it) before starting the node",
+            file=str(config.trust_file),
+        ) from exc
+    pseudonymiser = None
+    if config.pseudonym_key is not None:
+        pseudonymiser = Pseudonymiser(load_pseudonym_key(config.pseudonym_key).secret)
+    policy = load_checked_policy(
+        config, registry, trust, can_pseudonymise=pseudonymiser is not None
+    )
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically_replace(trust_state, str(trust.version).encode())
+    return Loaded(keys, registry, trust, policy, pseudonymiser)
+
+
+def load_checked_policy(
+    config: NodeConfig, registry: SchemaRegistry, trust: TrustList, *, can_pseudonymise: bool
+) -> Policy:
+    """Load the node's policy and check it against the trust list and the node's keys.
+
+    :raises ConfigError: invalid, another agency's, rules that disagree for some agency, or
+        pseudonyms asked for without a pseudonym secret.
+    """
+    policy = load_policy(config.policy_file, registry)
+    if policy.agency != config.agency:
+        raise ConfigError(
+            f"policy belongs to {policy.agency}, but this node is {config.agency}",
+            file=str(config.policy_file),
+        )
+    policy.check_against(trust)
+    if policy.uses_pseudonyms and not can_pseudonymise:
+        raise ConfigError(
+            "the policy pseudonymises fields but keys.pseudonym names no secret; create one "
+            "with 'fxgw keygen' and add it to the node config",
+            file=str(config.path),
+        )
+    return policy
+
+
+def write_atomically_replace(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def stat_of(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_mtime_ns, info.st_size)

@@ -1,0 +1,156 @@
+"""Hot reload and housekeeping: a changed policy or trust list is checked in full and swapped in
+between two events (or the last good one stays in force); the spool's retention sweep; and a
+signed audit checkpoint each minute in which entries were written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+
+import structlog
+
+from gateway.audit.chain import CHECKPOINT
+from gateway.audit.store import AuditLog
+from gateway.contract.schemas import SchemaRegistry
+from gateway.core.inbound import InboundCore
+from gateway.core.outbound import OutboundCore
+from gateway.core.receipts import ReceiptsCore
+from gateway.crypto.trust import authority_keys, load_trust_list
+from gateway.errors import ConfigError
+from gateway.node.config import NodeConfig
+from gateway.node.files import load_checked_policy, stat_of, write_atomically_replace
+from gateway.node.loop import Executor
+from gateway.node.sinks import Sink, SpoolSink
+
+
+class Watching:
+    """The node's hot reload and housekeeping (a part of :class:`~gateway.node.runtime.Node`)."""
+
+    config: NodeConfig
+    registry: SchemaRegistry
+    outbound: OutboundCore
+    inbound: InboundCore
+    receipts: ReceiptsCore
+    counters: Counter[str]
+    _audit_log: AuditLog | None
+    _executor: Executor
+    _log: structlog.stdlib.BoundLogger
+    _now: Callable[[], datetime]
+
+    @property
+    def audit(self) -> AuditLog:
+        """The audit trail (open while the node runs)."""
+        if self._audit_log is None:
+            raise RuntimeError("the audit trail is open only while the node runs")
+        return self._audit_log
+
+    def _record_loaded(self, what: set[str]) -> None:
+        """Audit which policy, trust list and keys are in force (ids and digests only)."""
+        policy, trust, keys = self.outbound.policy, self.outbound.trust, self.outbound.keys
+        if "policy" in what:
+            self.audit.append(
+                "policy_loaded",
+                {"policy_id": policy.policy_id, "policy_digest": policy.digest.hex()},
+            )
+        if "trust" in what:
+            self.audit.append(
+                "trust_loaded",
+                {
+                    "federation": trust.federation,
+                    "version": trust.version,
+                    "digest": trust.digest.hex(),
+                    "expires_at": trust.expires_at.isoformat(),
+                },
+            )
+        if "keys" in what:
+            self.audit.append(
+                "keys_loaded",
+                {
+                    "signing_key_id": keys.signing.key_id,
+                    "encryption_key_ids": [k.key_id for k in keys.encryption],
+                },
+            )
+
+    async def _watch_loop(self, stop: asyncio.Event, sink: Sink) -> None:
+        """Hot reload of the policy and the trust list, the spool's retention sweep, and a signed
+        audit checkpoint each minute in which entries were written (so that a quiet node does
+        not leave its recent entries unsigned for long).
+
+        A changed file is loaded and checked in full before it replaces the one in force, between
+        two events; a file that fails keeps the last good version in force and says why.
+        """
+        c = self.config
+        sig = c.trust_file.with_name(c.trust_file.name + ".sig")
+        watched = {"policy": c.policy_file, "trust": c.trust_file, "trust-signature": sig}
+        seen = {name: stat_of(path) for name, path in watched.items()}
+        last_sweep = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            changed = {n for n, p in watched.items() if stat_of(p) != seen[n]}
+            if changed:
+                seen = {name: stat_of(path) for name, path in watched.items()}
+                self.reload({"trust" if n == "trust-signature" else n for n in changed})
+            if loop.time() - last_sweep > 60:
+                last_sweep = loop.time()
+                if isinstance(sink, SpoolSink):
+                    for message_id in sink.purge_expired(self._now()):
+                        self.counters["retention_purged"] += 1
+                        self._log.info("retention_purged", message_id=message_id)
+                        self.audit.append("retention_purged", {"message_id": message_id})
+                last = self.audit.last
+                if last is not None and last.kind != CHECKPOINT:
+                    await self._executor.retry("audit checkpoint", self._checkpoint_audit)
+
+    def reload(self, changed: set[str]) -> bool:
+        """Load the changed files (``policy``, ``trust``) and swap them in if all are valid.
+
+        Returns True when the new versions are in force; on any error the old ones stay.
+        """
+        c = self.config
+        try:
+            trust = self.outbound.trust
+            if "trust" in changed:
+                trust = load_trust_list(
+                    c.trust_file,
+                    authority_keys(c.authority_keys),
+                    now=self._now(),
+                    min_version=trust.version,
+                )
+            policy = load_checked_policy(
+                c, self.registry, trust, can_pseudonymise=self.outbound.pseudonymiser is not None
+            )
+        except ConfigError as exc:
+            self.counters["reload_failed"] += 1
+            self._log.error("reload_failed", files=sorted(changed), error=str(exc))
+            if self._audit_log is not None:
+                self._audit_log.append(
+                    "reload_failed", {"files": sorted(changed), "error": str(exc)}
+                )
+                self._audit_log.sync()
+            return False
+        self.outbound.trust = trust
+        self.inbound.trust = trust
+        self.receipts.trust = trust
+        self.outbound.policy = policy
+        write_atomically_replace(c.state_dir / "trust-version", str(trust.version).encode())
+        self.counters["reloads"] += 1
+        if self._audit_log is not None:
+            self._record_loaded(changed | {"policy"})
+            self._audit_log.sync()
+        self._log.info(
+            "reloaded",
+            files=sorted(changed),
+            policy=policy.policy_id,
+            policy_digest=policy.digest.hex(),
+            trust_version=trust.version,
+        )
+        return True
+
+    async def _checkpoint_audit(self) -> None:
+        self.audit.checkpoint()
