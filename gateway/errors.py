@@ -147,6 +147,14 @@ class TopicRefused(TransportError):
     inbox, to that recipient)."""
 
 
+class CommitRefused(TransportError):
+    """The group no longer lets this member commit those offsets (a rebalance moved the
+    partitions): the records will be read again by their new owner, and answered from the
+    journals as duplicates; nothing to retry here."""
+
+    retriable = False
+
+
 class AccessRefused(TransportError):
     """The cluster refused our credentials or our rights as a whole: our side is broken."""
 

@@ -84,6 +84,7 @@ _PARKING: dict[str, Literal["parked", "not_sent"] | None] = {
     "unparked": None,
     "parked_expired": "not_sent",
     "park_dropped": "not_sent",
+    "record_refused": "not_sent",
 }
 """Audit kinds that move a transfer in and out of parking."""
 

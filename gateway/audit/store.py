@@ -143,6 +143,9 @@ class AuditLog:
         self._due_rotate = False
         self._due_head: Head | None = None
         self._ended = False
+        self._deferred: list[tuple[str, Mapping[str, object]]] = []
+        """Entries appended while a rotation is half done (the old segment is closed, the new
+        one not yet started): they go into the new segment once it is."""
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -311,8 +314,10 @@ class AuditLog:
         """The segment being written."""
         return self._folder / segment_name(self._number)
 
-    def append(self, kind: str, data: Mapping[str, object]) -> Entry:
-        """Add an entry (buffered; :meth:`sync` makes it durable) and return it.
+    def append(self, kind: str, data: Mapping[str, object]) -> Entry | None:
+        """Add an entry (buffered; :meth:`sync` makes it durable) and return it; None while a
+        rotation that a disk fault interrupted is unfinished (the entry then follows the next
+        segment's start, once a sync finishes the rotation).
 
         Checkpoints and rotation happen on their own, as configured, at the next :meth:`sync`
         (so that appending never fails for the sake of a checkpoint).
@@ -325,6 +330,10 @@ class AuditLog:
         """
         if kind in STRUCTURAL_KINDS:
             raise ValueError(f"'{kind}' entries are written by the audit log itself")
+        if self._ended:
+            make_entry(1, format_time(self._now()), kind, data, GENESIS)  # metadata only
+            self._deferred.append((kind, dict(data)))
+            return None
         entry = self._write(kind, data)
         if self._since_checkpoint >= self._checkpoint_every:
             self._due_checkpoint = True
@@ -349,6 +358,8 @@ class AuditLog:
             self._rotate()
         elif self._due_checkpoint:
             self._checkpoint()
+        if self._pending:  # entries a finished rotation wrote into the new segment
+            self._sync_data()
 
     def _sync_data(self) -> None:
         if self._fd is None:
@@ -389,14 +400,17 @@ class AuditLog:
 
         :raises StorageError: the last writes failed.
         """
-        if self._fd is None:
+        if self._fd is None and not self._ended:
             self._release()
             return
         try:
+            if self._ended:  # finish the interrupted rotation, so deferred entries are kept
+                self._rotate()
             self._checkpoint()
         finally:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
             self._fd = None
             self._release()
 
@@ -494,6 +508,9 @@ class AuditLog:
         self._start_segment(self._number + 1)
         self._ended = False
         self._due_rotate = False
+        deferred, self._deferred = self._deferred, []
+        for kind, data in deferred:
+            self._write(kind, data)
 
     def _open_segment(self, number: int) -> None:
         path = self._folder / segment_name(number)

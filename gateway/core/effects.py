@@ -37,10 +37,11 @@ class Limits:
 
     max_event_bytes: int = MIB
     """A plain event from the national system."""
-    max_envelope_bytes: int = MIB
-    """An envelope, taken in or sent out."""
-    max_delivery_bytes: int = MIB
-    """A delivery document for the national system."""
+    max_envelope_bytes: int = MIB - 64 * KIB
+    """An envelope, taken in or sent out (below the broker's default 1 MiB, leaving room for
+    the record's key, headers and batch)."""
+    max_delivery_bytes: int = MIB - 64 * KIB
+    """A delivery document for the national system (the same room)."""
     max_receipt_bytes: int = 64 * KIB
     """A receipt taken in."""
     quarantine_raw_bytes: int = 256 * KIB
@@ -160,6 +161,8 @@ class Batch:
     deliveries: list[Deliver] = field(default_factory=list)
     quarantines: list[Quarantine] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
+    late: bool = False
+    """Audit entries or parked records were added after the batch's audit sync."""
 
     def add(self, effects: Effects) -> None:
         """Append one input's effects."""

@@ -43,6 +43,7 @@ from gateway.crypto.envelope import (
     Handling,
     Header,
     UnwrapCache,
+    message_id_for,
     open_envelope,
     read_header,
     signing_input,
@@ -52,6 +53,7 @@ from gateway.crypto.receipts import Outcome as ReceiptOutcome
 from gateway.crypto.receipts import make_receipt
 from gateway.crypto.trust import TrustList
 from gateway.errors import PeerError, RecordInvalid
+from gateway.types import AgencyId, EventId, MessageId
 
 
 def _stamp(moment: datetime) -> str:
@@ -203,6 +205,10 @@ class InboundCore:
             nacl.signing.VerifyKey(public).verify(
                 signing_input(header_bytes, ciphertext), signature
             )
+            if header.message_id != message_id_for(
+                header.sender, header.event_id, header.recipient
+            ):
+                return None  # an answer is addressed by message id: only the derived one
         except (PeerError, nacl.exceptions.BadSignatureError, ValueError, TypeError, KeyError):
             return None
         except (OverflowError, RecursionError):
@@ -335,14 +341,60 @@ class InboundCore:
             quarantined, self._answer(h, rejection.digest, "REJECTED", rejection.reason, now)
         )
 
+    def refused_delivery(self, d: Deliver, detail: str, now: datetime, limits: Limits) -> Effects:
+        """A delivery the national system's cluster refused after all (a limit set above the
+        topic's): the whole document is quarantined (bounded), and the sender is told REJECTED
+        instead of DELIVERED."""
+        ids: dict[str, Value] = {
+            "message_id": d.message_id,
+            "event_id": d.event_id,
+            "sender": d.sender,
+        }
+        quarantined = quarantine(
+            d.document,
+            reason="delivery_refused",
+            detail=detail,
+            direction="delivery",
+            now_ms=_ms(now),
+            limits=limits,
+            data=ids,
+        )
+        answer = self._receipt_effects(
+            d.message_id,
+            d.event_id,
+            d.sender,
+            d.entry.expires_ms,
+            d.entry.digest or b"",
+            "REJECTED",
+            "delivery_refused",
+            now,
+        )
+        return merge(quarantined, answer)
+
     def _answer(
         self, h: Header, digest: bytes, outcome: ReceiptOutcome, reason: str | None, at: datetime
     ) -> Effects:
         """The signed receipt for a verified header, and its audit entry."""
+        return self._receipt_effects(
+            h.message_id, h.event_id, h.sender, _ms(h.expires_at), digest, outcome, reason, at
+        )
+
+    def _receipt_effects(
+        self,
+        message_id: str,
+        event_id: str,
+        sender: str,
+        expires_ms: int,
+        digest: bytes,
+        outcome: ReceiptOutcome,
+        reason: str | None,
+        at: datetime,
+    ) -> Effects:
+        """A signed receipt to ``sender`` and its audit entry."""
         data = make_receipt(
-            message_id=h.message_id,
-            event_id=h.event_id,
-            sender=h.sender,
+            message_id=MessageId(message_id),
+            event_id=EventId(event_id),
+            sender=AgencyId(sender),
             recipient=self.keys.agency,
             envelope_digest=digest,
             outcome=outcome,
@@ -354,8 +406,8 @@ class InboundCore:
         sent = AuditEntry(
             "receipt_sent",
             {
-                "message_id": h.message_id,
-                "sender": h.sender,
+                "message_id": message_id,
+                "sender": sender,
                 "outcome": outcome,
                 "reason": reason,
                 "receipt_sha256": hashlib.sha256(data).hexdigest(),
@@ -363,7 +415,7 @@ class InboundCore:
             "receipt_sent",
             "receipts_sent",
         )
-        receipt = Receipt(h.sender, h.message_id, data, _ms(h.expires_at))
+        receipt = Receipt(sender, message_id, data, expires_ms)
         return Effects(receipts=(receipt,), audit=(sent,))
 
 

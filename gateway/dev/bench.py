@@ -141,7 +141,7 @@ class BenchOptions:
     def quick_run(cls) -> BenchOptions:
         """The short version for CI: small N, two low rates, three seconds each."""
         return cls(
-            events=300,
+            events=1500,
             relay_events=5000,
             rates=(20, 50),
             seconds=3.0,

@@ -43,10 +43,15 @@ from gateway.core.effects import (
     Envelope,
     Headers,
     Limits,
-    quarantine,
 )
 from gateway.core.outbound import ReceivedEvent
-from gateway.errors import InfrastructureError, RecordRefused, TopicRefused, TransportError
+from gateway.errors import (
+    InfrastructureError,
+    RecordRefused,
+    StorageError,
+    TopicRefused,
+    TransportError,
+)
 from gateway.node.journals import DeliveredJournal, ReceivedEvents
 from gateway.node.parked import Parked, ParkedRecord
 from gateway.node.sinks import Sink
@@ -87,6 +92,19 @@ class Retry:
                 self._note(what, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def backoff(self, what: str, error: InfrastructureError, attempt: int) -> None:
+        """Wait before the next attempt of a step that failed ``attempt`` times already (0.1 s,
+        doubling to 5 s), logging as :meth:`__call__` does.
+
+        :raises InfrastructureError: ``error``, if it is fatal or stopping has begun.
+        """
+        if error.fatal or self._stop.is_set():
+            raise error
+        delay = min(0.1 * 2**attempt, 5.0)
+        self._counters["retries"] += 1
+        self._note(what, error, delay)
+        await asyncio.sleep(delay)
 
     def _note(self, what: str, exc: InfrastructureError, delay: float) -> None:
         key = f"{what}:{type(exc).__name__}"
@@ -135,23 +153,23 @@ class Executor:
     delivered: DeliveredJournal | None = None
     received: ReceivedEvents | None = None
     parked: Parked | None = None
+    refuse: Callable[[Deliver, str], Effects] | None = None
+    """What answers a delivery the local cluster refused (the inbound core decides)."""
     bound: structlog.stdlib.BoundLogger = field(default_factory=lambda: log)
-    _late: bool = False
-    """Audit entries or parked records were added after the batch's audit sync."""
 
     async def execute(self, batch: Batch) -> None:
         """Execute ``batch`` until every effect is durable (or raise a fatal error)."""
         self.record(batch.audit)
         started_ms = self.now_ms()
         if batch.deliveries:
-            assert self.sink is not None
-            await self.retry("stage deliveries", lambda: self._stage(batch.deliveries))
+            await self.retry("stage deliveries", partial(self._stage, batch.deliveries))
         await self.retry("sync audit", self.sync_audit)
         if batch.deliveries:
             await self._deliver(batch, started_ms)
         await self._produce(batch)
-        if self.received is not None and batch.deliveries:
-            await self.retry("sync journal", self._sync_received)
+        if batch.late:
+            await self.retry("park records", self._sync_parked)
+            await self.retry("sync audit", self.sync_audit)
 
     def record(self, entries: Sequence[AuditEntry]) -> None:
         """Count, log and audit each decision, with the same metadata."""
@@ -166,68 +184,75 @@ class Executor:
         await self.sink.stage(items)
 
     async def sync_audit(self) -> None:
+        """Make the audit trail durable."""
         self.audit.sync()
 
     async def _sync_received(self) -> None:
         assert self.received is not None
         self.received.sync()
 
+    async def _sync_delivered(self) -> None:
+        assert self.delivered is not None
+        self.delivered.sync()
+
     async def _journal(self, items: Sequence[Deliver]) -> None:
+        """Journal the deliveries: the received events first (their handling limits forwarding
+        and must never be lost to a crash once the message counts as delivered), then the
+        delivered message ids."""
         assert self.delivered is not None and self.received is not None
         for d in items:
-            e = d.entry
+            e, r = d.entry, d.remember
             self.delivered.remember(d.message_id, e.expires_ms, e.recorded_ms, e.digest)
-            r = d.remember
             self.received.remember(
                 r.event_id, ReceivedEvent(r.sender, r.code, r.onward_transfer), r.until_ms
             )
-        self.delivered.sync()
+        await self.retry("sync journal", self._sync_received)
+        await self.retry("sync journal", self._sync_delivered)
 
     async def _deliver(self, batch: Batch, started_ms: int) -> None:
         sink = self.sink
         assert sink is not None
         items = list(batch.deliveries)
         if sink.journal_first:
-            await self.retry("journal deliveries", lambda: self._journal(items))
-        pending = items
+            await self._journal(items)
+        pending, attempt, refused = items, 0, []
         since = started_ms - 60_000
         while pending:
-            batch_now = pending
-            results = await self.retry("deliver", partial(sink.publish, batch_now))
+            results = await self.retry("deliver", partial(sink.publish, pending))
             again: list[Deliver] = []
-            for d, result in zip(batch_now, results, strict=True):
+            first: TransportError | None = None
+            for d, result in zip(pending, results, strict=True):
                 if result is None:
                     continue
                 if isinstance(result, RecordRefused):
-                    self._refused_delivery(batch, d, result)
+                    refused.append((d, result))
                 elif result.fatal or not result.retriable:
                     raise result
                 else:
                     again.append(d)
+                    first = first or result
             pending = []
-            if again:
-                first = next(r for r in results if _retriable(r))
-                assert first is not None
-                await self.retry("deliver", _raise_once(first))  # back off and log, once
+            if first is not None:
+                await self.retry.backoff("deliver", first, attempt)
+                attempt += 1
                 # an unanswered send may still have arrived: re-send only what did not
                 pending = await self.retry("check deliveries", partial(sink.missing, again, since))
+        gone = {d.message_id for d, _ in refused}
+        for d, error in refused:
+            self._refused_delivery(batch, d, error)
         if not sink.journal_first:
-            await self.retry("journal deliveries", lambda: self._journal(items))
+            await self._journal([d for d in items if d.message_id not in gone])
 
     def _refused_delivery(self, batch: Batch, d: Deliver, error: TransportError) -> None:
-        """The local cluster refused one delivery as a record: quarantine it, bounded."""
-        effects = quarantine(
-            d.document,
-            reason="delivery_refused",
-            detail=str(error),
-            direction="delivery",
-            now_ms=self.now_ms(),
-            limits=self.limits,
-            data={"message_id": d.message_id, "event_id": d.event_id, "sender": d.sender},
-        )
+        """The local cluster refused one delivery as a record: the core decides what answers it
+        (quarantine, a REJECTED receipt in place of the DELIVERED one); it is not journaled."""
+        assert self.refuse is not None
+        effects = self.refuse(d, str(error))
+        batch.receipts[:] = [r for r in batch.receipts if r.message_id != d.message_id]
+        batch.receipts.extend(effects.receipts)
         batch.quarantines.extend(effects.quarantines)
         self.record(effects.audit)
-        self._late = True
+        batch.late = True
 
     async def _produce(self, batch: Batch) -> None:
         exchange = [
@@ -241,27 +266,30 @@ class Executor:
         local = [
             Outgoing(self.topics.quarantine, q.value, None, 0, q.headers) for q in batch.quarantines
         ]
+        attempt = 0
         while exchange or local:
             sent = await asyncio.gather(
                 self.exchange.send_each([o.record for o in exchange]),
                 self.local.send_each([o.record for o in local]),
             )
-            exchange = self._unsent(exchange, sent[0], park=True)
-            local = self._unsent(local, sent[1], park=False)
+            exchange = self._unsent(batch, exchange, sent[0], park=True)
+            local = self._unsent(batch, local, sent[1], park=False)
             failed = [r for r in (*sent[0], *sent[1]) if _retriable(r)]
-            if failed:
-                assert failed[0] is not None
-                await self.retry("produce", _raise_once(failed[0]))  # back off and log, once
-        if self._late:
-            await self.retry("park records", self._sync_parked)
-            await self.retry("sync audit", self.sync_audit)
-            self._late = False
+            if failed and failed[0] is not None:
+                await self.retry.backoff("produce", failed[0], attempt)
+                attempt += 1
 
     def _unsent(
-        self, items: list[Outgoing], results: list[TransportError | None], *, park: bool
+        self,
+        batch: Batch,
+        items: list[Outgoing],
+        results: list[TransportError | None],
+        *,
+        park: bool,
     ) -> list[Outgoing]:
-        """The records to send again; a fatal error is raised, a refused topic's records parked
-        (exchange side), a refused record noted."""
+        """The records to send again; a refused topic's records are parked (exchange side), a
+        refused record noted, and a fault that is neither retriable nor tied to a record or a
+        topic raised (our side is broken)."""
         again: list[Outgoing] = []
         for item, result in zip(items, results, strict=True):
             if result is None:
@@ -269,15 +297,23 @@ class Executor:
             if result.fatal:
                 raise result
             if park and isinstance(result, TopicRefused):
-                self._park(item, result)
-            elif isinstance(result, RecordRefused) or not result.retriable:
-                self._refused_record(item, result)
+                try:
+                    self._park(batch, item, result)
+                except StorageError:
+                    again.append(item)  # the disk refused: parked on a later pass
+            elif isinstance(result, RecordRefused):
+                self._refused_record(batch, item, result)
+            elif not result.retriable:
+                raise result
             else:
                 again.append(item)
         return again
 
-    def _park(self, item: Outgoing, error: TransportError) -> None:
-        """Keep a record for a topic that refuses it now; a task offers it again later."""
+    def _park(self, batch: Batch, item: Outgoing, error: TransportError) -> None:
+        """Keep a record for a topic that refuses it now; a task offers it again later.
+
+        :raises StorageError: the record could not be written (nothing was recorded).
+        """
         assert item.message_id is not None
         data: dict[str, Value] = {
             "topic": item.topic,
@@ -299,10 +335,11 @@ class Executor:
         )
         kind = "parked" if fits else "park_dropped"
         self.record([AuditEntry(kind, data, kind, kind, warn=True)])
-        self._late = True
+        batch.late = True
 
-    def _refused_record(self, item: Outgoing, error: TransportError) -> None:
-        """A record the cluster refused outright (bounded quarantine records never are)."""
+    def _refused_record(self, batch: Batch, item: Outgoing, error: TransportError) -> None:
+        """A record the cluster refused outright (the cores keep within the size limits, so
+        this is a misconfigured limit); audited, and shown as not sent."""
         data: dict[str, Value] = {
             "topic": item.topic,
             "message_id": item.message_id,
@@ -312,7 +349,7 @@ class Executor:
         self.record(
             [AuditEntry("record_refused", data, "record_refused", "refused_by_cluster", True)]
         )
-        self._late = True
+        batch.late = True
 
     async def _sync_parked(self) -> None:
         if self.parked is not None:
@@ -342,18 +379,6 @@ def _ids(e: Envelope) -> Headers:
 
 def _retriable(result: TransportError | None) -> bool:
     return result is not None and result.retriable and not result.fatal
-
-
-def _raise_once(error: InfrastructureError) -> Callable[[], Awaitable[None]]:
-    """An action that fails once with ``error`` (so :class:`Retry` backs off and logs it)."""
-    state = {"raised": False}
-
-    async def action() -> None:
-        if not state["raised"]:
-            state["raised"] = True
-            raise error
-
-    return action
 
 
 async def offer_parked(executor: Executor, stop: asyncio.Event, *, every_s: float = 1.0) -> None:

@@ -73,10 +73,12 @@ class Parked:
             }
         ).encode()
         blob = len(meta).to_bytes(4, "big") + meta + value
-        if self._sizes.get(topic, 0) + len(blob) > self.max_bytes:
-            return False
         folder = self.folder / topic
         path = folder / f"{expires_ms}-{message_id}{_SUFFIX}"
+        if path.exists():
+            return True  # parked already (the same record again, say after a restart)
+        if self._sizes.get(topic, 0) + len(blob) > self.max_bytes:
+            return False
         temp = folder / f".{path.name}.tmp"
         try:
             folder.mkdir(exist_ok=True)

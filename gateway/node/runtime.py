@@ -23,10 +23,10 @@ import structlog
 from gateway.audit.store import AuditLog
 from gateway.core.effects import Batch, DeliveredEntry, Effects, unreadable
 from gateway.core.inbound import InboundCore
-from gateway.core.outbound import OutboundCore
+from gateway.core.outbound import OutboundCore, ReceivedEvent
 from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.envelope import DataKeyRing
-from gateway.errors import InfrastructureError
+from gateway.errors import CommitRefused, InfrastructureError
 from gateway.node.config import NodeConfig
 from gateway.node.files import load_node_files
 from gateway.node.journals import DeliveredJournal, ReceivedEvents
@@ -160,6 +160,9 @@ class Node(Watching):
             delivered=journal,
             received=self.received,
             parked=Parked(c.state_dir / "parked", c.limits.max_parked_bytes),
+            refuse=lambda d, detail: self.inbound.refused_delivery(
+                d, detail, self._now(), self.limits
+            ),
             bound=self._log,
         )
         return sink, journal
@@ -240,7 +243,12 @@ class Node(Watching):
                 if not messages:
                     continue
                 await self._executor.execute(handle(messages))
-                await retry(f"commit {name}", partial(consumer.commit, messages))
+                try:
+                    await retry(f"commit {name}", partial(consumer.commit, messages))
+                except CommitRefused as exc:
+                    # the partitions moved: their new owner reads these records again and
+                    # answers them from the journals; this node goes on with what it has
+                    self._log.warning("commit_refused", loop=name, error=str(exc)[:512])
         finally:
             with contextlib.suppress(InfrastructureError):
                 await consumer.stop()
@@ -305,12 +313,19 @@ class Node(Watching):
         lifetime_ms = int(self.config.max_lifetime.total_seconds() * 1000)
         since = max((journal.newest_recorded_ms or 0) - 300_000, now_ms - lifetime_ms)
         found = await sink.recover(set(journal.ids()), since)
-        for message_id, entry in found.items():
+        for message_id, (entry, event) in found.items():
             if entry is None:
                 entry = DeliveredEntry(now_ms + lifetime_ms, now_ms, None)
             journal.remember(message_id, entry.expires_ms, entry.recorded_ms, entry.digest)
+            if event is not None:  # its handling limits forwarding, as if journaled in time
+                self.received.remember(
+                    event.event_id,
+                    ReceivedEvent(event.sender, event.code, event.onward_transfer),
+                    event.until_ms,
+                )
             # delivered just before a crash, before its audit entry was on disk
             self.audit.append("delivery_recovered", {"message_id": message_id})
         self.audit.sync()
+        self.received.sync()
         journal.sync()
         self._log.info("deliveries_recovered", known=len(journal), added=len(found))

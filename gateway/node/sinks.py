@@ -25,9 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from gateway.core.effects import Deliver, DeliveredEntry
+from gateway.core.effects import Deliver, DeliveredEntry, Remember
 from gateway.errors import StorageError, TransportError
 from gateway.node.transport import Producer, read_topic
+
+Recovered = tuple[DeliveredEntry | None, Remember | None]
+"""What a sink knows of a delivery the journal missed: its journal entry and received event."""
 
 
 class Sink(Protocol):
@@ -51,8 +54,9 @@ class Sink(Protocol):
     async def missing(self, items: Sequence[Deliver], since_ms: int) -> list[Deliver]:
         """Of items whose publishing failed ambiguously, those that did not arrive after all."""
 
-    async def recover(self, known: set[str], since_ms: int) -> dict[str, DeliveredEntry | None]:
-        """Deliveries a crash left outside the journal: message id -> entry (when known).
+    async def recover(self, known: set[str], since_ms: int) -> dict[str, Recovered]:
+        """Deliveries a crash left outside the journal, by message id, with what is known of
+        them.
 
         :raises InfrastructureError: retriable.
         """
@@ -95,10 +99,11 @@ class KafkaSink:
         found = await self.recover(set(), since_ms)
         return [d for d in items if d.message_id not in found]
 
-    async def recover(self, known: set[str], since_ms: int) -> dict[str, DeliveredEntry | None]:
-        """Scan the topic from ``since_ms`` for message ids not in ``known``."""
+    async def recover(self, known: set[str], since_ms: int) -> dict[str, Recovered]:
+        """Scan the topic from ``since_ms`` for message ids not in ``known``; each delivery
+        document gives back the journal entry and the received event (handling included)."""
         records = await read_topic(self._bootstrap, self.topic, since_ms=since_ms)
-        found: dict[str, DeliveredEntry | None] = {}
+        found: dict[str, Recovered] = {}
         for m in records:
             raw_id = m.header("fxgw-message-id")
             if raw_id is None:
@@ -109,16 +114,30 @@ class KafkaSink:
         return found
 
 
-def _entry_of(document: bytes) -> DeliveredEntry | None:
-    """The journal entry a delivery document implies (digest and times from its provenance)."""
+def _entry_of(document: bytes) -> Recovered:
+    """The journal entry and received event a delivery document implies (from its provenance:
+    digest, times, sender, handling)."""
     try:
         provenance = json.loads(document)["provenance"]
         digest = bytes.fromhex(provenance["envelope_sha256"])
         received = datetime.fromisoformat(provenance["received_at"])
         expires = datetime.fromisoformat(provenance["expires_at"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    return DeliveredEntry(_ms(expires), _ms(received), digest)
+        handling = provenance["handling"]
+        until = provenance["retain_until"]
+        remember = Remember(
+            str(provenance["event_id"]),
+            str(provenance["sender"]),
+            str(handling["code"]),
+            str(handling["onward_transfer"]),
+            _ms(datetime.fromisoformat(until)) if until else _ms(received) + _YEAR_MS,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, None
+    return DeliveredEntry(_ms(expires), _ms(received), digest), remember
+
+
+_YEAR_MS = 365 * 24 * 3600 * 1000
+"""How long a received event is remembered when its sender set no retention."""
 
 
 def _ms(moment: datetime) -> int:
@@ -151,6 +170,7 @@ class SpoolSink:
                     f.write(d.document)
                     f.flush()
                     os.fsync(f.fileno())
+            _fsync_dir(self.directory)  # the names too, before the journal says "delivered"
         except OSError as exc:
             raise StorageError(f"{self.directory}: cannot write a delivery: {exc}") from exc
 
@@ -173,7 +193,7 @@ class SpoolSink:
         """Renames never fail ambiguously."""
         return list(items)
 
-    async def recover(self, known: set[str], since_ms: int) -> dict[str, DeliveredEntry | None]:
+    async def recover(self, known: set[str], since_ms: int) -> dict[str, Recovered]:
         """Finish the renames of journaled deliveries; delete temp files never journaled.
 
         Returns nothing to add to the journal: a spooled delivery is journaled before it shows.
@@ -200,9 +220,10 @@ class SpoolSink:
         for path in sorted(self.directory.glob("*.json")):
             try:
                 until = json.loads(path.read_bytes())["provenance"].get("retain_until")
+                ends = datetime.fromisoformat(until) if isinstance(until, str) else None
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue  # not ours, or being taken by the national system right now
-            if isinstance(until, str) and datetime.fromisoformat(until) <= now:
+            if ends is not None and ends <= now:
                 path.unlink(missing_ok=True)
                 purged.append(path.stem)
         return purged

@@ -28,7 +28,13 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
 
-from gateway.errors import AccessRefused, RecordRefused, TopicRefused, TransportError
+from gateway.errors import (
+    AccessRefused,
+    CommitRefused,
+    RecordRefused,
+    TopicRefused,
+    TransportError,
+)
 from gateway.node._recordbatch import BatchRecords, RawRecord, read_batches
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -103,6 +109,8 @@ def translate(what: str, exc: BaseException) -> TransportError:
         return TopicRefused(text)
     if isinstance(exc, _OUR_SIDE):
         return AccessRefused(text)
+    if isinstance(exc, aiokafka.errors.CommitFailedError | aiokafka.errors.IllegalStateError):
+        return CommitRefused(text)
     error = TransportError(f"{text}: {exc}")
     if isinstance(exc, aiokafka.errors.KafkaError):
         error.retriable = bool(getattr(exc, "retriable", False)) or isinstance(

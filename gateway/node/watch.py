@@ -20,7 +20,7 @@ from gateway.core.inbound import InboundCore
 from gateway.core.outbound import OutboundCore
 from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.trust import authority_keys, load_trust_list
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, InfrastructureError
 from gateway.node.config import NodeConfig
 from gateway.node.files import load_checked_policy, stat_of, write_atomically_replace
 from gateway.node.loop import Executor
@@ -132,7 +132,8 @@ class Watching:
                 self._audit_log.append(
                     "reload_failed", {"files": sorted(changed), "error": str(exc)}
                 )
-                self._audit_log.sync()
+                with contextlib.suppress(InfrastructureError):  # the next batch syncs it
+                    self._audit_log.sync()
             return False
         self.outbound.trust = trust
         self.inbound.trust = trust
@@ -142,7 +143,8 @@ class Watching:
         self.counters["reloads"] += 1
         if self._audit_log is not None:
             self._record_loaded(changed | {"policy"})
-            self._audit_log.sync()
+            with contextlib.suppress(InfrastructureError):  # the next batch syncs it
+                self._audit_log.sync()
         self._log.info(
             "reloaded",
             files=sorted(changed),

@@ -1,11 +1,11 @@
 """``fxgw bench --quick`` against the session's real Kafka: a complete, sane report, and the
 throughput gate.
 
-The floor is about half the gateway/relay throughput ratio measured on a 2-core VM while the
-node still awaited each send on its own: 0.016 to 0.034 over six runs, 0.02 typical (the
+The floor is about half the lowest gateway/relay throughput ratio measured on a 2-core VM with
+the batched node while other test suites ran beside it (0.10 to 0.20 over five runs; the
 relay's rate swings most, with whatever else the machine runs). It catches a gateway that got
-much slower; it is not a target, and should rise once the node batches its sends. No absolute
-time is asserted: absolute figures depend on the machine.
+much slower; it is not the target (0.25). No absolute time is asserted: absolute figures depend
+on the machine.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.integration.conftest import leaked, leaves
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-FLOOR = 0.01
+FLOOR = 0.05
 
 
 @pytest.fixture(scope="module")

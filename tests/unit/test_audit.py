@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -587,3 +588,61 @@ class TestCommand:
     def test_usage_errors_exit_2(self, args: list[str]) -> None:
         """A missing folder, no keys, or no source: exit 2 with a message."""
         assert EXIT_ERROR == main(args)
+
+
+class _FailingFsync:
+    """os.fsync that fails from its ``start``-th call until ``healed`` is set."""
+
+    def __init__(self, real: Callable[[int], None], start: int) -> None:
+        self.real, self.start, self.calls, self.healed = real, start, 0, False
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if not self.healed and self.calls >= self.start:
+            raise OSError(5, "Input/output error")
+        self.real(fd)
+
+
+class TestDiskFaults:
+    """A failed fsync is never taken as success, and a retry repeats nothing."""
+
+    def test_failed_fsync_is_written_again_then_verifies(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """After a failed fsync the entries since the last good one are written again: each once."""
+        folder = tmp_path / "audit"
+        log = _open(folder, checkpoint_every=1000)
+        log.append("release", _release(1))
+        failing = _FailingFsync(os.fsync, start=1)
+        monkeypatch.setattr("gateway.audit.store.os.fsync", failing)
+        with pytest.raises(StorageError):
+            log.sync()
+        log.append("release", _release(2))
+        failing.healed = True
+        log.sync()
+        log.close()
+        ids = [e.data.get("message_id") for e in _entries(folder) if e.kind == "release"]
+        assert ["m-1", "m-2"] == ids
+        assert verify_folder(folder, KEYS).ok
+
+    def test_rotation_interrupted_by_the_disk_keeps_the_chain(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An entry appended while a failed rotation waits lands in the next segment, and the
+        whole log verifies (no entry after a segment's closing checkpoint)."""
+        folder = tmp_path / "audit"
+        log = _open(folder, checkpoint_every=1000, segment_entries=4)
+        for i in range(3):
+            log.append("release", _release(i))
+        failing = _FailingFsync(os.fsync, start=2)  # the data sync passes, the rotation's fails
+        monkeypatch.setattr("gateway.audit.store.os.fsync", failing)
+        with pytest.raises(StorageError):
+            log.sync()
+        assert log.append("release", _release(99)) is None  # waits for the next segment
+        failing.healed = True
+        log.sync()
+        log.close()
+        report = verify_folder(folder, KEYS)
+        assert report.ok, report.problem
+        second = [parse_line(line) for line in _lines(_seg(folder, 2))]
+        assert "m-99" in [e.data.get("message_id") for e in second]
