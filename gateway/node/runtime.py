@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
@@ -37,6 +37,25 @@ from gateway.node.transport import Consumer, Message, Producer, TopicSpec, ensur
 from gateway.node.watch import Watching
 
 log = structlog.get_logger("fxgw.node")
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Coroutine[object, object, object]) -> bool:
+    """Await ``work`` unless ``stop`` is set first (then ``work`` is cancelled); whether it
+    finished."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, InfrastructureError):
+                await task
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 def _close_quietly(journal: DeliveredJournal | ReceivedEvents) -> None:
@@ -232,10 +251,13 @@ class Node(Watching):
             instance_id=c.instance_id,
         )
         retry = self._executor.retry
-        await retry(f"start {name} consumer", consumer.start)
-        if ready:
-            self.ready.set()
         try:
+            # joining can wait on a cluster that is gone for as long as it is gone; a stop
+            # request does not wait with it
+            if not await _unless_stopped(stop, retry(f"start {name} consumer", consumer.start)):
+                return
+            if ready:
+                self.ready.set()
             while not stop.is_set():
                 messages = await retry(
                     f"poll {name}", partial(consumer.poll, timeout_ms=300, max_records=500)

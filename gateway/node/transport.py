@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -38,6 +38,10 @@ from gateway.errors import (
 from gateway.node._recordbatch import BatchRecords, RawRecord, read_batches
 
 Headers = tuple[tuple[str, bytes], ...]
+
+CLOSE_WAIT_S = 10.0
+"""How long a client may take to close: stopping a node must not hang on a cluster that is
+gone (everything not acknowledged is uncommitted, so it is read again after the restart)."""
 
 _log = structlog.get_logger("fxgw.transport")
 
@@ -119,6 +123,24 @@ def translate(what: str, exc: BaseException) -> TransportError:
     return error
 
 
+async def _close(what: str, closing: Coroutine[object, object, object]) -> None:
+    """Await a client's close, at most :data:`CLOSE_WAIT_S`.
+
+    aiokafka's close cancels its background fetch task and, when the cluster is gone, can let
+    that cancellation escape; the client is closed all the same, so it is not taken for a
+    cancellation of ours.
+
+    :raises TransportError: the close failed or did not finish in time.
+    """
+    try:
+        async with _translated(what):
+            await asyncio.wait_for(closing, CLOSE_WAIT_S)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
 @asynccontextmanager
 async def _translated(what: str) -> AsyncIterator[None]:
     try:
@@ -180,9 +202,12 @@ class Producer:
             await self._producer.start()
 
     async def stop(self) -> None:
-        """Flush what is pending and disconnect."""
-        async with _translated("producer stop"):
-            await self._producer.stop()
+        """Flush what is pending and disconnect; a cluster that does not answer is given up
+        after :data:`CLOSE_WAIT_S` (what was not acknowledged was not committed either).
+
+        :raises TransportError: the cluster did not let us close in time.
+        """
+        await _close("producer stop", self._producer.stop())
 
     async def send(
         self, topic: str, value: bytes, *, key: bytes | None = None, headers: Headers = ()
@@ -361,9 +386,11 @@ class Consumer:
         """Leave the group and disconnect (uncommitted records will be read again).
 
         A static member does not leave: its partitions wait for it (up to the session timeout).
+        A cluster that does not answer is given up after :data:`CLOSE_WAIT_S`.
+
+        :raises TransportError: the cluster did not let us close in time.
         """
-        async with _translated("consumer stop"):
-            await self._consumer.stop()
+        await _close("consumer stop", self._consumer.stop())
 
     async def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Message]:
         """The next batch of records (possibly empty), in offset order per partition.

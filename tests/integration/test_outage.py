@@ -113,3 +113,33 @@ class TestBrokerOutage:
             assert all(len(line) <= MAX_LINE_CHARS for line in lines)
             assert all(isinstance(json.loads(line), dict) for line in lines), agency
         assert all(count <= MAX_LINES_PER_NODE for count in during.values()), during
+
+
+class TestStopDuringOutage:
+    """SIGTERM while the only broker is down still stops the node."""
+
+    async def test_a_node_stops_while_the_broker_is_gone(
+        self, tmp_path: Path, kafka: LocalKafka, topic_prefix: str
+    ) -> None:
+        """The node does not hang on a cluster that cannot answer; it exits on its own."""
+        fed = build_federation(
+            tmp_path / "fed",
+            kafka.bootstrap_servers,
+            prefix=topic_prefix,
+            agencies=THREE_AGENCIES[:2],
+        )
+        log = tmp_path / "BE-FPJ.log"
+        node = _start_node(fed.config("BE-FPJ"), log)
+        try:
+            await wait_until(lambda: "node_started" in log.read_text(), "start", within_s=90)
+            await asyncio.to_thread(kafka.stop_node, 0)
+            asked = time.monotonic()
+            node.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(node.wait, 120)  # a hang fails here
+            took = time.monotonic() - asked
+        finally:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+            await asyncio.to_thread(kafka.start_node, 0)
+        print(f"\nstopped {took:.1f} s after SIGTERM with the broker gone; exit code {code}")
+        assert code in (0, 3), _lines(log)[-5:]
