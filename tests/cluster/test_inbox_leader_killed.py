@@ -69,8 +69,7 @@ class TestInboxLeaderKilled:
     async def test_every_event_delivered_once_and_nodes_keep_running(
         self, tmp_path: Path, cluster: LocalKafka
     ) -> None:
-        """Every seizure is delivered once at BE-FPJ and receipted DELIVERED once; neither node
-        exits; both audit trails verify."""
+        """Every seizure delivered and receipted once; neither node exits; audits verify."""
         figures = Figures("inbox-leader-sigkill")
         bootstrap = cluster.bootstrap_servers
         fed = build_federation(
@@ -126,7 +125,7 @@ class TestInboxLeaderKilled:
                         cluster.kill_node(leader)
                         killed = leader
                         timeline["killed_at_s"] = round(time.monotonic() - figures.started, 1)
-                    assert nl.alive and be.alive
+                    assert (True, True) == (nl.alive, be.alive)
                     await asyncio.sleep(CHUNK[1])
             finally:
                 await producer.stop()
@@ -175,7 +174,7 @@ class TestInboxLeaderKilled:
             "retried": retries,
         }
         figures.print()
-        assert killed is not None
+        assert killed in (0, 1, 2)
         assert (True, True) == alive
         assert 0 == figures.lost
         assert 0 == figures.duplicates
