@@ -132,9 +132,11 @@ def open_receipt(
         if codec.encode(RECEIPT_TYPE, record) != data:
             raise MalformedEnvelope("receipt is not in canonical Avro encoding")
         receipt = _from_avro(record)
-    except PeerError:
+    except MalformedEnvelope:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (PeerError, KeyError, TypeError, ValueError) as exc:
+        # the codec says RecordInvalid for bytes that do not decode: to the sender of the
+        # envelope, a receipt it cannot read is a malformed receipt, whatever the layer
         raise MalformedEnvelope(f"not a receipt ({type(exc).__name__})") from exc
     if receipt.sender != agency:
         raise NotForUs(f"receipt for {receipt.sender}, not for {agency}")
