@@ -27,7 +27,7 @@ from hypothesis.strategies import SearchStrategy
 
 from gateway.contract.schemas import SchemaRegistry
 from gateway.errors import RecordInvalid
-from tests.fuzz.conftest import TIMEOUT, budget, corpus, read_case
+from tests.fuzz.conftest import TIMEOUT, budget
 from tests.strategies import avro_like_bytes, hostile_text, mutated
 
 pytestmark = TIMEOUT
@@ -35,8 +35,6 @@ pytestmark = TIMEOUT
 EVENT_TYPES = ("fxgw.SeizureEvent", "fxgw.TraceRequest", "fxgw.TraceResponse")
 TRAVELLING = (*EVENT_TYPES, "fxgw.Envelope", "fxgw.EnvelopeHeader", "fxgw.Receipt")
 """Every record type whose bytes come from a peer."""
-BINARY_CASES = corpus("schemas")
-JSON_CASES = corpus("from_json")
 EVENTS = Path(__file__).resolve().parents[1] / "data" / "events"
 
 
@@ -266,23 +264,3 @@ class TestFromJson:
     def test_hostile_documents(self, registry: SchemaRegistry, name: str, document: object) -> None:
         """A hostile document (a record or anything else) is converted or refused."""
         _check_converted(registry, name, document)
-
-
-@pytest.mark.skipif(not BINARY_CASES + JSON_CASES, reason="no stored contract inputs")
-class TestContractRegressions:
-    """Every input a fuzz run found crashing is decoded or refused as it should be."""
-
-    @pytest.mark.parametrize("path", BINARY_CASES, ids=lambda p: p.name)
-    def test_stored_bytes(self, registry: SchemaRegistry, path: Path) -> None:
-        """The stored bytes (named ``<type>.<what>.hex``) decode or are refused."""
-        _check_decoded(registry, _type_of(path), read_case(path))
-
-    @pytest.mark.parametrize("path", JSON_CASES, ids=lambda p: p.name)
-    def test_stored_json(self, registry: SchemaRegistry, path: Path) -> None:
-        """The stored JSON document (named ``<type>.<what>.json``) converts or is refused."""
-        _check_converted(registry, _type_of(path), json.loads(read_case(path)))
-
-
-def _type_of(path: Path) -> str:
-    """``fxgw.SeizureEvent`` from ``fxgw.SeizureEvent.huge-count.hex``."""
-    return ".".join(path.name.split(".")[:2])
