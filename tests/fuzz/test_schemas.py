@@ -27,7 +27,7 @@ from hypothesis.strategies import SearchStrategy
 
 from gateway.contract.schemas import SchemaRegistry
 from gateway.errors import RecordInvalid
-from tests.fuzz.conftest import TIMEOUT, budget
+from tests.fuzz.conftest import TIMEOUT, budget, corpus, read_case
 from tests.strategies import avro_like_bytes, hostile_text, mutated
 
 pytestmark = TIMEOUT
@@ -35,6 +35,7 @@ pytestmark = TIMEOUT
 EVENT_TYPES = ("fxgw.SeizureEvent", "fxgw.TraceRequest", "fxgw.TraceResponse")
 TRAVELLING = (*EVENT_TYPES, "fxgw.Envelope", "fxgw.EnvelopeHeader", "fxgw.Receipt")
 """Every record type whose bytes come from a peer."""
+CASES = corpus("schemas")
 EVENTS = Path(__file__).resolve().parents[1] / "data" / "events"
 
 
@@ -264,3 +265,16 @@ class TestFromJson:
     def test_hostile_documents(self, registry: SchemaRegistry, name: str, document: object) -> None:
         """A hostile document (a record or anything else) is converted or refused."""
         _check_converted(registry, name, document)
+
+
+class TestContractRegressions:
+    """Every input a fuzz run found crashing is refused by decode, naming the field."""
+
+    @pytest.mark.parametrize("path", CASES, ids=lambda p: p.name)
+    def test_stored_bytes(self, registry: SchemaRegistry, path: Path) -> None:
+        """The stored bytes (named ``<type>.<what>.hex``) are refused, naming a field."""
+        name = ".".join(path.name.split(".")[:2])
+        with pytest.raises(RecordInvalid) as caught:
+            registry.decode(name, read_case(path))
+        assert RecordInvalid is type(caught.value)
+        assert caught.value.field is not None
