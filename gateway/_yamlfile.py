@@ -60,7 +60,7 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], seen: set[int]) -> o
     if isinstance(node, yaml.MappingNode):
         result: dict[object, object] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node))
+            key = _construct(key_node)
             if not isinstance(key, str | int):
                 raise _Refused("a key must be a name or a number", key_node.start_mark.line + 1)
             if key in result:
@@ -74,7 +74,24 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], seen: set[int]) -> o
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_walk(item, (*loc, i), lines, seen) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+    return _construct(node)
+
+
+def _construct(node: yaml.Node) -> object:
+    """The plain value of ``node`` (a scalar, or a key that may be a collection).
+
+    :raises _Refused: the value has the form, or the tag, of a type but is not a valid one
+        (``2026-13-45``, ``!!int x``, a number of thousands of digits).
+    """
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        # PyYAML's constructors fail with these, not with a YAMLError, on such values
+        kind = node.tag.rpartition(":")[2] or "value"
+        raise _Refused(
+            f"the value is not a valid {kind}; put it in quotes if it is meant as text",
+            node.start_mark.line + 1,
+        ) from exc
 
 
 def read_bytes(path: Path, what: str, error: type[ConfigError] = ConfigError) -> bytes:

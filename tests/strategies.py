@@ -1,7 +1,9 @@
 """Shared hypothesis strategies.
 
 :func:`records_for` generates valid records, in the Python form, for any record schema of the
-contract: tests of the policy engine, the envelope and the pipeline reuse it.
+contract: tests of the policy engine, the envelope and the pipeline reuse it. :func:`mutated`,
+:func:`avro_like_bytes` and the ``hostile_*`` strategies make the bad input the fuzz tests
+(``tests/fuzz``) feed to every reader of a peer's bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,19 @@ from hypothesis.strategies import SearchStrategy
 
 from gateway.contract.schemas import FieldInfo, Schema
 
-__all__ = ["AGENCIES", "COUNTRIES", "records_for"]
+__all__ = [
+    "AGENCIES",
+    "COUNTRIES",
+    "INTERESTING_INTS",
+    "avro_ints",
+    "avro_like_bytes",
+    "hostile_bytes",
+    "hostile_text",
+    "hostile_times",
+    "mutated",
+    "records_for",
+    "zigzag",
+]
 
 AGENCIES = ("NL-POL", "BE-FPJ", "US-ATF", "DE-BKA", "FR-DCPJ")
 """Agency ids of the sandbox federation."""
@@ -152,3 +166,131 @@ _SCALARS: dict[str, SearchStrategy[object]] = {
     "time-micros": st.times(),
     "uuid": st.uuids(),
 }
+
+
+# --- hostile input, for the fuzz tests (tests/fuzz) ----------------------------------------------
+
+INTERESTING_INTS = (
+    0,
+    1,
+    -1,
+    63,
+    64,
+    127,
+    128,
+    255,
+    256,
+    65_535,
+    2**31 - 1,
+    -(2**31),
+    2**31,
+    2**32,
+    2**40,
+    -(2**40),
+    2**62,
+    2**63 - 1,
+    -(2**63),
+)
+"""Integers at the edges of Avro's int and long ranges and of varint byte boundaries."""
+
+
+def zigzag(value: int) -> bytes:
+    """``value`` as an Avro long: zig-zag, then a little-endian base-128 varint (any size)."""
+    folded = value * 2 if value >= 0 else -value * 2 - 1
+    out = bytearray()
+    while folded > 0x7F:
+        out.append(folded & 0x7F | 0x80)
+        folded >>= 7
+    out.append(folded)
+    return bytes(out)
+
+
+def avro_ints() -> SearchStrategy[int]:
+    """Integers as a peer may encode them: edges of the ranges, and anything in 64 bits."""
+    return st.one_of(st.sampled_from(INTERESTING_INTS), st.integers(-(2**63), 2**63 - 1))
+
+
+def avro_like_bytes() -> SearchStrategy[bytes]:
+    """Byte strings made of Avro-shaped tokens: varints (lengths, counts, union indexes, huge and
+    negative ones among them), length-prefixed strings and raw bytes, so that a decoder gets
+    past the first field more often than with random bytes alone."""
+    token = st.one_of(
+        avro_ints().map(zigzag),
+        st.integers(0, 40).map(zigzag),
+        st.text(max_size=40).map(lambda t: zigzag(len(t.encode())) + t.encode()),
+        st.binary(max_size=24),
+        # an overlong varint: continuation bytes well past the ten a 64-bit long needs
+        st.integers(11, 64).map(lambda n: b"\xff" * n + b"\x01"),
+    )
+    return st.lists(token, max_size=40).map(b"".join)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, original: bytes, donors: tuple[bytes, ...] = ()) -> bytes:
+    """``original`` after one to four random edits: a flipped byte, an insertion, a deletion, a
+    truncation, a splice with one of ``donors`` (or itself), a repeated chunk, or an Avro varint
+    (a huge or negative length or count) written over a few bytes."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 4), label="edits")):
+        at = draw(st.integers(0, len(data)), label="at")
+        edit = draw(
+            st.sampled_from(("flip", "insert", "delete", "truncate", "splice", "repeat", "varint")),
+            label="edit",
+        )
+        if edit == "flip" and at < len(data):
+            data[at] ^= draw(st.integers(1, 255), label="mask")
+        elif edit == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16), label="inserted")
+        elif edit == "delete":
+            del data[at : at + draw(st.integers(1, 32), label="deleted")]
+        elif edit == "truncate":
+            del data[at:]
+        elif edit == "splice":
+            donor = draw(st.sampled_from((bytes(data), *donors)), label="donor")
+            data[at:] = donor[draw(st.integers(0, len(donor)), label="from") :]
+        elif edit == "repeat":
+            chunk = bytes(data[at : at + draw(st.integers(1, 64), label="chunk")])
+            data[at:at] = chunk * draw(st.integers(1, 8), label="times")
+        elif edit == "varint":
+            replaced = draw(st.integers(0, 10), label="replaced")
+            data[at : at + replaced] = zigzag(draw(avro_ints(), label="value"))
+    return bytes(data)
+
+
+def hostile_text() -> SearchStrategy[str]:
+    """Strings a hostile peer may send: empty, control characters, any Unicode, and huge."""
+    return st.one_of(
+        st.just(""),
+        st.text(st.characters(codec="utf-8"), max_size=64),
+        st.text(st.characters(max_codepoint=0x1F), min_size=1, max_size=16),
+        st.builds(
+            lambda char, size: char * size,
+            st.characters(codec="utf-8"),
+            st.sampled_from((129, 257, 4097, 65_537, 1_000_000)),
+        ),
+    )
+
+
+def hostile_bytes() -> SearchStrategy[bytes]:
+    """Byte strings of every length near the ones keys, nonces and signatures have, and huge."""
+    return st.one_of(
+        st.binary(max_size=100),
+        st.builds(
+            lambda byte, size: byte * size,
+            st.binary(min_size=1, max_size=1),
+            st.sampled_from((23, 24, 25, 31, 32, 33, 63, 64, 65, 79, 80, 81, 65_537, 1_000_000)),
+        ),
+    )
+
+
+def hostile_times() -> SearchStrategy[dt.datetime]:
+    """Timestamps (millisecond precision, UTC) across the whole range Python can hold."""
+    edges = (
+        dt.datetime.min.replace(tzinfo=dt.UTC),
+        dt.datetime.max.replace(microsecond=999_000, tzinfo=dt.UTC),
+        dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+    )
+    return st.one_of(
+        st.sampled_from(edges),
+        st.datetimes(timezones=st.just(dt.UTC)).map(_millis),
+    )

@@ -84,33 +84,17 @@ def write(schema: ParsedSchema, datum: object) -> bytes:
     return buffer.getvalue()
 
 
-class _StrictReader(io.BytesIO):
-    """A byte source that refuses to return fewer bytes than asked for.
-
-    fastavro reads lengths from the data itself; a negative or oversized length must fail
-    rather than quietly return a short (or, for ``read(-1)``, the whole remaining) buffer.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self._size = len(data)
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        if size is None or size < 0:
-            raise EOFError(f"negative length {size} in the data")
-        remaining = self._size - self.tell()
-        if size > remaining:
-            raise EOFError(f"data is truncated: {size} bytes wanted, {remaining} left")
-        return super().read(size)
-
-
 def read(schema: ParsedSchema, data: bytes) -> object:
     """Decode one datum written by :func:`write` with the same schema; all bytes must be used.
 
     :raises RecordInvalid: the bytes are truncated, carry trailing garbage, or do not decode
         with this schema (bad union index, bad enum index, invalid UTF-8, date out of range, ...).
     """
-    source = _StrictReader(data)
+    # A plain BytesIO: fastavro (1.9, the floor in pyproject.toml, and later) refuses a string,
+    # bytes or fixed value shorter than its length prefix, or with a negative one, by itself
+    # (EOFError). A reader written in Python would cost a Python call per byte read: seconds
+    # for a megabyte of one-byte array items.
+    source = io.BytesIO(data)
     try:
         datum = cast(object, schemaless_reader(source, schema._parsed, None))
     except Exception as exc:

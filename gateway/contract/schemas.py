@@ -59,6 +59,7 @@ import ctypes
 import dataclasses
 import datetime as dt
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -1036,6 +1037,66 @@ def _check_range(kind: str, value: int, path: str | None) -> int:
     return value
 
 
+def _holds_int(node: _Type, outer: frozenset[int] = frozenset()) -> bool:
+    """True when a value of ``node`` may hold a plain Avro ``int`` somewhere (the logical types
+    built on int, ``date`` and ``time-millis``, fail to decode when out of range instead).
+    ``outer``: the records being looked into, where a recursive type stops."""
+    if isinstance(node, _Primitive):
+        return node.kind == "int"
+    if isinstance(node, _Array):
+        return _holds_int(node.items, outer)
+    if isinstance(node, _Map):
+        return _holds_int(node.values, outer)
+    if isinstance(node, _Union):
+        return any(_holds_int(branch, outer) for branch in node.branches)
+    if isinstance(node, _Record) and id(node) not in outer:
+        return any(_holds_int(field.type, outer | {id(node)}) for field in node.fields)
+    return False
+
+
+@functools.cache
+def _int_fields(record: _Record) -> tuple[tuple[str, _Type], ...]:
+    """The fields of ``record`` that may hold an ``int``, each with its type (a nullable union
+    unwrapped); computed once per record."""
+    return tuple(
+        (field.name, _unwrap_nullable(field.type)[0])
+        for field in record.fields
+        if _holds_int(field.type)
+    )
+
+
+def _check_decoded_ints(node: _Type, value: object, path: str | None) -> None:
+    """Refuse an ``int`` beyond 32 bits in decoded data: fastavro reads an Avro int as a long,
+    so bytes may carry one that encode and to_json would refuse. Looks only where an int may
+    be (not into a list of strings, say), so it costs little.
+
+    A union of several non-null types is not looked into: which branch a value was written
+    with is not known after decoding.
+
+    :raises RecordInvalid: naming the field.
+    """
+    if value is None:
+        return
+    if isinstance(node, _Record) and isinstance(value, dict):
+        record = cast("dict[str, object]", value)
+        for name, kind in _int_fields(node):
+            _check_decoded_ints(kind, record.get(name), _join(path, name))
+    elif isinstance(node, _Primitive) and node.kind == "int" and isinstance(value, int):
+        _check_range("int", value, path)
+    elif isinstance(node, _Union):
+        rest, _ = _unwrap_nullable(node)
+        if not isinstance(rest, _Union):
+            _check_decoded_ints(rest, value, path)
+    elif isinstance(node, _Array) and isinstance(value, list) and _holds_int(node.items):
+        items = cast("list[object]", value)
+        for i, item in enumerate(items):
+            _check_decoded_ints(node.items, item, f"{path}[{i}]")
+    elif isinstance(node, _Map) and isinstance(value, dict) and _holds_int(node.values):
+        entries = cast("dict[str, object]", value)
+        for key, item in entries.items():
+            _check_decoded_ints(node.values, item, f"{path}[{key!r}]")
+
+
 def _check_float(kind: str, value: int | float, path: str | None) -> None:
     try:
         as_float = float(value)
@@ -1554,16 +1615,18 @@ class SchemaRegistry:
         return _avro.write(schema.parsed, record)
 
     def decode(self, name: str, data: bytes) -> dict[str, object]:
-        """Decode bytes written by :meth:`encode` with the same schema.
+        """Decode bytes written by :meth:`encode` with the same schema. The record returned is
+        one encode and to_json accept.
 
         :raises UnknownEventType: no record type of that name.
-        :raises RecordInvalid: the bytes are truncated, have trailing bytes, or do not decode
-            (reason ``schema_invalid``).
+        :raises RecordInvalid: the bytes are truncated, have trailing bytes, do not decode, or
+            carry an ``int`` beyond 32 bits (reason ``schema_invalid``).
         """
-        schema, _ = self._record(name)
+        schema, node = self._record(name)
         datum = _avro.read(schema.parsed, data)
         if not isinstance(datum, dict):
             raise RecordInvalid(f"bytes decode to {_describe(datum)}, not a record")
+        _check_decoded_ints(node, datum, None)
         return cast("dict[str, object]", datum)
 
     def from_json(self, name: str, obj: Mapping[str, object]) -> dict[str, object]:

@@ -36,6 +36,7 @@ import nacl.public
 import nacl.signing
 
 from gateway.crypto.keys import AgencyKeys, SigningKey
+from gateway.crypto.limits import MAX_BYTES, MAX_NAME, MAX_PATHS, MAX_TEXT, check_sizes
 from gateway.crypto.trust import PublicKey, TrustList
 from gateway.errors import (
     BadSignature,
@@ -364,16 +365,41 @@ def seal(
     return Sealed(header, data)
 
 
+_HEADER_NAMES = (
+    "message_id",
+    "event_id",
+    "sender",
+    "recipient",
+    "event_type",
+    "policy_id",
+    "policy_rule",
+    "sender_key_id",
+    "recipient_key_id",
+    "data_key_id",
+)
+_HEADER_LIMITS = {
+    **dict.fromkeys(_HEADER_NAMES, MAX_NAME),
+    **dict.fromkeys(("schema_fingerprint", "policy_digest", "wrapped_key", "nonce"), MAX_BYTES),
+    **dict.fromkeys(("withheld", "transformed"), MAX_PATHS),
+}
+_HANDLING_LIMITS = dict.fromkeys(("purpose", "conditions"), MAX_TEXT)
+
+
 def read_header(data: bytes, codec: Codec) -> tuple[Header, bytes, bytes, bytes]:
     """Parse an envelope without checking it: header, header bytes, ciphertext, signature.
 
-    :raises MalformedEnvelope: the bytes are not an envelope of a format version we speak.
+    :raises MalformedEnvelope: the bytes are not an envelope of a format version we speak, or a
+        header field is longer than the limits of :mod:`gateway.crypto.limits`.
     """
     try:
         record = codec.decode(ENVELOPE_TYPE, data)
         header_record = record["header"]
         if not isinstance(header_record, Mapping):
             raise MalformedEnvelope("header is not a record")
+        check_sizes(header_record, _HEADER_LIMITS, "header")
+        handling = header_record["handling"]
+        if isinstance(handling, Mapping):
+            check_sizes(handling, _HANDLING_LIMITS, "header.handling")
         header = Header.from_avro(header_record)
         header_bytes = codec.write(HEADER_TYPE, header_record)
     except MalformedEnvelope:

@@ -22,6 +22,7 @@ import nacl.signing
 
 from gateway.crypto.envelope import Codec
 from gateway.crypto.keys import SigningKey
+from gateway.crypto.limits import MAX_BYTES, MAX_NAME, check_sizes
 from gateway.crypto.trust import TrustList
 from gateway.errors import BadSignature, MalformedEnvelope, NotForUs, PeerError
 from gateway.types import AgencyId, EventId, KeyId, MessageId
@@ -107,24 +108,35 @@ def make_receipt(
     return codec.encode(RECEIPT_TYPE, signed.to_avro())
 
 
+_NAMES = ("message_id", "event_id", "sender", "recipient", "reason", "signing_key_id")
+_LIMITS = {
+    **dict.fromkeys(_NAMES, MAX_NAME),
+    **dict.fromkeys(("envelope_digest", "signature"), MAX_BYTES),
+}
+
+
 def open_receipt(
     data: bytes, *, trust: TrustList, codec: Codec, agency: AgencyId, now: datetime
 ) -> Receipt:
     """Check a receipt addressed to ``agency`` (the envelope's sender).
 
-    :raises MalformedEnvelope: not a canonical receipt of a format we speak.
+    :raises MalformedEnvelope: not a canonical receipt of a format we speak, or a field longer
+        than the limits of :mod:`gateway.crypto.limits`.
     :raises NotForUs: a receipt for another sender.
     :raises UntrustedSender: the issuer or its key is not on the trust list, or not valid now.
     :raises BadSignature: the signature does not verify.
     """
     try:
         record = codec.decode(RECEIPT_TYPE, data)
+        check_sizes(record, _LIMITS, "receipt")
         if codec.write(RECEIPT_TYPE, record) != data:
             raise MalformedEnvelope("receipt is not in canonical Avro encoding")
         receipt = _from_avro(record)
-    except PeerError:
+    except MalformedEnvelope:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (PeerError, KeyError, TypeError, ValueError) as exc:
+        # the codec says RecordInvalid for bytes that do not decode: to the sender of the
+        # envelope, a receipt it cannot read is a malformed receipt, whatever the layer
         raise MalformedEnvelope(f"not a receipt ({type(exc).__name__})") from exc
     if receipt.sender != agency:
         raise NotForUs(f"receipt for {receipt.sender}, not for {agency}")

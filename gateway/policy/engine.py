@@ -43,6 +43,7 @@ from gateway._yamlfile import YamlDocument, load_model, read_yaml
 from gateway.contract.schemas import FieldInfo, Schema, SchemaRegistry
 from gateway.core.routing import values_at
 from gateway.crypto.envelope import Handling
+from gateway.crypto.limits import MAX_NAME, MAX_TEXT
 from gateway.crypto.trust import Agency, TrustList
 from gateway.errors import PolicyError
 from gateway.policy.transforms import (
@@ -71,8 +72,8 @@ class _Strict(BaseModel):
 class PolicyHeaderModel(_Strict):
     """The ``policy:`` block: whose file it is and which version."""
 
-    id: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    version: int = Field(ge=1)
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: int = Field(ge=1, le=999_999_999)  # "<id>@<version>" fits a header's MAX_NAME
     agency: str = Field(min_length=1)
     description: str | None = None
 
@@ -100,12 +101,12 @@ class HandlingModel(_Strict):
     """Handling conditions attached to every view a rule releases."""
 
     code: Literal["H0", "H1", "H2", "H3"]
-    purpose: str = Field(min_length=1)
+    purpose: str = Field(min_length=1, max_length=MAX_TEXT)
     source: Literal["A", "B", "C", "X"]
     information: int = Field(ge=1, le=4)
     onward_transfer: Literal["NONE", "WITH_CONSENT", "ALLOWED"] = "NONE"
     retention_days: int | None = Field(default=None, ge=1, le=36_525)
-    conditions: str | None = None
+    conditions: str | None = Field(default=None, max_length=MAX_TEXT)
 
 
 Condition = dict[str, Scalar | list[Scalar]]
@@ -160,7 +161,7 @@ ShortAction = Literal["keep", "drop", "redact", "pseudonymise"]
 class RuleModel(_Strict):
     """One rule of a policy file."""
 
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_NAME)
     event: str
     to: SelectorModel
     when: Condition | None = None

@@ -766,26 +766,33 @@ class TestInboundEffects:
         assert hashlib.sha256(raw).hexdigest().encode() == headers["fxgw-sha256"]
         assert () == effects.receipts
 
-    def test_forged_signature_with_huge_message_id_gets_no_receipt(
+    @pytest.mark.parametrize(
+        ("message_id", "reason"),
+        [("m" * 200_000, "malformed"), ("m" * 40, "bad_signature")],
+        ids=["huge-message-id", "plain-message-id"],
+    )
+    def test_forged_signature_gets_no_receipt(
         self,
         be_inbound: InboundCore,
         registry: SchemaRegistry,
         trust: TrustList,
         nl_keys: AgencyKeys,
         seizure: PlainEvent,
+        message_id: str,
+        reason: str,
     ) -> None:
         """An envelope signed by a key not on the trust list is quarantined, never answered, and
-        nothing of its header is quoted."""
+        nothing of its header is quoted; a header field beyond its size limit is refused before
+        the signature is even looked at."""
         forger = AgencyKeys(
             nl_keys.agency, generate_signing_key(nl_keys.signing.key_id), nl_keys.encryption
         )
         body = registry.encode(SEIZURE, seizure.record)
-        huge = "m" * 200_000
-        raw = _seal_raw(registry, trust, forger, body, message_id=huge)
+        raw = _seal_raw(registry, trust, forger, body, message_id=message_id)
         effects = be_inbound.take(raw, NOW, _Seen(), Limits())
         assert () == effects.receipts
-        assert "bad_signature" == effects.audit[0].data["reason"]
-        assert all(huge not in str(v) for v in effects.audit[0].data.values())
+        assert reason == effects.audit[0].data["reason"]
+        assert all(message_id not in str(v) for v in effects.audit[0].data.values())
         assert all(len(v) <= 1024 for _, v in effects.quarantines[0].headers)
 
     def test_body_event_id_other_than_the_header_is_refused(
