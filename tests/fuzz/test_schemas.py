@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from gateway.contract import schemas
 from gateway.contract.schemas import SchemaRegistry
 from gateway.errors import RecordInvalid
 from tests.fuzz.conftest import TIMEOUT, budget, corpus, read_case
-from tests.strategies import avro_like_bytes, hostile_text, mutated
+from tests.strategies import avro_like_bytes, hostile_text, mutated, records_for
 
 pytestmark = TIMEOUT
 
@@ -49,13 +51,26 @@ def _check_decoded(registry: SchemaRegistry, name: str, data: bytes) -> None:
     registry.encode(name, record)
 
 
+def _outcome(convert: Callable[[], object]) -> object:
+    """What ``convert`` gives, or the message of the RecordInvalid it raises."""
+    try:
+        return convert()
+    except RecordInvalid as exc:
+        return f"RecordInvalid: {exc}"
+
+
 def _check_converted(registry: SchemaRegistry, name: str, document: object) -> None:
-    """from_json gives a record or raises RecordInvalid; encode takes the record or raises
-    RecordInvalid (from_json converts forms, encode has the last word on values)."""
+    """from_json gives a record or raises RecordInvalid, exactly as the tree walk does that it
+    compiles; encode takes the record or raises RecordInvalid (from_json converts forms, encode
+    has the last word on values)."""
+    node = registry.get(name).tree
+    walked = _outcome(lambda: schemas._from_json(node, document, None))
     try:
         record = registry.from_json(name, document)  # type: ignore[arg-type]
-    except RecordInvalid:
+    except RecordInvalid as exc:
+        assert walked == f"RecordInvalid: {exc}"
         return
+    assert walked == record
     with contextlib.suppress(RecordInvalid):
         registry.encode(name, record)
 
@@ -265,6 +280,34 @@ class TestFromJson:
     def test_hostile_documents(self, registry: SchemaRegistry, name: str, document: object) -> None:
         """A hostile document (a record or anything else) is converted or refused."""
         _check_converted(registry, name, document)
+
+
+class TestCompiledForms:
+    """The compiled conversions give what the tree walk gives, for any conforming record."""
+
+    @pytest.mark.parametrize("name", EVENT_TYPES)
+    @budget(0.5)
+    @given(choice=st.data())
+    def test_same_as_the_walk(
+        self, registry: SchemaRegistry, name: str, choice: st.DataObject
+    ) -> None:
+        """Both forms give the same JSON document, field order included."""
+        record = registry.validate(name, choice.draw(records_for(registry.get(name))))
+        compiled = registry.to_json_decoded(name, record)
+        walked = schemas._to_json(registry.get(name).tree, record)
+        assert json.dumps(walked) == json.dumps(compiled)
+
+    @pytest.mark.parametrize("name", EVENT_TYPES)
+    @budget(0.5)
+    @given(choice=st.data())
+    def test_from_json_same_as_the_walk(
+        self, registry: SchemaRegistry, name: str, choice: st.DataObject
+    ) -> None:
+        """The JSON form of any conforming record is read back by both forms alike."""
+        record = registry.validate(name, choice.draw(records_for(registry.get(name))))
+        document = json.loads(json.dumps(registry.to_json(name, record)))
+        walked = schemas._from_json(registry.get(name).tree, document, None)
+        assert walked == registry.from_json(name, document)
 
 
 class TestContractRegressions:
