@@ -83,6 +83,9 @@ class AuditEntry:
     warn: bool = False
     log_data: Mapping[str, Value] | None = None
     """What the log line says, when shorter than the audit entry (default: the same)."""
+    routine: bool = False
+    """An everyday outcome (released, delivered, answered DELIVERED): logged as one count per
+    batch, each entry itself only at debug level; the audit trail holds every one of them."""
 
 
 @dataclass(frozen=True, slots=True)

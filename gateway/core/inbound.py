@@ -296,7 +296,11 @@ class InboundCore:
             ),
         )
         delivered = AuditEntry(
-            "delivery", _inbound_data(h, result.digest, None), "delivered", "delivered"
+            "delivery",
+            _inbound_data(h, result.digest, None),
+            "delivered",
+            "delivered",
+            routine=True,
         )
         return merge(
             Effects(deliveries=(deliver,), audit=(delivered,)),
@@ -414,6 +418,7 @@ class InboundCore:
             },
             "receipt_sent",
             "receipts_sent",
+            routine=outcome == "DELIVERED",
         )
         receipt = Receipt(sender, message_id, data, expires_ms)
         return Effects(receipts=(receipt,), audit=(sent,))

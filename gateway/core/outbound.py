@@ -275,7 +275,7 @@ class OutboundCore:
         # the log line counts the field paths the audit entry lists
         brief = {k: v for k, v in data.items() if not isinstance(v, list)}
         brief.update({k: len(v) for k, v in data.items() if isinstance(v, list)})
-        return AuditEntry("release", data, "released", "released", log_data=brief)
+        return AuditEntry("release", data, "released", "released", log_data=brief, routine=True)
 
     def release(self, event: PlainEvent, now: datetime) -> Outcome:
         """Route ``event``, apply the policy per recipient, and seal one envelope for each

@@ -64,5 +64,11 @@ class ReceiptsCore:
             "envelope_sha256": r.envelope_digest.hex(),
             "signing_key_id": r.signing_key_id,
         }
-        entry = AuditEntry("receipt_received", data, "receipt_received", "receipts_received")
+        entry = AuditEntry(
+            "receipt_received",
+            data,
+            "receipt_received",
+            "receipts_received",
+            routine=r.outcome == "DELIVERED",
+        )
         return Effects(audit=(entry,))

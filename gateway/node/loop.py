@@ -172,12 +172,20 @@ class Executor:
             await self.retry("sync audit", self.sync_audit)
 
     def record(self, entries: Sequence[AuditEntry]) -> None:
-        """Count, log and audit each decision, with the same metadata."""
+        """Count, log and audit each decision, with the same metadata; everyday outcomes are
+        logged as one line per kind with their ``count`` (each one at debug level)."""
+        routine: Counter[str] = Counter()
         for entry in entries:
             self.counters[entry.counter] += 1
-            emit = self.bound.warning if entry.warn else self.bound.info
-            emit(entry.log_event, **(entry.data if entry.log_data is None else entry.log_data))
+            fields = entry.data if entry.log_data is None else entry.log_data
+            if entry.routine:
+                routine[entry.log_event] += 1
+                self.bound.debug(entry.log_event, **fields)  # a no-op unless at debug level
+            else:
+                (self.bound.warning if entry.warn else self.bound.info)(entry.log_event, **fields)
             self.audit.append(entry.kind, entry.data)
+        for event, count in routine.items():
+            self.bound.info(event, count=count)
 
     async def _stage(self, items: Sequence[Deliver]) -> None:
         assert self.sink is not None

@@ -1,0 +1,86 @@
+"""The loop's bookkeeping of decisions: every one counted and audited, everyday ones logged as a
+count per batch, the rest one line each."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.audit.store import AuditLog, read_entries
+from gateway.cli.main import configure_logging
+from gateway.core.effects import AuditEntry
+from gateway.crypto.keys import generate_signing_key
+from gateway.node.logs import configure
+from gateway.node.loop import Executor
+from gateway.types import KeyId
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    """The node's logging set-up at ``info``, writing to a buffer."""
+    buffer = io.StringIO()
+    configure("info", buffer)
+    try:
+        yield buffer
+    finally:
+        configure_logging("info")
+
+
+def _executor(tmp_path: Path) -> Executor:
+    audit = AuditLog.open(tmp_path / "audit", generate_signing_key(KeyId("k1")), now=lambda: NOW)
+    unused: Any = None  # record() touches neither Kafka nor the sinks
+    return Executor(
+        audit=audit,
+        exchange=unused,
+        local=unused,
+        topics=unused,
+        limits=unused,
+        retry=unused,
+        counters=Counter(),
+        now_ms=lambda: 0,
+    )
+
+
+def _entry(n: int, *, routine: bool, event: str = "released") -> AuditEntry:
+    return AuditEntry("release", {"message_id": f"m{n}"}, event, event, routine=routine)
+
+
+class TestRecord:
+    """What one batch's decisions leave in the counters, the audit trail and the log."""
+
+    def test_routine_outcomes_are_one_line_per_kind(
+        self, tmp_path: Path, stream: io.StringIO
+    ) -> None:
+        """300 releases and 2 denials: 300 audit entries and counts, but three log lines."""
+        executor = _executor(tmp_path)
+        entries = [_entry(n, routine=True) for n in range(300)]
+        entries += [_entry(n, routine=False, event="not_released") for n in range(2)]
+        executor.record(entries)
+        executor.audit.close()
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [("not_released", None), ("not_released", None), ("released", 300)] == [
+            (line["event"], line.get("count")) for line in lines
+        ]
+        assert {"released": 300, "not_released": 2} == executor.counters
+        assert 302 == sum(1 for e in read_entries(tmp_path / "audit") if e.kind == "release")
+
+    def test_each_routine_outcome_is_logged_at_debug(
+        self, tmp_path: Path, stream: io.StringIO
+    ) -> None:
+        """At debug level every entry has its own line as well as the count."""
+        configure("debug", stream)
+        executor = _executor(tmp_path)
+        executor.record([_entry(n, routine=True) for n in range(3)])
+        executor.audit.close()
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert ["m0", "m1", "m2", None] == [line.get("message_id") for line in lines]
+        assert 3 == lines[-1]["count"]
