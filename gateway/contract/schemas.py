@@ -1623,12 +1623,58 @@ def _compile_to_json(node: _Type, records: dict[int, list[_Convert]]) -> _Conver
     return _compile_record(node, records, _compile_to_json, defaults=False)
 
 
-class _Compiled:
-    """A record type's compiled conversions, built on first use."""
+def _compile_int_check(node: _Type, records: dict[int, list[_Convert]]) -> _Convert | None:
+    """The compiled :func:`_check_decoded_ints` of ``node`` (it raises, and the caller runs the
+    walk for the error), or None when no plain ``int`` can be inside."""
+    if not _holds_int(node):
+        return None
+    if isinstance(node, _Union):
+        rest, _ = _unwrap_nullable(node)
+        if isinstance(rest, _Union):
+            return None  # the walk does not look into these either
+        inner = _compile_int_check(rest, records)
+        return None if inner is None else lambda value: None if value is None else inner(value)
+    if isinstance(node, _Primitive):  # an int: the one kind _holds_int finds
+        low, high = _INT_RANGE["int"]
+        return lambda value: value if low <= cast(int, value) <= high else _unusual()
+    if isinstance(node, _Array):
+        item = _compile_int_check(node.items, records)
+        assert item is not None  # _holds_int found one
+        return lambda value: [item(v) for v in cast("list[object]", value)]
+    if isinstance(node, _Map):
+        values = _compile_int_check(node.values, records)
+        assert values is not None
+        return lambda value: [values(v) for v in cast("dict[str, object]", value).values()]
+    assert isinstance(node, _Record)
+    under_way = records.get(id(node))
+    if under_way is not None:
+        return lambda value: under_way[0](value)
+    cell: list[_Convert] = [lambda value: _unusual()]
+    records[id(node)] = cell
+    checks = [
+        (field.name, check)
+        for field in node.fields
+        if (check := _compile_int_check(field.type, records)) is not None
+    ]
 
-    __slots__ = ("from_json", "to_json")
+    def check_record(value: object) -> object:
+        record = cast("dict[str, object]", value)
+        for name, check in checks:
+            check(record[name])
+        return value
+
+    cell[0] = check_record
+    del records[id(node)]
+    return check_record
+
+
+class _Compiled:
+    """A record type's compiled conversions and checks, built on first use."""
+
+    __slots__ = ("check_ints", "from_json", "to_json")
 
     def __init__(self, node: _Record) -> None:
+        self.check_ints = _compile_int_check(node, {})
         self.from_json = _compile_from_json(node, {})
         to_json = _compile_to_json(node, {})
         assert to_json is not None  # a record is never its own JSON form
@@ -1812,11 +1858,16 @@ class SchemaRegistry:
         :raises RecordInvalid: the bytes are truncated, have trailing bytes, do not decode, or
             carry an ``int`` beyond 32 bits (reason ``schema_invalid``).
         """
-        schema, node = self._record(name)
+        schema = self.get(name)
+        node, compiled = self._compiled_for(name)
         datum = _avro.read(schema.parsed, data)
         if not isinstance(datum, dict):
             raise RecordInvalid(f"bytes decode to {_describe(datum)}, not a record")
-        _check_decoded_ints(node, datum, None)
+        if compiled.check_ints is not None:
+            try:
+                compiled.check_ints(datum)
+            except Exception:  # the walk names the field
+                _check_decoded_ints(node, datum, None)
         return cast("dict[str, object]", datum)
 
     def from_json(self, name: str, obj: Mapping[str, object]) -> dict[str, object]:
