@@ -219,7 +219,7 @@ async def kill_while_busy(
     """Start ``node`` and SIGKILL it, again and again, until ``len(clocks)`` kills have landed
     while it still had work it had not committed; refill its backlog while it is down.
 
-    Each kill comes 0.3-1.5 s after its clock: ``start`` is the process start (recovery, group
+    Each kill comes 0.05-0.6 s after its clock: ``start`` is the process start (recovery, group
     join); any other clock is when ``began(clock, shown_before_start)`` turns true. A kill that
     lands after the node has caught up does not count, and the same clock is tried again (at
     most ``max_kills`` kills in all).
@@ -238,7 +238,7 @@ async def kill_while_busy(
                 watch=[node],
                 every_s=0.05,
             )
-        delay = rng.uniform(0.3, 1.5)
+        delay = rng.uniform(0.05, 0.6)
         await asyncio.sleep(delay)
         node.kill()
         kills.append(Kill(clock, delay, await shown(), await left()))

@@ -35,10 +35,10 @@ from tests.processes import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(300)]
 
-TRANCHE = int(os.environ.get("FXGW_FAULT_TRANCHE", "700"))
+TRANCHE = int(os.environ.get("FXGW_FAULT_TRANCHE", "2500"))
 """Seizures NL-POL releases while BE-FPJ's node is down, before each restart."""
 CLOCKS = ("start", "take", "deliver", "take", "deliver")
-"""What each SIGKILL comes 0.3-1.5 s after: the process start (recovery scan, group join); the
+"""What each SIGKILL comes 0.05-0.6 s after: the process start (recovery scan, group join); the
 restarted node taking envelopes (after a SIGKILL its consumer group first waits out the dead
 member's 10 s session), so the kill lands in a batch's staging or durability steps; or its first
 delivery showing, so the kill lands between a publish and its journal, receipts or commit."""
