@@ -7,6 +7,7 @@ refuses to start on a bad set of files, and the CLI's checks load the very same 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -115,3 +116,27 @@ def stat_of(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (info.st_mtime_ns, info.st_size)
+
+
+SPOOL_BATCH_LINES = 500
+"""Events of a spool file taken as one batch: a file of any size is read a batch at a time."""
+
+
+def spool_batches(path: Path, max_line: int) -> Iterator[list[bytes]]:
+    """The non-blank lines of ``path`` in batches of :data:`SPOOL_BATCH_LINES`, without their
+    line ends. A line longer than ``max_line`` bytes is cut just past it (the core refuses it as
+    too large) and the rest of it skipped, so memory stays bounded whatever the file holds."""
+    batch: list[bytes] = []
+    with path.open("rb") as file:
+        while line := file.readline(max_line + 1):
+            if len(line) > max_line and not line.endswith(b"\n"):
+                while (rest := file.readline(1 << 16)) and not rest.endswith(b"\n"):
+                    pass
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                batch.append(line)
+            if len(batch) == SPOOL_BATCH_LINES:
+                yield batch
+                batch = []
+    if batch:
+        yield batch

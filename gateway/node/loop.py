@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -460,3 +460,22 @@ class Pending:
         for d in effects.deliveries:
             self._batch[d.message_id] = d.entry
         return effects
+
+
+async def unless_stopped(stop: asyncio.Event, work: Coroutine[object, object, object]) -> bool:
+    """Await ``work`` unless ``stop`` is set first (then ``work`` is cancelled); whether it
+    finished."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, InfrastructureError):
+                await task
+    if task.cancelled():
+        return False
+    task.result()
+    return True

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
@@ -28,34 +28,15 @@ from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.envelope import DataKeyRing
 from gateway.errors import CommitRefused, InfrastructureError
 from gateway.node.config import NodeConfig
-from gateway.node.files import load_node_files
+from gateway.node.files import load_node_files, spool_batches
 from gateway.node.journals import DeliveredJournal, ReceivedEvents
-from gateway.node.loop import Executor, Pending, Retry, Topics, offer_parked
+from gateway.node.loop import Executor, Pending, Retry, Topics, offer_parked, unless_stopped
 from gateway.node.parked import Parked
 from gateway.node.sinks import KafkaSink, Sink, SpoolSink
 from gateway.node.transport import Consumer, Message, Producer, TopicSpec, ensure_topics
 from gateway.node.watch import Watching
 
 log = structlog.get_logger("fxgw.node")
-
-
-async def _unless_stopped(stop: asyncio.Event, work: Coroutine[object, object, object]) -> bool:
-    """Await ``work`` unless ``stop`` is set first (then ``work`` is cancelled); whether it
-    finished."""
-    task = asyncio.ensure_future(work)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, InfrastructureError):
-                await task
-    if task.cancelled():
-        return False
-    task.result()
-    return True
 
 
 def _close_quietly(journal: DeliveredJournal | ReceivedEvents) -> None:
@@ -246,7 +227,7 @@ class Node(Watching):
         consumer = Consumer(
             [topic],
             bootstrap_servers=bootstrap,
-            group_id=f"fxgw.{c.agency}.{name}",
+            group_id=c.group_id(name),
             client_id=f"fxgw-{c.agency}-{name}",
             instance_id=c.instance_id,
         )
@@ -254,7 +235,7 @@ class Node(Watching):
         try:
             # joining can wait on a cluster that is gone for as long as it is gone; a stop
             # request does not wait with it
-            if not await _unless_stopped(stop, retry(f"start {name} consumer", consumer.start)):
+            if not await unless_stopped(stop, retry(f"start {name} consumer", consumer.start)):
                 return
             if ready:
                 self.ready.set()
@@ -305,7 +286,9 @@ class Node(Watching):
 
     async def _spool_loop(self, stop: asyncio.Event) -> None:
         """Release every ``*.jsonl``/``*.json`` file dropped into the outbound spool folder, one
-        event per line, as one batch per file; then move the file to ``done/``."""
+        event per line, a batch of lines at a time (:func:`spool_batches`); then move the file
+        to ``done/`` (a crash before that releases the file again: the envelopes carry the same
+        message ids, so recipients drop the copies as duplicates)."""
         folder = self.config.spool_outbound
         assert folder is not None
         done = folder / "done"
@@ -317,11 +300,11 @@ class Node(Watching):
                 if p.is_file() and p.suffix in (".json", ".jsonl") and not p.name.startswith(".")
             )
             for path in files:
-                now = self._now()
-                lines = [line for line in path.read_bytes().splitlines() if line.strip()]
-                await self._executor.execute(
-                    Batch.of(self.outbound.take(line, now) for line in lines)
-                )
+                for lines in spool_batches(path, self.limits.max_event_bytes):
+                    now = self._now()
+                    await self._executor.execute(
+                        Batch.of(self.outbound.take(line, now) for line in lines)
+                    )
                 os.replace(path, done / path.name)
             if not files:
                 with contextlib.suppress(TimeoutError):
