@@ -180,6 +180,14 @@ class NodeConfig:
         """The exchange topic an agency reads receipts from."""
         return f"{self.topic_prefix}.receipts.{agency}"
 
+    def group_id(self, loop: str) -> str:
+        """The consumer group of one of the node's loops (``inbox``, ``receipts``,
+        ``outbound``): ``fxgw.<agency>.<loop>``, with the topic prefix after ``fxgw.`` when it
+        is not the default ``fx``, so that two exchanges on one cluster never share a group (a
+        static member of the one would hold up the other's rebalances for a session timeout)."""
+        scope = "" if self.topic_prefix == "fx" else f"{self.topic_prefix}."
+        return f"fxgw.{scope}{self.agency}.{loop}"
+
     @property
     def audit_dir(self) -> Path:
         """The node's audit trail: segments and checkpoints under the state folder."""

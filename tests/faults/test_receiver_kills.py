@@ -127,7 +127,11 @@ class TestReceiverKilledDuringCatchUp:
             return await delivered_count() > before
 
         async def left() -> int:
-            return await backlog_left(kafka_bootstrap, "fxgw.BE-FPJ.inbox", fed.inbox("BE-FPJ"))
+            return await backlog_left(
+                kafka_bootstrap,
+                load_config(fed.config("BE-FPJ")).group_id("inbox"),
+                fed.inbox("BE-FPJ"),
+            )
 
         try:
             nl.start()

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.dev.demo import seizure_nl
 from gateway.dev.sandbox import build_federation
+from gateway.node.config import load_config
 from gateway.node.transport import TopicSpec, ensure_topics
 from tests.processes import (
     Figures,
@@ -87,7 +88,12 @@ class TestSenderKilledWhileReleasing:
                 CLOCKS,
                 began=began,
                 shown=partial(topic_size, kafka_bootstrap, inbox),
-                left=partial(backlog_left, kafka_bootstrap, "fxgw.NL-POL.outbound", outbound),
+                left=partial(
+                    backlog_left,
+                    kafka_bootstrap,
+                    load_config(fed.config("NL-POL")).group_id("outbound"),
+                    outbound,
+                ),
                 refill=partial(backlog, TRANCHE),
                 max_kills=MAX_KILLS,
             )

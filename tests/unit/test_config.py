@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -109,6 +110,13 @@ class TestSandboxConfigs:
         config = load_config(fed.config("US-ATF"))
         assert fed.inbox("BE-FPJ") == config.inbox_topic("BE-FPJ")
         assert f"{fed.prefix}.receipts.NL-POL" == config.receipts_topic("NL-POL")
+
+    def test_consumer_groups_are_scoped_by_a_prefix_of_its_own(self, fed: Federation) -> None:
+        """Two exchanges on one cluster never share a consumer group; the default prefix keeps
+        the plain names."""
+        config = load_config(fed.config("US-ATF"))
+        assert "fxgw.t1.US-ATF.inbox" == replace(config, topic_prefix="t1").group_id("inbox")
+        assert "fxgw.US-ATF.inbox" == replace(config, topic_prefix="fx").group_id("inbox")
 
 
 class TestLoadConfig:
