@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="the short version for CI (< 2 min)")
     p.add_argument(
-        "--events", type=int, metavar="N", help="gateway throughput run (5000; quick 300)"
+        "--events", type=int, metavar="N", help="gateway throughput run (5000; quick 1500)"
     )
     p.add_argument(
         "--relay-events", type=int, metavar="N", help="relay throughput run (50000; quick 5000)"

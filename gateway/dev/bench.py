@@ -905,7 +905,7 @@ async def measure_latency(
         client_id="fxgw-bench-paced",
         acks="all",
         enable_idempotence=True,
-        linger_ms=5,
+        linger_ms=0,
     )
     tail = Tail(bootstrap, pipeline.ends)
     async with Children(logs) as children:

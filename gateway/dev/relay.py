@@ -58,7 +58,7 @@ async def relay(bootstrap: str, source: str, target: str, group: str, stop: asyn
         client_id=f"{group}-out",
         acks="all",
         enable_idempotence=True,
-        linger_ms=5,
+        linger_ms=0,
     )
     relayed = 0
     await producer.start()
