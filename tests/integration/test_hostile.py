@@ -152,14 +152,14 @@ def hostile_records(forge: Forge) -> list[Hostile]:
         Hostile(
             "unsigned, 400 kB ASCII sender",
             forge.unsigned(forge.header(_event_id("S1"), sender="X" * 400_000)),
-            "untrusted_sender",
+            "malformed",  # beyond the header's size limits: refused before anything else
         )
     )
     records.append(
         Hostile(
             "unsigned, 200 kB message id",
             forge.unsigned(forge.header(_event_id("M"), message_id="M" * 200_000)),
-            "bad_signature",
+            "malformed",
         )
     )
     eid = _event_id("CTRL")
@@ -179,6 +179,14 @@ def hostile_records(forge: Forge) -> list[Hostile]:
         Hostile(
             "forged signature under NL-POL's key id, 200 kB message id",
             forge.sealed(forge.header(eid, message_id="f" * 200_000), forge.body(eid), forger),
+            "malformed",
+        )
+    )
+    eid = _event_id("FORGED2")
+    records.append(
+        Hostile(
+            "forged signature under NL-POL's key id",
+            forge.sealed(forge.header(eid), forge.body(eid), forger),
             "bad_signature",
         )
     )
@@ -474,7 +482,7 @@ class TestUnverifiedText:
             problems.append("the log quotes the unverified sender")
         assert alive
         assert _expected_ids(events) == set(_message_ids(docs))
-        assert ["untrusted_sender"] == [_header(m, "fxgw-reason") for m in q]
+        assert ["malformed"] == [_header(m, "fxgw-reason") for m in q]  # header size limits
         assert [] == problems
 
 
