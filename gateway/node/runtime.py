@@ -232,6 +232,7 @@ class Node(Watching):
             instance_id=c.instance_id,
         )
         retry = self._executor.retry
+        committing: asyncio.Task[None] | None = None
         try:
             # joining can wait on a cluster that is gone for as long as it is gone; a stop
             # request does not wait with it
@@ -246,15 +247,33 @@ class Node(Watching):
                 if not messages:
                     continue
                 await self._executor.execute(handle(messages))
-                try:
-                    await retry(f"commit {name}", partial(consumer.commit, messages))
-                except CommitRefused as exc:
-                    # the partitions moved: their new owner reads these records again and
-                    # answers them from the journals; this node goes on with what it has
-                    self._log.warning("commit_refused", loop=name, error=str(exc)[:512])
+                # a batch's effects are durable: its commit goes on while the next batch is
+                # polled and handled, and the next commit waits for it (offsets move in order)
+                await self._committed(name, committing)
+                committing = asyncio.create_task(
+                    retry(f"commit {name}", partial(consumer.commit, messages))
+                )
+            await self._committed(name, committing)
         finally:
+            if committing is not None and not committing.done():
+                committing.cancel()  # failing or cancelled: the records are read again
+                await asyncio.gather(committing, return_exceptions=True)
             with contextlib.suppress(InfrastructureError):
                 await consumer.stop()
+
+    async def _committed(self, name: str, committing: asyncio.Task[None] | None) -> None:
+        """Wait for a commit under way.
+
+        :raises InfrastructureError: a fault of our own side (the node stops).
+        """
+        if committing is None:
+            return
+        try:
+            await committing
+        except CommitRefused as exc:
+            # the partitions moved: their new owner reads these records again and answers
+            # them from the journals; this node goes on with what it has
+            self._log.warning("commit_refused", loop=name, error=str(exc)[:512])
 
     def _take(self, messages: Sequence[Message], core: Callable[[bytes], Effects]) -> Batch:
         """Each record's effects; a record the client could not parse is quarantined by where
