@@ -195,18 +195,14 @@ class Executor:
         """Make the audit trail durable."""
         self.audit.sync()
 
-    async def _sync_received(self) -> None:
-        assert self.received is not None
-        self.received.sync()
-
-    async def _sync_delivered(self) -> None:
+    async def _sync_journals(self) -> None:
         assert self.delivered is not None
-        self.delivered.sync()
+        self.delivered.sync()  # one commit for the delivered ids and the received events
 
     async def _journal(self, items: Sequence[Deliver]) -> None:
-        """Journal the deliveries: the received events first (their handling limits forwarding
-        and must never be lost to a crash once the message counts as delivered), then the
-        delivered message ids."""
+        """Journal the deliveries: their message ids and, in the same commit, the received
+        events (whose handling limits forwarding, so they must never be lost to a crash once
+        the message counts as delivered)."""
         assert self.delivered is not None and self.received is not None
         for d in items:
             e, r = d.entry, d.remember
@@ -214,8 +210,7 @@ class Executor:
             self.received.remember(
                 r.event_id, ReceivedEvent(r.sender, r.code, r.onward_transfer), r.until_ms
             )
-        await self.retry("sync journal", self._sync_received)
-        await self.retry("sync journal", self._sync_delivered)
+        await self.retry("sync journal", self._sync_journals)
 
     async def _deliver(self, batch: Batch, started_ms: int) -> None:
         sink = self.sink

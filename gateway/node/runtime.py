@@ -29,7 +29,7 @@ from gateway.crypto.envelope import DataKeyRing
 from gateway.errors import CommitRefused, InfrastructureError
 from gateway.node.config import NodeConfig
 from gateway.node.files import load_node_files, spool_batches
-from gateway.node.journals import DeliveredJournal, ReceivedEvents
+from gateway.node.journals import DeliveredJournal, Journals
 from gateway.node.loop import Executor, Pending, Retry, Topics, offer_parked, unless_stopped
 from gateway.node.parked import Parked
 from gateway.node.sinks import KafkaSink, Sink, SpoolSink
@@ -39,11 +39,11 @@ from gateway.node.watch import Watching
 log = structlog.get_logger("fxgw.node")
 
 
-def _close_quietly(journal: DeliveredJournal | ReceivedEvents) -> None:
-    """Close a journal at shutdown; a disk that refuses now loses nothing (what was not synced
+def _close_quietly(journals: Journals) -> None:
+    """Close the journals at shutdown; a disk that refuses now loses nothing (what was not synced
     was not committed, and is read again)."""
     with contextlib.suppress(InfrastructureError):
-        journal.close()
+        journals.close()
 
 
 def _now() -> datetime:
@@ -138,10 +138,9 @@ class Node(Watching):
             assert c.spool_inbound is not None  # checked by the config model
             sink = SpoolSink(c.spool_inbound)
         now_ms = _ms(self._now())
-        journal = DeliveredJournal(c.state_dir / "delivered.journal", now_ms)
-        stack.callback(_close_quietly, journal)
-        self.received = ReceivedEvents(c.state_dir / "received.journal", now_ms)
-        stack.callback(_close_quietly, self.received)
+        journals = Journals(c.state_dir, now_ms)
+        stack.callback(_close_quietly, journals)
+        journal, self.received = journals.delivered, journals.received
         self.outbound.received = self.received
         self._audit_log = AuditLog.open(c.audit_dir, self.outbound.keys.signing, now=self._now)
         stack.callback(self._audit_log.close)
@@ -336,7 +335,7 @@ class Node(Watching):
         now_ms = _ms(self._now())
         lifetime_ms = int(self.config.max_lifetime.total_seconds() * 1000)
         since = max((journal.newest_recorded_ms or 0) - 300_000, now_ms - lifetime_ms)
-        found = await sink.recover(set(journal.ids()), since)
+        found = await sink.recover(journal, since)
         for message_id, (entry, event) in found.items():
             if entry is None:
                 entry = DeliveredEntry(now_ms + lifetime_ms, now_ms, None)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -54,7 +54,7 @@ class Sink(Protocol):
     async def missing(self, items: Sequence[Deliver], since_ms: int) -> list[Deliver]:
         """Of items whose publishing failed ambiguously, those that did not arrive after all."""
 
-    async def recover(self, known: set[str], since_ms: int) -> dict[str, Recovered]:
+    async def recover(self, known: Container[str], since_ms: int) -> dict[str, Recovered]:
         """Deliveries a crash left outside the journal, by message id, with what is known of
         them.
 
@@ -99,7 +99,7 @@ class KafkaSink:
         found = await self.recover(set(), since_ms)
         return [d for d in items if d.message_id not in found]
 
-    async def recover(self, known: set[str], since_ms: int) -> dict[str, Recovered]:
+    async def recover(self, known: Container[str], since_ms: int) -> dict[str, Recovered]:
         """Scan the topic from ``since_ms`` for message ids not in ``known``; each delivery
         document gives back the journal entry and the received event (handling included)."""
         records = await read_topic(self._bootstrap, self.topic, since_ms=since_ms)
@@ -193,7 +193,7 @@ class SpoolSink:
         """Renames never fail ambiguously."""
         return list(items)
 
-    async def recover(self, known: set[str], since_ms: int) -> dict[str, Recovered]:
+    async def recover(self, known: Container[str], since_ms: int) -> dict[str, Recovered]:
         """Finish the renames of journaled deliveries; delete temp files never journaled.
 
         Returns nothing to add to the journal: a spooled delivery is journaled before it shows.

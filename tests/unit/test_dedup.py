@@ -1,293 +1,269 @@
-"""The delivered-message journal: ids survive a restart until their envelopes expire."""
+"""The node's journals: delivered message ids and received events survive a restart until they
+expire, are durable only once synced, and survive a failed commit."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.core.effects import DeliveredEntry
 from gateway.core.outbound import ReceivedEvent
 from gateway.errors import StorageError
-from gateway.node.journals import DeliveredJournal, ReceivedEvents
+from gateway.node.journals import EXPIRE_EVERY_S, JOURNAL_FILE, Journals
 
 T0 = 1_796_000_000_000
 """A time in ms; entries expire a day (or a minute) after it."""
 DAY = 86_400_000
+H2 = ReceivedEvent("BE-FPJ", "H2", "NONE")
 
 
-def _journal_file(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "delivered.journal"
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
+@pytest.fixture
+def journals(state: Path) -> Iterator[Journals]:
+    opened = Journals(state, T0)
+    yield opened
+    opened.close()
+
+
+def _reopen(state: Path, now_ms: int) -> Journals:
+    return Journals(state, now_ms)
+
+
+class _FailingCommits:
+    """A connection whose next ``failures`` COMMITs fail, as on a full or failing disk."""
+
+    def __init__(self, db: sqlite3.Connection, failures: int) -> None:
+        self._db = db
+        self.failures = failures
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.failures:
+            self.failures -= 1
+            self._db.execute("ROLLBACK")  # what SQLite may do itself on an I/O error
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
 
 
 class TestDeliveredJournal:
-    """Remember, sync, reopen; expiry, torn writes and compaction on load."""
+    """Remember, sync, reopen; expiry; failed commits."""
 
-    def test_new_journal_is_empty_and_creates_its_folder(self, tmp_path: Path) -> None:
-        """Opening a journal in a missing folder creates the folder and an empty journal."""
-        path = _journal_file(tmp_path)
-        journal = DeliveredJournal(path, T0)
-        try:
-            assert 0 == len(journal)
-            assert "m-1" not in journal
-            assert journal.newest_recorded_ms is None
-            assert path.parent.is_dir()
-        finally:
-            journal.close()
+    def test_new_journals_are_empty_and_create_their_folder(
+        self, state: Path, journals: Journals
+    ) -> None:
+        """Opening in a missing folder creates the folder and an empty database."""
+        assert 0 == len(journals.delivered)
+        assert "m-1" not in journals.delivered
+        assert journals.delivered.newest_recorded_ms is None
+        assert (state / JOURNAL_FILE).is_file()
 
-    def test_remembered_id_is_known_at_once(self, tmp_path: Path) -> None:
+    def test_remembered_id_is_known_at_once(self, journals: Journals) -> None:
         """An id is a member as soon as it is remembered, before any sync."""
-        journal = DeliveredJournal(_journal_file(tmp_path), T0)
-        try:
-            journal.remember("m-1", T0 + DAY, T0)
-            assert "m-1" in journal
-            assert 1 == len(journal)
-        finally:
-            journal.close()
+        journals.delivered.remember("m-1", T0 + DAY, T0, b"\x01" * 32)
+        assert "m-1" in journals.delivered
+        assert 1 == len(journals.delivered)
+        assert DeliveredEntry(T0 + DAY, T0, b"\x01" * 32) == journals.delivered.get("m-1")
 
-    def test_ids_survive_reopening(self, tmp_path: Path) -> None:
-        """remember + sync + reopen keeps every id and the newest recording time."""
-        path = _journal_file(tmp_path)
-        journal = DeliveredJournal(path, T0)
-        journal.remember("m-1", T0 + DAY, T0)
-        journal.remember("m-2", T0 + DAY, T0 + 5)
-        journal.sync()
-        journal.close()
-        reopened = DeliveredJournal(path, T0 + 10)
+    def test_ids_survive_reopening(self, state: Path) -> None:
+        """remember + sync + reopen keeps every id, its entry and the newest recording time."""
+        journals = Journals(state, T0)
+        journals.delivered.remember("m-1", T0 + DAY, T0)
+        journals.delivered.remember("m-2", T0 + DAY, T0 + 5, b"\x02" * 32)
+        journals.sync()
+        journals.close()
+        reopened = _reopen(state, T0 + 10)
         try:
-            assert {"m-1", "m-2"} == {m for m in ("m-1", "m-2", "m-3") if m in reopened}
-            assert 2 == len(reopened)
-            assert T0 + 5 == reopened.newest_recorded_ms
+            delivered = reopened.delivered
+            assert ["m-1", "m-2"] == [m for m in ("m-1", "m-2", "m-3") if m in delivered]
+            assert DeliveredEntry(T0 + DAY, T0 + 5, b"\x02" * 32) == delivered.get("m-2")
+            assert 2 == len(delivered)
+            assert T0 + 5 == delivered.newest_recorded_ms
         finally:
             reopened.close()
 
-    def test_sync_makes_lines_durable_before_close(self, tmp_path: Path) -> None:
-        """After sync the file holds one line per remembered id, while the journal is open."""
-        path = _journal_file(tmp_path)
-        journal = DeliveredJournal(path, T0)
+    def test_nothing_is_durable_before_sync(
+        self, tmp_path: Path, state: Path, journals: Journals
+    ) -> None:
+        """What a node remembered and did not sync is gone after a crash (the files as a crash
+        leaves them: copied while the node runs)."""
+        journals.delivered.remember("m-0", T0 + DAY, T0)
+        journals.sync()
+        journals.delivered.remember("m-1", T0 + DAY, T0)
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        for file in state.iterdir():
+            shutil.copyfile(file, crashed / file.name)
+        after = _reopen(crashed, T0 + 1)
         try:
-            journal.remember("m-1", T0 + DAY, T0)
-            journal.sync()
-            assert [f"m-1 {T0 + DAY} {T0}"] == _lines(path)
+            assert ["m-0"] == [m for m in ("m-0", "m-1") if m in after.delivered]
         finally:
-            journal.close()
+            after.close()
 
-    def test_remembering_twice_writes_once(self, tmp_path: Path) -> None:
-        """An id already known is not appended again."""
-        path = _journal_file(tmp_path)
-        journal = DeliveredJournal(path, T0)
-        journal.remember("m-1", T0 + DAY, T0)
-        journal.remember("m-1", T0 + 2 * DAY, T0 + 1)
-        journal.close()
-        assert 1 == len(_lines(path))
+    def test_remembering_twice_keeps_the_first(self, journals: Journals) -> None:
+        """An id already known keeps its first entry (its receipt is answered from it)."""
+        journals.delivered.remember("m-1", T0 + DAY, T0, b"\x01" * 32)
+        journals.sync()
+        journals.delivered.remember("m-1", T0 + 2 * DAY, T0 + 1, b"\x02" * 32)
+        journals.sync()
+        assert DeliveredEntry(T0 + DAY, T0, b"\x01" * 32) == journals.delivered.get("m-1")
+        assert 1 == len(journals.delivered)
 
-    def test_known_id_is_not_appended_after_reopening(self, tmp_path: Path) -> None:
-        """An id loaded from the file is not written again when remembered again."""
-        path = _journal_file(tmp_path)
-        journal = DeliveredJournal(path, T0)
-        journal.remember("m-1", T0 + DAY, T0)
-        journal.close()
-        reopened = DeliveredJournal(path, T0 + 1)
-        reopened.remember("m-1", T0 + DAY, T0 + 1)
-        reopened.close()
-        assert 1 == len(_lines(path))
-
-    def test_expired_ids_are_forgotten_on_load(self, tmp_path: Path) -> None:
-        """An id whose envelope has expired by the time of loading is no longer a member."""
-        path = _journal_file(tmp_path)
-        journal = DeliveredJournal(path, T0)
-        journal.remember("short", T0 + 60_000, T0)
-        journal.remember("long", T0 + DAY, T0)
-        journal.close()
-        reopened = DeliveredJournal(path, T0 + 120_000)
+    def test_expired_ids_are_forgotten_on_open(self, state: Path) -> None:
+        """An id whose envelope has expired by the time of opening (or expires exactly then) is
+        no longer a member; the newest recording time stays."""
+        journals = Journals(state, T0)
+        journals.delivered.remember("short", T0 + 60_000, T0 + 2)
+        journals.delivered.remember("long", T0 + DAY, T0)
+        journals.close()
+        reopened = _reopen(state, T0 + 60_000)
         try:
-            assert "short" not in reopened
-            assert "long" in reopened
-            assert 1 == len(reopened)
+            assert "short" not in reopened.delivered
+            assert "long" in reopened.delivered
+            assert 1 == len(reopened.delivered)
+            assert T0 + 2 == reopened.delivered.newest_recorded_ms
         finally:
             reopened.close()
 
-    def test_id_expiring_exactly_now_is_forgotten(self, tmp_path: Path) -> None:
-        """An envelope expiring at the load time is expired (it would be refused as stale)."""
-        path = _journal_file(tmp_path)
-        journal = DeliveredJournal(path, T0)
-        journal.remember("m-1", T0 + 1000, T0)
-        journal.close()
-        reopened = DeliveredJournal(path, T0 + 1000)
+    def test_expired_ids_are_deleted_while_running(self, state: Path) -> None:
+        """Every EXPIRE_EVERY_S a sync also deletes what has expired, so the store stays the
+        size of the lifetime window."""
+        now = [0.0]
+        journals = Journals(state, T0, clock=lambda: now[0], wall_ms=lambda: T0 + DAY)
         try:
-            assert "m-1" not in reopened
-            assert T0 == reopened.newest_recorded_ms
+            journals.delivered.remember("gone", T0 + DAY, T0)  # expires just then
+            journals.delivered.remember("kept", T0 + 2 * DAY, T0)
+            journals.sync()
+            assert 2 == len(journals.delivered)
+            now[0] = EXPIRE_EVERY_S
+            journals.sync()
+            assert ["kept"] == [m for m in ("gone", "kept") if m in journals.delivered]
+        finally:
+            journals.close()
+
+    def test_non_string_is_not_a_member(self, journals: Journals) -> None:
+        """Membership of anything but a remembered id is false."""
+        journals.delivered.remember("1", T0 + DAY, T0)
+        assert 1 not in journals.delivered
+        assert None not in journals.delivered
+
+    def test_unopenable_journal_is_a_storage_error(self, state: Path) -> None:
+        """A database path that is a folder raises StorageError naming the path."""
+        (state / JOURNAL_FILE).mkdir(parents=True)
+        with pytest.raises(StorageError, match="journals") as info:
+            Journals(state, T0)
+        assert str(state / JOURNAL_FILE) in str(info.value)
+
+
+class TestFailedCommit:
+    """A commit that fails is never taken as done; the next sync writes everything again."""
+
+    def test_entries_are_written_again_after_a_failed_commit(self, state: Path) -> None:
+        """Two failed syncs, then a good one: the entries are looked up all along and are
+        durable afterwards, delivered ids and received events alike."""
+        journals = Journals(state, T0)
+        failing = _FailingCommits(journals._db, failures=2)
+        journals._db = failing  # type: ignore[assignment]
+        journals.delivered.remember("m-1", T0 + DAY, T0)
+        journals.received.remember("ev-1", H2, T0 + DAY)
+        for _ in range(2):
+            with pytest.raises(StorageError, match="cannot sync"):
+                journals.sync()
+            assert "m-1" in journals.delivered
+            assert "ev-1" in journals.received
+            assert 1 == len(journals.delivered)
+        journals.delivered.remember("m-2", T0 + DAY, T0 + 1)  # while broken: kept for the sync
+        journals.sync()
+        journals.close()
+        reopened = _reopen(state, T0 + 2)
+        try:
+            assert {"m-1", "m-2"} == {m for m in ("m-1", "m-2") if m in reopened.delivered}
+            assert "H2" == reopened.received["ev-1"].code
         finally:
             reopened.close()
 
-    def test_torn_last_line_is_ignored(self, tmp_path: Path) -> None:
-        """A last line without its newline (a crash mid-write) is cut off; the rest loads."""
-        path = _journal_file(tmp_path)
-        path.parent.mkdir(parents=True)
-        path.write_text(
-            f"m-1 {T0 + DAY} {T0}\nm-2 {T0 + DAY} {T0 + 1}\nm-3 {T0 + DAY} {T0 + 2}",
-            encoding="utf-8",
-        )
-        journal = DeliveredJournal(path, T0 + 3)
-        try:
-            assert "m-1" in journal and "m-2" in journal
-            assert "m-3" not in journal
-            assert 2 == len(journal)
-            assert T0 + 1 == journal.newest_recorded_ms
-        finally:
-            journal.close()
-        assert [f"m-1 {T0 + DAY} {T0}", f"m-2 {T0 + DAY} {T0 + 1}"] == _lines(path)
 
-    def test_id_remembered_after_a_torn_line_survives_reopening(self, tmp_path: Path) -> None:
-        """After loading a torn last line, the next id remembered and synced is kept."""
-        path = _journal_file(tmp_path)
-        path.parent.mkdir(parents=True)
-        path.write_text(f"m-1 {T0 + DAY} {T0}\nm-2 {T0 + DAY}", encoding="utf-8")
-        journal = DeliveredJournal(path, T0 + 1)
-        journal.remember("m-3", T0 + DAY, T0 + 1)
-        journal.sync()
-        journal.close()
-        reopened = DeliveredJournal(path, T0 + 2)
-        try:
-            assert "m-1" in reopened
-            assert "m-3" in reopened
-        finally:
-            reopened.close()
+class TestTextJournals:
+    """Journals of earlier versions are taken over on first open."""
 
-    def test_malformed_lines_are_skipped(self, tmp_path: Path) -> None:
-        """Lines with the wrong number of fields or non-numeric times are skipped."""
-        path = _journal_file(tmp_path)
-        path.parent.mkdir(parents=True)
-        path.write_text(
+    def test_text_journals_are_imported_and_renamed(self, state: Path) -> None:
+        """Live lines are imported (malformed lines and a torn last line skipped, expired ones
+        only counted for the newest time); the files are renamed *.imported."""
+        state.mkdir(parents=True)
+        (state / "delivered.journal").write_text(
             "\n".join(
                 [
                     f"m-1 {T0 + DAY} {T0}",
                     "only-two-fields 123",
                     f"m-2 soon {T0}",
-                    f"m-3 {T0 + DAY} {T0} extra",
-                    "",
-                    f"m-4 {T0 + DAY} {T0}",
+                    f"old {T0 - 1} {T0 + 9}",
+                    f"m-3 {T0 + DAY} {T0 + 1} {'ab' * 32}",
+                    f"torn {T0 + DAY}",
                 ]
-            )
-            + "\n",
+            ),
             encoding="utf-8",
         )
-        journal = DeliveredJournal(path, T0)
+        (state / "received.journal").write_text(
+            f"ev-1 BE-FPJ H2 NONE {T0 + DAY}\nev-2 US-ATF H0 ALLOWED {T0 + DAY}\n",
+            encoding="utf-8",
+        )
+        journals = Journals(state, T0)
         try:
-            assert ["m-1", "m-4"] == [m for m in ("m-1", "m-2", "m-3", "m-4") if m in journal]
+            delivered = journals.delivered
+            assert ["m-1", "m-3"] == [
+                m for m in ("m-1", "m-2", "old", "m-3", "torn") if m in delivered
+            ]
+            assert bytes.fromhex("ab" * 32) == (delivered.get("m-3") or _NONE).digest
+            assert T0 + 9 == delivered.newest_recorded_ms
+            assert {"ev-1", "ev-2"} == set(journals.received)
         finally:
-            journal.close()
+            journals.close()
+        assert not (state / "delivered.journal").exists()
+        assert (state / "delivered.journal.imported").is_file()
+        assert (state / "received.journal.imported").is_file()
 
-    def test_compaction_on_load_keeps_the_live_ids(self, tmp_path: Path) -> None:
-        """When most entries have expired, loading rewrites the file with the live ones only."""
-        path = _journal_file(tmp_path)
-        path.parent.mkdir(parents=True)
-        expired = [f"old-{i} {T0 + 1000} {T0 + i}" for i in range(1100)]
-        live = [f"new-{i} {T0 + DAY} {T0 + 2000 + i}" for i in range(50)]
-        path.write_text("\n".join(expired + live) + "\n", encoding="utf-8")
-        journal = DeliveredJournal(path, T0 + 10_000)
-        try:
-            assert 50 == len(journal)
-            assert all(f"new-{i}" in journal for i in range(50))
-            assert "old-0" not in journal
-            assert T0 + 2049 == journal.newest_recorded_ms
-        finally:
-            journal.close()
-        lines = _lines(path)
-        assert 50 == len(lines)
-        assert {f"new-{i}" for i in range(50)} == {line.split()[0] for line in lines}
-        assert not path.with_name(path.name + ".tmp").exists()
 
-    def test_compacted_journal_reopens_and_appends(self, tmp_path: Path) -> None:
-        """After compaction, new ids append and everything live survives another reopen."""
-        path = _journal_file(tmp_path)
-        path.parent.mkdir(parents=True)
-        expired = [f"old-{i} {T0 + 1000} {T0}" for i in range(1100)]
-        path.write_text("\n".join([*expired, f"keep {T0 + DAY} {T0 + 7}"]) + "\n")
-        journal = DeliveredJournal(path, T0 + 10_000)
-        journal.remember("added", T0 + DAY, T0 + 10_000)
-        journal.close()
-        reopened = DeliveredJournal(path, T0 + 20_000)
-        try:
-            assert "keep" in reopened and "added" in reopened
-            assert 2 == len(reopened)
-            assert T0 + 10_000 == reopened.newest_recorded_ms
-        finally:
-            reopened.close()
-
-    def test_no_compaction_while_most_entries_live(self, tmp_path: Path) -> None:
-        """A large file whose entries are mostly live is left as it is."""
-        path = _journal_file(tmp_path)
-        path.parent.mkdir(parents=True)
-        expired = [f"old-{i} {T0 + 1000} {T0}" for i in range(400)]
-        live = [f"new-{i} {T0 + DAY} {T0}" for i in range(700)]
-        content = "\n".join(expired + live) + "\n"
-        path.write_text(content, encoding="utf-8")
-        journal = DeliveredJournal(path, T0 + 10_000)
-        journal.close()
-        assert 700 == len(journal)
-        assert content == path.read_text(encoding="utf-8")
-
-    def test_small_file_is_not_compacted(self, tmp_path: Path) -> None:
-        """A small file is never rewritten, even when every entry has expired."""
-        path = _journal_file(tmp_path)
-        path.parent.mkdir(parents=True)
-        content = "".join(f"old-{i} {T0 + 1000} {T0}\n" for i in range(10))
-        path.write_text(content, encoding="utf-8")
-        journal = DeliveredJournal(path, T0 + 10_000)
-        journal.close()
-        assert 0 == len(journal)
-        assert content == path.read_text(encoding="utf-8")
-
-    def test_non_string_is_not_a_member(self, tmp_path: Path) -> None:
-        """Membership of anything but a remembered id is false."""
-        journal = DeliveredJournal(_journal_file(tmp_path), T0)
-        try:
-            journal.remember("1", T0 + DAY, T0)
-            assert 1 not in journal
-            assert None not in journal
-        finally:
-            journal.close()
-
-    def test_unopenable_journal_is_a_storage_error(self, tmp_path: Path) -> None:
-        """A journal path that is a folder raises StorageError naming the path."""
-        path = _journal_file(tmp_path)
-        path.mkdir(parents=True)
-        with pytest.raises(StorageError, match="delivered-message journal") as info:
-            DeliveredJournal(path, T0)
-        assert str(path) in str(info.value)
+_NONE = DeliveredEntry(0, 0, None)
 
 
 class TestReceivedEvents:
     """What came in under which handling, so that the outbound path can refuse to forward it."""
 
-    def test_handling_survives_reopening_until_it_lapses(self, tmp_path: Path) -> None:
+    def test_handling_survives_reopening_until_it_lapses(self, state: Path) -> None:
         """An H2 event is remembered across a restart, and forgotten after its retention."""
-        path = tmp_path / "received.journal"
-        events = ReceivedEvents(path, T0)
-        events.remember("ev-1", ReceivedEvent("BE-FPJ", "H2", "NONE"), T0 + DAY)
-        events.close()
-        again = ReceivedEvents(path, T0 + 1)
-        refusal = again["ev-1"].forward_refusal("US-ATF")
+        journals = Journals(state, T0)
+        journals.received.remember("ev-1", H2, T0 + DAY)
+        journals.close()
+        again = _reopen(state, T0 + 1)
+        refusal = again.received["ev-1"].forward_refusal("US-ATF")
         assert refusal is not None and "H2" in refusal
-        assert again["ev-1"].forward_refusal("BE-FPJ") is None  # back to its sender is allowed
+        assert again.received["ev-1"].forward_refusal("BE-FPJ") is None  # back to its sender
         again.close()
-        lapsed = ReceivedEvents(path, T0 + DAY + 1)
-        assert "ev-1" not in lapsed
+        lapsed = _reopen(state, T0 + DAY + 1)
+        assert "ev-1" not in lapsed.received
+        assert lapsed.received.get("ev-1") is None
         lapsed.close()
 
-    def test_same_event_id_from_two_senders_keeps_the_stricter(self, tmp_path: Path) -> None:
+    def test_same_event_id_from_two_senders_keeps_the_stricter(self, state: Path) -> None:
         """A permissive event from one sender never lifts another sender's H2 on the same id,
-        in memory or after reopening."""
-        path = tmp_path / "received.journal"
-        events = ReceivedEvents(path, T0)
-        events.remember("ev-1", ReceivedEvent("BE-FPJ", "H2", "NONE"), T0 + DAY)
-        events.remember("ev-1", ReceivedEvent("US-ATF", "H0", "ALLOWED"), T0 + 2 * DAY)
-        assert "H2" == events["ev-1"].code
-        events.close()
-        again = ReceivedEvents(path, T0 + DAY + 1)
-        assert "H2" == again["ev-1"].code  # kept as long as the longer of the two
+        before or after a sync, or after reopening."""
+        journals = Journals(state, T0)
+        journals.received.remember("ev-1", H2, T0 + DAY)
+        journals.received.remember("ev-1", ReceivedEvent("US-ATF", "H0", "ALLOWED"), T0 + 2 * DAY)
+        assert "H2" == journals.received["ev-1"].code
+        journals.sync()
+        journals.received.remember("ev-1", ReceivedEvent("US-ATF", "H0", "ALLOWED"), T0 + DAY)
+        assert "H2" == journals.received["ev-1"].code
+        journals.close()
+        again = _reopen(state, T0 + DAY + 1)
+        assert "H2" == again.received["ev-1"].code  # kept as long as the longer of the two
         again.close()
