@@ -20,7 +20,7 @@ import pytest
 
 from gateway.dev.demo import seizure_nl
 from gateway.dev.kafka import LocalKafka
-from gateway.dev.sandbox import THREE_AGENCIES, build_federation
+from gateway.dev.sandbox import THREE_AGENCIES, Federation, build_federation
 from tests.integration.conftest import delivered, national_send, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -62,6 +62,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
+def _two_agencies(tmp_path: Path, kafka: LocalKafka, prefix: str) -> Federation:
+    """NL-POL and BE-FPJ on ``kafka``."""
+    return build_federation(
+        tmp_path / "fed", kafka.bootstrap_servers, prefix=prefix, agencies=THREE_AGENCIES[:2]
+    )
+
+
 def _lines(log: Path) -> list[str]:
     return log.read_text(encoding="utf-8", errors="replace").splitlines()
 
@@ -73,12 +80,7 @@ class TestBrokerOutage:
         self, tmp_path: Path, kafka: LocalKafka, topic_prefix: str
     ) -> None:
         """Few log lines while the broker is down; an event sent after it is back is delivered."""
-        fed = build_federation(
-            tmp_path / "fed",
-            kafka.bootstrap_servers,
-            prefix=topic_prefix,
-            agencies=THREE_AGENCIES[:2],
-        )
+        fed = _two_agencies(tmp_path, kafka, topic_prefix)
         logs = {a: tmp_path / f"{a}.log" for a in ("NL-POL", "BE-FPJ")}
         nodes = {a: _start_node(fed.config(a), logs[a]) for a in logs}
         try:
@@ -122,12 +124,7 @@ class TestStopDuringOutage:
         self, tmp_path: Path, kafka: LocalKafka, topic_prefix: str
     ) -> None:
         """The node does not hang on a cluster that cannot answer; it exits on its own."""
-        fed = build_federation(
-            tmp_path / "fed",
-            kafka.bootstrap_servers,
-            prefix=topic_prefix,
-            agencies=THREE_AGENCIES[:2],
-        )
+        fed = _two_agencies(tmp_path, kafka, topic_prefix)
         log = tmp_path / "BE-FPJ.log"
         node = _start_node(fed.config("BE-FPJ"), log)
         try:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from gateway.cli.main import configure_logging
 from gateway.contract.schemas import SchemaRegistry
 from gateway.crypto.keys import AgencyKeys, load_encryption_key, load_signing_key
 from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
 from gateway.dev.sandbox import Federation, build_federation
 from gateway.node.config import DEFAULT_SCHEMAS, load_config
+from gateway.node.logs import configure
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -66,3 +70,15 @@ def us_keys(fed: Federation) -> AgencyKeys:
 def repo_file(*parts: str) -> Path:
     """A file of the repository."""
     return Path(__file__).resolve().parents[2].joinpath(*parts)
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    """The node's logging set-up at ``info``, writing to a buffer; the session's set-up comes
+    back afterwards."""
+    buffer = io.StringIO()
+    configure("info", buffer)
+    try:
+        yield buffer
+    finally:
+        configure_logging("info")

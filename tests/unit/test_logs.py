@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from gateway.cli.main import configure_logging
 from gateway.node.logs import (
     MAX_ITEMS,
     SUPPRESSED_EVENT,
@@ -19,7 +17,6 @@ from gateway.node.logs import (
     RateLimiter,
     Suppressed,
     cap_fields,
-    configure,
 )
 
 KEY = ("aiokafka", "Unable connect to node with id %s: %s")
@@ -142,17 +139,6 @@ class TestCapFields:
         while isinstance(inner, list):
             inner = inner[0]
         assert isinstance(inner, str)
-
-
-@pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    """The logging set-up writing to a buffer; the session's set-up comes back afterwards."""
-    buffer = io.StringIO()
-    configure("info", buffer)
-    try:
-        yield buffer
-    finally:
-        configure_logging("info")
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:

@@ -6,15 +6,11 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gateway.audit.store import AuditLog, read_entries
-from gateway.cli.main import configure_logging
 from gateway.core.effects import AuditEntry
 from gateway.crypto.keys import generate_signing_key
 from gateway.node.logs import configure
@@ -22,17 +18,6 @@ from gateway.node.loop import Executor
 from gateway.types import KeyId
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    """The node's logging set-up at ``info``, writing to a buffer."""
-    buffer = io.StringIO()
-    configure("info", buffer)
-    try:
-        yield buffer
-    finally:
-        configure_logging("info")
 
 
 def _executor(tmp_path: Path) -> Executor:
