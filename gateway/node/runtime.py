@@ -137,13 +137,13 @@ class Node(Watching):
         else:
             assert c.spool_inbound is not None  # checked by the config model
             sink = SpoolSink(c.spool_inbound)
-        now_ms = _ms(self._now())
-        journals = Journals(c.state_dir, now_ms)
+        # the audit trail first: it holds the state folder's lock (one node per folder)
+        self._audit_log = AuditLog.open(c.audit_dir, self.outbound.keys.signing, now=self._now)
+        stack.callback(self._audit_log.close)
+        journals = Journals(c.state_dir, _ms(self._now()))
         stack.callback(_close_quietly, journals)
         journal, self.received = journals.delivered, journals.received
         self.outbound.received = self.received
-        self._audit_log = AuditLog.open(c.audit_dir, self.outbound.keys.signing, now=self._now)
-        stack.callback(self._audit_log.close)
         stack.callback(lambda: self._log.info("node_stopped", counters=dict(self.counters)))
         self._record_loaded({"policy", "trust", "keys"})
         self._executor = Executor(
