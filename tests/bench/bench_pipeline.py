@@ -91,7 +91,7 @@ def main() -> None:
         "apply plan, non-EU (pseudonyms)": lambda: apply_plan(
             us_plan, event.record, recipient="US-ATF", pseudonymiser=nl.pseudonymiser, now=now
         ),
-        "Avro encode released view": lambda: registry.encode(event.event_type, released.record),
+        "Avro write released view": lambda: registry.write(event.event_type, released.record),
         "seal (encrypt + sign)": do_seal,
         "open (verify + decrypt)": lambda: open_envelope(
             sealed, keys=be.keys, trust=be.trust, cache=cache, codec=registry, now=now
