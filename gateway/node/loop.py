@@ -46,6 +46,7 @@ from gateway.core.effects import (
 )
 from gateway.core.outbound import ReceivedEvent
 from gateway.errors import (
+    CommitRefused,
     InfrastructureError,
     RecordRefused,
     StorageError,
@@ -122,6 +123,10 @@ class Retry:
         )
 
 
+ROUTINE_LOG_EVERY_S = 10.0
+"""At most one log line per kind of everyday outcome in this many seconds (with its count)."""
+
+
 @dataclass(slots=True)
 class Topics:
     """Where effects go."""
@@ -156,6 +161,12 @@ class Executor:
     refuse: Callable[[Deliver, str], Effects] | None = None
     """What answers a delivery the local cluster refused (the inbound core decides)."""
     bound: structlog.stdlib.BoundLogger = field(default_factory=lambda: log)
+    clock: Callable[[], float] = time.monotonic
+    routine_every_s: float = ROUTINE_LOG_EVERY_S
+    _routine: Counter[str] = field(default_factory=Counter)
+    """Everyday outcomes not yet logged, by log event."""
+    _routine_logged: dict[str, float] = field(default_factory=dict)
+    """When each kind of everyday outcome was last logged (clock seconds)."""
 
     async def execute(self, batch: Batch) -> None:
         """Execute ``batch`` until every effect is durable (or raise a fatal error)."""
@@ -172,20 +183,32 @@ class Executor:
             await self.retry("sync audit", self.sync_audit)
 
     def record(self, entries: Sequence[AuditEntry]) -> None:
-        """Count, log and audit each decision, with the same metadata; everyday outcomes are
-        logged as one line per kind with their ``count`` (each one at debug level)."""
-        routine: Counter[str] = Counter()
+        """Count, log and audit each decision, with the same metadata. Everyday outcomes are
+        logged as a count per kind: the first at once, then at most one line per
+        :attr:`routine_every_s` with the count since the last (each one at debug level)."""
+        now = self.clock()
         for entry in entries:
             self.counters[entry.counter] += 1
             fields = entry.data if entry.log_data is None else entry.log_data
             if entry.routine:
-                routine[entry.log_event] += 1
+                self._routine[entry.log_event] += 1
                 self.bound.debug(entry.log_event, **fields)  # a no-op unless at debug level
             else:
                 (self.bound.warning if entry.warn else self.bound.info)(entry.log_event, **fields)
             self.audit.append(entry.kind, entry.data)
-        for event, count in routine.items():
+        for event in [e for e in self._routine if self._routine_due(e, now)]:
+            self.bound.info(event, count=self._routine.pop(event))
+            self._routine_logged[event] = now
+
+    def flush_routine(self) -> None:
+        """Log the everyday outcomes counted since their last line (at shutdown)."""
+        for event, count in self._routine.items():
             self.bound.info(event, count=count)
+        self._routine.clear()
+
+    def _routine_due(self, event: str, now: float) -> bool:
+        last = self._routine_logged.get(event)
+        return last is None or now - last >= self.routine_every_s
 
     async def _stage(self, items: Sequence[Deliver]) -> None:
         assert self.sink is not None
@@ -474,3 +497,20 @@ async def unless_stopped(stop: asyncio.Event, work: Coroutine[object, object, ob
         return False
     task.result()
     return True
+
+
+async def committed(
+    name: str, committing: asyncio.Task[None] | None, bound: structlog.stdlib.BoundLogger
+) -> None:
+    """Wait for the offset commit under way in loop ``name``, if any.
+
+    :raises InfrastructureError: a fault of our own side (the node stops).
+    """
+    if committing is None:
+        return
+    try:
+        await committing
+    except CommitRefused as exc:
+        # the partitions moved: their new owner reads these records again and answers them
+        # from the journals; this node goes on with what it has
+        bound.warning("commit_refused", loop=name, error=str(exc)[:512])

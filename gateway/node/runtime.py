@@ -26,11 +26,19 @@ from gateway.core.inbound import InboundCore
 from gateway.core.outbound import OutboundCore, ReceivedEvent
 from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.envelope import DataKeyRing
-from gateway.errors import CommitRefused, InfrastructureError
+from gateway.errors import InfrastructureError
 from gateway.node.config import NodeConfig
 from gateway.node.files import load_node_files, spool_batches
 from gateway.node.journals import DeliveredJournal, Journals
-from gateway.node.loop import Executor, Pending, Retry, Topics, offer_parked, unless_stopped
+from gateway.node.loop import (
+    Executor,
+    Pending,
+    Retry,
+    Topics,
+    committed,
+    offer_parked,
+    unless_stopped,
+)
 from gateway.node.parked import Parked
 from gateway.node.sinks import KafkaSink, Sink, SpoolSink
 from gateway.node.transport import Consumer, Message, Producer, TopicSpec, ensure_topics
@@ -144,7 +152,7 @@ class Node(Watching):
         stack.callback(_close_quietly, journals)
         journal, self.received = journals.delivered, journals.received
         self.outbound.received = self.received
-        stack.callback(lambda: self._log.info("node_stopped", counters=dict(self.counters)))
+        stack.callback(self._stopped)
         self._record_loaded({"policy", "trust", "keys"})
         self._executor = Executor(
             audit=self._audit_log,
@@ -165,6 +173,12 @@ class Node(Watching):
             bound=self._log,
         )
         return sink, journal
+
+    def _stopped(self) -> None:
+        executor: Executor | None = getattr(self, "_executor", None)  # None: start-up failed
+        if executor is not None:
+            executor.flush_routine()
+        self._log.info("node_stopped", counters=dict(self.counters))
 
     async def _serve(self, stop: asyncio.Event, sink: Sink, pending: Pending) -> None:
         """Run the loops until ``stop`` is set or one of them fails."""
@@ -248,31 +262,17 @@ class Node(Watching):
                 await self._executor.execute(handle(messages))
                 # a batch's effects are durable: its commit goes on while the next batch is
                 # polled and handled, and the next commit waits for it (offsets move in order)
-                await self._committed(name, committing)
+                await committed(name, committing, self._log)
                 committing = asyncio.create_task(
                     retry(f"commit {name}", partial(consumer.commit, messages))
                 )
-            await self._committed(name, committing)
+            await committed(name, committing, self._log)
         finally:
             if committing is not None and not committing.done():
                 committing.cancel()  # failing or cancelled: the records are read again
                 await asyncio.gather(committing, return_exceptions=True)
             with contextlib.suppress(InfrastructureError):
                 await consumer.stop()
-
-    async def _committed(self, name: str, committing: asyncio.Task[None] | None) -> None:
-        """Wait for a commit under way.
-
-        :raises InfrastructureError: a fault of our own side (the node stops).
-        """
-        if committing is None:
-            return
-        try:
-            await committing
-        except CommitRefused as exc:
-            # the partitions moved: their new owner reads these records again and answers
-            # them from the journals; this node goes on with what it has
-            self._log.warning("commit_refused", loop=name, error=str(exc)[:512])
 
     def _take(self, messages: Sequence[Message], core: Callable[[bytes], Effects]) -> Batch:
         """Each record's effects; a record the client could not parse is quarantined by where

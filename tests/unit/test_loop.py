@@ -69,3 +69,20 @@ class TestRecord:
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         assert ["m0", "m1", "m2", None] == [line.get("message_id") for line in lines]
         assert 3 == lines[-1]["count"]
+
+    def test_everyday_counts_are_logged_at_most_once_per_interval(
+        self, tmp_path: Path, stream: io.StringIO
+    ) -> None:
+        """The first batch is logged at once; later ones add up until the interval has passed
+        (then one line counts them all); what is left is logged at shutdown."""
+        now = [100.0]
+        executor = _executor(tmp_path)
+        executor.clock = lambda: now[0]
+        for n, at in enumerate((100.0, 101.0, 105.0, 110.0, 111.0)):
+            now[0] = at
+            executor.record([_entry(n, routine=True), _entry(n + 100, routine=True)])
+        executor.flush_routine()
+        executor.audit.close()
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [2, 6, 2] == [line["count"] for line in lines]
+        assert {"released": 10} == executor.counters
