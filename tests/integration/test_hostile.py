@@ -17,9 +17,6 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -39,6 +36,7 @@ from gateway.dev.sandbox import THREE_AGENCIES, Federation, build_federation, re
 from gateway.node.transport import Message, TopicSpec, ensure_topics, read_topic
 from gateway.types import AgencyId, EventId
 from tests.integration.conftest import delivered, national_send, quarantined, running, wait_until
+from tests.processes import NodeProcess
 from tests.recordbatches import bad, produce_raw, record_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -226,39 +224,6 @@ def _federation(tmp_path: Path, bootstrap: str, prefix: str, sink: str) -> Feder
     return fed
 
 
-def _start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-
-def _stop_node(node: subprocess.Popen[bytes]) -> int:
-    if node.poll() is None:
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait(timeout=10)
-    return node.returncode
-
-
-def _tail(log: Path, lines: int = 25) -> str:
-    text = log.read_text(encoding="utf-8", errors="replace").splitlines()
-    return "\n".join(line[:800] for line in text[-lines:])
-
-
-def _up(node: subprocess.Popen[bytes], log: Path) -> None:
-    """Fail at once, with the log's tail, if the node has exited."""
-    if node.poll() is not None:
-        raise AssertionError(f"BE-FPJ exited with {node.returncode}; its log ends:\n{_tail(log)}")
-
-
 def _log_figures(log: Path) -> tuple[int, int, int]:
     """Lines, bytes, and the longest line's bytes of the node's log."""
     lines = log.read_bytes().splitlines()
@@ -270,7 +235,7 @@ class Scene:
     """BE-FPJ running as a process, NL-POL in this event loop, and an attacker's producer."""
 
     fed: Federation
-    node: subprocess.Popen[bytes]
+    node: NodeProcess
     log: Path
     nl: OutboundCore
     attacker: aiokafka.AIOKafkaProducer
@@ -278,7 +243,10 @@ class Scene:
 
     def up(self) -> None:
         """Fail at once if BE-FPJ has exited."""
-        _up(self.node, self.log)
+        if not self.node.alive:
+            raise AssertionError(
+                f"BE-FPJ exited with {self.node.returncode}; its log ends:\n{self.node.tail(25)}"
+            )
 
     def started(self) -> bool:
         """BE-FPJ has logged that its loops run (and has not exited)."""
@@ -333,7 +301,8 @@ async def scene(tmp_path: Path, bootstrap: str, prefix: str, sink: str) -> Async
         ],
     )
     log = tmp_path / "be-fpj.log"
-    node = _start_node(fed.config(RECEIVER), log)
+    node = NodeProcess(fed.config(RECEIVER), log)
+    node.start()
     attacker = aiokafka.AIOKafkaProducer(
         bootstrap_servers=fed.bootstrap,
         client_id="test-hostile",
@@ -349,7 +318,7 @@ async def scene(tmp_path: Path, bootstrap: str, prefix: str, sink: str) -> Async
             yield found
     finally:
         await attacker.stop()
-        code = _stop_node(node)
+        code = node.stop()
         if found is not None:
             found.exit_code = code
 
@@ -407,7 +376,7 @@ class TestHostileInbox:
             await wait_until(s.at_least(VALID + len(answered), s.receipts), "receipts")
             await asyncio.sleep(1.5)  # time for anything extra to show up
             docs, q, receipts = await s.deliveries(), await s.quarantine(), await s.receipts()
-            alive = s.node.poll() is None
+            alive = s.node.alive
         ids = _message_ids(docs)
         by_sha = {h.sha256: h for h in hostile}
         lines, size, longest = _log_figures(s.log)
@@ -428,7 +397,7 @@ class TestHostileInbox:
             sizes = {k: len(v) for k, v in m.headers}
             print(f"  {h.name if h else '?'}: value={len(m.value)} header bytes={sizes}")
 
-        assert alive, f"BE-FPJ exited; its log ends:\n{_tail(s.log)}"
+        assert alive, f"BE-FPJ exited; its log ends:\n{s.node.tail(25)}"
         assert 0 == s.exit_code
         assert VALID == len(ids)
         assert _expected_ids(events) == set(ids)
@@ -464,7 +433,7 @@ class TestUnverifiedText:
             await wait_until(s.at_least(2, s.deliveries), "deliveries")
             await wait_until(s.at_least(1, s.quarantine), "quarantine")
             docs, q = await s.deliveries(), await s.quarantine()
-            alive = s.node.poll() is None
+            alive = s.node.alive
         lines, size, longest = _log_figures(s.log)
         sizes = {name: len(value) for m in q for name, value in m.headers}
         print(
@@ -505,7 +474,7 @@ class TestHeaderKeyNotUtf8:
             await wait_until(s.at_least(1, s.quarantine), "quarantine")
             await asyncio.sleep(1.0)  # time for anything extra to show up
             docs, q = await s.deliveries(), await s.quarantine()
-            alive = s.node.poll() is None
+            alive = s.node.alive
         ids = _message_ids(docs)
         print(
             f"\n[header key] delivered={len(ids)} unique={len(set(ids))} "

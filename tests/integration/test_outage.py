@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +18,7 @@ from gateway.dev.demo import seizure_nl
 from gateway.dev.kafka import LocalKafka
 from gateway.dev.sandbox import THREE_AGENCIES, Federation, build_federation
 from tests.integration.conftest import delivered, national_send, wait_until
+from tests.processes import NodeProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -37,29 +34,6 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A Kafka of this module alone, which the test stops and starts."""
     with LocalKafka(nodes=1, workdir=tmp_path_factory.mktemp("outage-kafka")) as cluster:
         yield cluster
-
-
-def _start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL the process group if it is not gone in 30 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 def _two_agencies(tmp_path: Path, kafka: LocalKafka, prefix: str) -> Federation:
@@ -82,7 +56,9 @@ class TestBrokerOutage:
         """Few log lines while the broker is down; an event sent after it is back is delivered."""
         fed = _two_agencies(tmp_path, kafka, topic_prefix)
         logs = {a: tmp_path / f"{a}.log" for a in ("NL-POL", "BE-FPJ")}
-        nodes = {a: _start_node(fed.config(a), logs[a]) for a in logs}
+        nodes = {a: NodeProcess(fed.config(a), logs[a]) for a in logs}
+        for node in nodes.values():
+            node.start()
         try:
 
             async def arrived(count: int) -> bool:
@@ -98,12 +74,12 @@ class TestBrokerOutage:
             await asyncio.to_thread(kafka.start_node, 0)
             outage_s = time.monotonic() - asked_at  # from the stop request until it serves again
             during = {a: len(_lines(log)) - before[a] for a, log in logs.items()}
-            assert all(p.poll() is None for p in nodes.values()), "a node exited in the outage"
+            assert all(n.alive for n in nodes.values()), "a node exited in the outage"
             await national_send(fed, "NL-POL", seizure_nl())
             await wait_until(lambda: arrived(2), "a delivery after the outage", within_s=120)
         finally:
-            for process in nodes.values():
-                _stop(process)
+            for node in nodes.values():
+                node.stop()
         print(
             f"\nbroker stopped for {OUTAGE_S:.0f} s; {outage_s:.1f} s from the stop request until"
             f" it served again (its shutdown took {stopped_at - asked_at:.1f} s)"
@@ -126,17 +102,18 @@ class TestStopDuringOutage:
         """The node does not hang on a cluster that cannot answer; it exits on its own."""
         fed = _two_agencies(tmp_path, kafka, topic_prefix)
         log = tmp_path / "BE-FPJ.log"
-        node = _start_node(fed.config("BE-FPJ"), log)
+        node = NodeProcess(fed.config("BE-FPJ"), log)
+        node.start()
         try:
             await wait_until(lambda: "node_started" in log.read_text(), "start", within_s=90)
             await asyncio.to_thread(kafka.stop_node, 0)
             asked = time.monotonic()
-            node.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(node.wait, 120)  # a hang fails here
+            # SIGTERM, and SIGKILL after 120 s: a hang shows as -9 in the exit code
+            code = await asyncio.to_thread(node.stop, 120)
             took = time.monotonic() - asked
         finally:
-            if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
+            if node.alive:
+                node.kill()
             await asyncio.to_thread(kafka.start_node, 0)
         print(f"\nstopped {took:.1f} s after SIGTERM with the broker gone; exit code {code}")
         assert code in (0, 3), _lines(log)[-5:]

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,21 +10,11 @@ import pytest
 from gateway.dev.demo import seizure_nl
 from gateway.dev.sandbox import THREE_AGENCIES, build_federation, replace_sink
 from tests.integration.conftest import delivered, national_send, running, wait_until
+from tests.processes import NodeProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 EVENTS = 120
-
-
-def _start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
 
 
 class TestReceiverCrash:
@@ -44,7 +30,8 @@ class TestReceiverCrash:
             tmp_path / "fed", kafka_bootstrap, prefix=topic_prefix, agencies=agencies
         )
         log = tmp_path / "be-node.log"
-        receiver = _start_node(fed.config("BE-FPJ"), log)
+        receiver = NodeProcess(fed.config("BE-FPJ"), log)
+        receiver.start()
         try:
             async with running(fed, "NL-POL"):
 
@@ -59,11 +46,10 @@ class TestReceiverCrash:
                     return len(await delivered(fed, "BE-FPJ")) >= EVENTS // 4
 
                 await wait_until(some_arrived, "the first deliveries", within_s=90)
-                receiver.send_signal(signal.SIGKILL)
-                receiver.wait(timeout=10)
+                receiver.kill()
                 killed_at = len(await delivered(fed, "BE-FPJ"))
                 await sender
-                receiver = _start_node(fed.config("BE-FPJ"), log)
+                receiver.start()
 
                 async def all_arrived() -> bool:
                     return len(await delivered(fed, "BE-FPJ")) >= EVENTS
@@ -72,11 +58,7 @@ class TestReceiverCrash:
                 await asyncio.sleep(2.0)  # time for any duplicate to show up
                 docs = await delivered(fed, "BE-FPJ")
         finally:
-            receiver.send_signal(signal.SIGTERM)
-            try:
-                receiver.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                receiver.kill()
+            receiver.stop()
         ids = [d["provenance"]["message_id"] for d in docs]  # type: ignore[index]
         assert killed_at < EVENTS, "the node was killed after the stream had ended"
         assert EVENTS == len(ids)

@@ -7,10 +7,6 @@ timeout (``Consumer.SESSION_TIMEOUT_MS``), before it is given the inbox partitio
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,31 +16,9 @@ from gateway.dev.demo import seizure_nl
 from gateway.dev.sandbox import THREE_AGENCIES, build_federation
 from gateway.node.transport import Consumer
 from tests.integration.conftest import delivered, national_send, running, wait_until
+from tests.processes import NodeProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-def _start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL the process group if it is not gone in 30 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 class TestStaticMembership:
@@ -58,7 +32,8 @@ class TestStaticMembership:
             tmp_path / "fed", kafka_bootstrap, prefix=topic_prefix, agencies=THREE_AGENCIES[:2]
         )
         log = tmp_path / "be-node.log"
-        receiver = _start_node(fed.config("BE-FPJ"), log)
+        receiver = NodeProcess(fed.config("BE-FPJ"), log)
+        receiver.start()
         try:
             async with running(fed, "NL-POL"):
                 await national_send(fed, "NL-POL", seizure_nl())
@@ -67,15 +42,14 @@ class TestStaticMembership:
                     return len(await delivered(fed, "BE-FPJ")) >= count
 
                 await wait_until(lambda: arrived(1), "the first delivery", within_s=90)
-                receiver.send_signal(signal.SIGKILL)
-                receiver.wait(timeout=10)
+                receiver.kill()
                 await national_send(fed, "NL-POL", seizure_nl())  # waits in the inbox
                 restarted_at = time.monotonic()
-                receiver = _start_node(fed.config("BE-FPJ"), log)
+                receiver.start()
                 await wait_until(lambda: arrived(2), "a delivery after the restart", within_s=90)
                 took_s = time.monotonic() - restarted_at
         finally:
-            _stop(receiver)
+            receiver.stop()
         session_s = Consumer.SESSION_TIMEOUT_MS / 1000
         print(f"\nrestarted node delivered {took_s:.1f} s after its start (session {session_s} s)")
         assert took_s < session_s / 2
