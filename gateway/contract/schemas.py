@@ -1892,9 +1892,7 @@ class SchemaRegistry:
         :raises UnknownEventType: no record type of that name.
         :raises RecordInvalid: the record does not conform (it is validated first).
         """
-        node, compiled = self._compiled_for(name)
-        complete = _conform_record(node, record, None, False)
-        return cast("dict[str, object]", compiled.to_json(complete))
+        return self.to_json_decoded(name, self.validate(name, record))
 
     def to_json_decoded(self, name: str, record: Mapping[str, object]) -> dict[str, object]:
         """:meth:`to_json` of a record just decoded with this registry (so it conforms, and is
