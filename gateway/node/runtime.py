@@ -198,6 +198,7 @@ class Node(Watching):
                 c.exchange_bootstrap,
                 c.receipts_topic(c.agency),
                 self._take_receipts,
+                gather_ms=250,  # on no event's path: a few large batches, not many small ones
             ),
             "watch": self._watch_loop(stop, sink),
             "parked": offer_parked(self._executor, stop),
@@ -235,6 +236,7 @@ class Node(Watching):
         handle: Callable[[Sequence[Message]], Batch],
         *,
         ready: bool = False,
+        gather_ms: int | None = None,
     ) -> None:
         c = self.config
         consumer = Consumer(
@@ -243,6 +245,7 @@ class Node(Watching):
             group_id=c.group_id(name),
             client_id=f"fxgw-{c.agency}-{name}",
             instance_id=c.instance_id,
+            gather_ms=gather_ms,
         )
         retry = self._executor.retry
         committing: asyncio.Task[None] | None = None

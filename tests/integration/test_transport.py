@@ -259,3 +259,53 @@ class TestConsumerUnreadableRecords:
             await producer.stop()
         (message,) = await _drain(consumer, 1)
         assert (("h", b""),) == message.headers
+
+
+class TestGathering:
+    """A consumer with ``gather_ms`` takes a trickle of records in fewer, larger batches."""
+
+    async def test_a_trickle_comes_in_fewer_batches(
+        self, kafka_bootstrap: str, topic: str, topic_prefix: str
+    ) -> None:
+        """40 records sent one by one, 10 ms apart: a plain member sees them in many polls, a
+        gathering one (the receipts loop's setting) in a few; both see all, in order."""
+        members = {
+            "plain": _consumer(kafka_bootstrap, topic, f"{topic_prefix}.plain"),
+            "gathering": Consumer(
+                [topic],
+                bootstrap_servers=kafka_bootstrap,
+                group_id=f"{topic_prefix}.gathering",
+                client_id="test-gathering",
+                gather_ms=250,
+            ),
+        }
+        for member in members.values():
+            await member.start()
+        batches: dict[str, list[int]] = {name: [] for name in members}
+        seen: dict[str, list[bytes]] = {name: [] for name in members}
+
+        async def read(name: str, member: Consumer) -> None:
+            while len(seen[name]) < 40:
+                got = await member.poll(timeout_ms=100)
+                if got:
+                    batches[name].append(len(got))
+                    seen[name].extend(m.value for m in got)
+
+        try:
+            readers = [asyncio.create_task(read(n, m)) for n, m in members.items()]
+            producer = Producer(kafka_bootstrap, "test-producer")
+            await producer.start()
+            try:
+                for i in range(40):
+                    await producer._producer.send_and_wait(topic, b"%d" % i, partition=0)
+                    await asyncio.sleep(0.01)
+            finally:
+                await producer.stop()
+            await asyncio.wait_for(asyncio.gather(*readers), timeout=60)
+        finally:
+            for member in members.values():
+                await member.stop()
+        print(f"\nbatches: plain {batches['plain']}, gathering {batches['gathering']}")
+        expected = [b"%d" % i for i in range(40)]
+        assert expected == seen["plain"] == seen["gathering"]
+        assert len(batches["gathering"]) < len(batches["plain"])
