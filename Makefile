@@ -23,6 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway tests
 	$(BIN)/ruff format --check gateway tests
 	$(BIN)/mypy --strict gateway
+	$(BIN)/fxgw schema check --against all
 	@if command -v shellcheck >/dev/null; then shellcheck deploy/kafka/kafka-local .ci/run; fi
 
 test: lint

@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from gateway.audit.store import read_entries
-from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.versions import newest_registry
 from gateway.crypto.envelope import message_id_for
 from gateway.crypto.receipts import Receipt, open_receipt
 from gateway.crypto.trust import authority_keys, load_trust_list
@@ -366,7 +366,7 @@ async def check_receipts(bootstrap: str, config: Path) -> ReceiptCheck:
     c = load_config(config)
     now = datetime.now(UTC)
     trust = load_trust_list(c.trust_file, authority_keys(c.authority_keys), now=now)
-    registry = SchemaRegistry.load(c.schemas_dir)
+    registry = newest_registry(c.schemas_dir)
     check = ReceiptCheck()
     for m in await read_topic(bootstrap, c.receipts_topic(c.agency), timeout_s=60):
         check.records += 1

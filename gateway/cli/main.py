@@ -25,6 +25,7 @@ import structlog
 import yaml
 
 from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.versions import Contract, ContractVersion, newest_registry
 from gateway.errors import ConfigError, GatewayError, InfrastructureError, PeerError
 from gateway.types import AgencyId
 
@@ -148,7 +149,7 @@ def cmd_trust_verify(args: argparse.Namespace) -> int:
 def _registry(schemas: str | None) -> SchemaRegistry:
     from gateway.node.config import DEFAULT_SCHEMAS
 
-    return SchemaRegistry.load(Path(schemas) if schemas else DEFAULT_SCHEMAS)
+    return newest_registry(Path(schemas) if schemas else DEFAULT_SCHEMAS)
 
 
 def _node_trust(config: NodeConfig) -> TrustList:
@@ -260,7 +261,15 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 
 def cmd_schema_check(args: argparse.Namespace) -> int:
-    registry = _registry(args.dir)
+    from gateway.node.config import DEFAULT_SCHEMAS
+
+    contract = Contract.load(Path(args.dir) if args.dir else DEFAULT_SCHEMAS)
+    working = contract.newest
+    for version in contract:
+        state = "released" if version.released else "draft"
+        _print(f"version {version.label} ({state}, {version.folder})")
+    _print(f"working contract: {working.label}")
+    registry = working.registry
     for name in registry.event_types:
         schema = registry.get(name)
         _print(f"{name}  sha256:{schema.fingerprint.hex()}")
@@ -268,7 +277,59 @@ def cmd_schema_check(args: argparse.Namespace) -> int:
             for info in schema.iter_fields():
                 optional = "optional" if info.nullable else "required"
                 _print(f"    {info.path}  {info.kind}  {optional}")
-    return EXIT_OK
+    if not working.released:
+        _print("fingerprints to record in the manifest when this version is released:")
+        for schema in sorted(registry, key=lambda s: s.full_name):
+            _print(f"      {schema.full_name}: {schema.fingerprint.hex()}")
+    broken = 0
+    for kept in _kept_versions(contract, args.against):
+        broken += _report_compatibility(working, kept)
+    return EXIT_REJECTED if broken else EXIT_OK
+
+
+def _kept_versions(contract: Contract, against: Sequence[str]) -> list[ContractVersion]:
+    """The versions named by ``--against``: ``all`` (every version but the working one), a
+    version of the contract, or a folder (a contract, or a folder of .avsc files)."""
+    kept: list[ContractVersion] = []
+    for spec in against:
+        if spec == "all":
+            kept.extend(v for v in contract if v is not contract.newest)
+        elif Path(spec).is_dir():
+            kept.extend(Contract.load(Path(spec)))
+        else:
+            kept.append(contract.version(spec))
+    return kept
+
+
+def _report_compatibility(working: ContractVersion, kept: ContractVersion) -> int:
+    """Print each type's compatibility with ``kept``; the number of incompatible types that
+    fail the gate (within one major version)."""
+    from gateway.contract.compat import check
+
+    same_major = working.major is None or kept.major is None or working.major == kept.major
+    reports = check(working.registry, kept.registry)
+    bad = [r for r in reports if not r.compatible]
+    verdict = "compatible" if not bad else f"{len(bad)} of {len(reports)} types incompatible"
+    _print(f"against {kept.label} ({kept.folder}): {verdict}")
+    for report in reports:
+        backward = "ok" if not report.backward else "INCOMPATIBLE"
+        forward = "ok" if not report.forward else "INCOMPATIBLE"
+        _print(f"  {report.name}  backward {backward}  forward {forward}")
+        for direction, problems in (("backward", report.backward), ("forward", report.forward)):
+            for problem in problems:
+                _print(f"      {direction}: {problem}")
+    if bad and not same_major:
+        _print(
+            f"  {working.label} starts a new major version: it need not be compatible"
+            f" with {kept.label}"
+        )
+        return 0
+    if bad:
+        _print(
+            f"  a breaking change within major version {working.major}: make it compatible"
+            " (e.g. give a new field a default) or start a new major version"
+        )
+    return len(bad)
 
 
 # --- audit ---------------------------------------------------------------------------------------
@@ -402,12 +463,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from gateway.contract.schemas import SchemaRegistry
     from gateway.core.outbound import parse_plain_event
     from gateway.node.config import load_config
 
     config = load_config(Path(args.config))
-    registry = SchemaRegistry.load(config.schemas_dir)
+    registry = newest_registry(config.schemas_dir)
     path = Path(args.file)
     try:
         lines = path.read_bytes().splitlines()
@@ -566,8 +626,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="inspect the Avro schemas")
     ssub = schema.add_subparsers(dest="schema_command", required=True)
-    p = ssub.add_parser("check", help="load the schemas, print event types and fingerprints")
-    p.add_argument("dir", nargs="?")
+    p = ssub.add_parser(
+        "check",
+        help="load the contract, print its versions and fingerprints, check compatibility",
+    )
+    p.add_argument("dir", nargs="?", help="the contract (default: the repository's schemas/avro)")
+    p.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="VERSION|DIR|all",
+        help="check the working (newest) version against a kept version, a folder, or all"
+        " other versions; exit 1 on a breaking change within one major version",
+    )
     p.add_argument("--fields", action="store_true", help="also list every field path")
     p.set_defaults(func=cmd_schema_check)
 

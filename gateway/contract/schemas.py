@@ -4,7 +4,8 @@ Pure: apart from reading the schema folder in :meth:`SchemaRegistry.load`, nothi
 
 The contract
 ------------
-- The contract is a folder of ``.avsc`` files (``schemas/avro``). Each file defines one named type
+- A version of the contract is a folder of ``.avsc`` files (``schemas/avro/1.0``; the versions
+  themselves are :mod:`gateway.contract.versions`'). Each file defines one named type
   and is named after its full name (``fxgw.Firearm.avsc``); it may define further named types
   inline (an enum inside a record, say). Files refer to each other's types by name, in any order.
   Every named type, wherever defined, gets a :class:`Schema`.
@@ -851,7 +852,8 @@ def _canonical(node: _Type, seen: set[str]) -> str:
 
 
 def _fastavro_definition(node: _Type, seen: set[str]) -> _avro.Definition:
-    """The self-contained definition handed to fastavro: only what encoding needs."""
+    """The self-contained definition handed to fastavro (and to the compatibility checker):
+    what encoding and schema resolution need (types, names, aliases, defaults), no docs."""
     if isinstance(node, _Primitive):
         return node.kind
     if isinstance(node, _Logical):
@@ -865,15 +867,28 @@ def _fastavro_definition(node: _Type, seen: set[str]) -> _avro.Definition:
     if node.name in seen:
         return node.name
     seen.add(node.name)
+    named: dict[str, object] = {"name": node.name}
+    if node.aliases:
+        named["aliases"] = list(node.aliases)
     if isinstance(node, _Enum):
-        return {"type": "enum", "name": node.name, "symbols": list(node.symbols)}
+        named.update(type="enum", symbols=list(node.symbols))
+        if node.default is not None:
+            named["default"] = node.default
+        return named
     if isinstance(node, _Fixed):
-        return {"type": "fixed", "name": node.name, "size": node.size}
-    fields: list[object] = [
-        {"name": field.name, "type": _fastavro_definition(field.type, seen)}
-        for field in node.fields
-    ]
-    return {"type": "record", "name": node.name, "fields": fields}
+        return {"type": "fixed", **named, "size": node.size}
+    fields: list[object] = []
+    for field in node.fields:
+        entry: dict[str, object] = {
+            "name": field.name,
+            "type": _fastavro_definition(field.type, seen),
+        }
+        if field.aliases:
+            entry["aliases"] = list(field.aliases)
+        if field.has_default:
+            entry["default"] = field.default
+        fields.append(entry)
+    return {"type": "record", **named, "fields": fields}
 
 
 # --- field descriptions --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Sealing and opening envelopes: one released view, for one recipient, signed by its sender.
 
-An envelope (``schemas/avro/fxgw.Envelope.avsc``) is an Avro record of three parts:
+An envelope (``schemas/avro/1.0/fxgw.Envelope.avsc``) is an Avro record of three parts:
 
 - ``header``: in the clear, so that routing, audit and receipts never need the body;
 - ``ciphertext``: the released record (Avro-encoded) under XChaCha20-Poly1305 with a 32-byte

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.versions import newest_registry
 from gateway.crypto.keys import (
     AgencyKeys,
     load_encryption_key,
@@ -45,7 +46,7 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
     signing = load_signing_key(config.signing_key)
     encryption = tuple(load_encryption_key(p) for p in config.encryption_keys)
     keys = AgencyKeys(config.agency, signing, encryption)
-    registry = SchemaRegistry.load(config.schemas_dir)
+    registry = newest_registry(config.schemas_dir)
     trust_state = config.state_dir / "trust-version"
     min_version = int(trust_state.read_text()) if trust_state.exists() else 0
     trust = load_trust_list(

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.cli.main import configure_logging
 from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.versions import newest_registry
 from gateway.crypto.keys import AgencyKeys, load_encryption_key, load_signing_key
 from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
 from gateway.dev.sandbox import Federation, build_federation
@@ -23,7 +24,7 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 @pytest.fixture(scope="session")
 def registry() -> SchemaRegistry:
     """The federation's schemas from schemas/avro."""
-    return SchemaRegistry.load(DEFAULT_SCHEMAS)
+    return newest_registry(DEFAULT_SCHEMAS)
 
 
 @pytest.fixture(scope="session")

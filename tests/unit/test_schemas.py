@@ -27,7 +27,7 @@ from gateway.errors import RecordInvalid, SchemaError, UnknownEventType
 from tests.strategies import records_for
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_DIR = ROOT / "schemas" / "avro"
+SCHEMA_DIR = ROOT / "schemas" / "avro" / "1.0"
 DATA = ROOT / "tests" / "data"
 REGISTRY = SchemaRegistry.load(SCHEMA_DIR)
 

@@ -1,0 +1,220 @@
+"""The contract's versions: every version of the federation's Avro contract a node keeps.
+
+Agencies never upgrade on the same day, so the contract is a set of versions, listed oldest first
+in a manifest, ``contract.yaml``, beside one folder of ``.avsc`` files per version::
+
+    schemas/avro/contract.yaml
+    schemas/avro/1.0/fxgw.SeizureEvent.avsc ...
+    schemas/avro/1.1/...
+
+A version is named ``MAJOR.MINOR``. Every minor version must be backward and forward compatible
+with every other version of its major (:mod:`gateway.contract.compat` checks it; CI runs
+``fxgw schema check --against all``); a change that cannot be starts a new major version.
+
+A released version is frozen: the manifest records the SHA-256 fingerprint of each of its types,
+and loading refuses a folder whose types no longer have them, naming the type and what to do.
+The newest version may be a draft (no fingerprints yet), for the working contract before its
+release; ``fxgw schema check`` prints the fingerprints to record.
+
+A folder of ``.avsc`` files without a manifest is a contract of one draft version named after
+the folder (a single-version contract, as a test or an old configuration has it).
+
+Why our own code: fastavro and the Apache ``avro`` package load one schema set at a time; what a
+set of versions is, and which are frozen, is the federation's own convention.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydantic
+
+from gateway._yamlfile import YamlDocument, load_model, read_yaml
+from gateway.contract.schemas import Schema, SchemaRegistry
+from gateway.errors import SchemaError, UnknownEventType
+
+__all__ = ["MANIFEST", "Contract", "ContractVersion", "newest_registry"]
+
+MANIFEST = "contract.yaml"
+_LABEL = re.compile(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+class _VersionModel(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    version: str
+    fingerprints: dict[str, str] | None = None
+
+
+class _ManifestModel(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    versions: list[_VersionModel] = pydantic.Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ContractVersion:
+    """One version of the contract: its schemas, and whether it is released (frozen)."""
+
+    label: str
+    """``MAJOR.MINOR`` (or, for a folder without a manifest, the folder's name)."""
+    folder: Path
+    registry: SchemaRegistry
+    released: bool
+
+    @property
+    def major(self) -> int | None:
+        """The major version (None for a label that is not ``MAJOR.MINOR``)."""
+        match = _LABEL.fullmatch(self.label)
+        return int(match.group(1)) if match else None
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class Contract:
+    """Every version of the contract a node keeps, oldest first."""
+
+    def __init__(self, versions: list[ContractVersion]) -> None:
+        if not versions:
+            raise SchemaError("a contract needs at least one version")
+        self.versions = tuple(versions)
+        self._by_label = {v.label: v for v in versions}
+        self._by_fingerprint: dict[bytes, tuple[ContractVersion, Schema]] = {}
+        for version in versions:  # a type unchanged across versions keeps its oldest entry
+            for schema in version.registry:
+                self._by_fingerprint.setdefault(schema.fingerprint, (version, schema))
+
+    @classmethod
+    def load(cls, root: Path) -> Contract:
+        """Load the manifest in ``root`` and every version it lists, or, without a manifest,
+        the folder's ``.avsc`` files as one draft version.
+
+        :raises SchemaError: the manifest or a version is broken, or a released version's
+            types no longer have the fingerprints the manifest records (naming file, line and
+            type).
+        """
+        manifest = root / MANIFEST
+        if not manifest.is_file():
+            return cls([ContractVersion(root.name, root, SchemaRegistry.load(root), False)])
+        document = read_yaml(manifest, "contract manifest", SchemaError)
+        model = load_model(document, _ManifestModel, "contract manifest", SchemaError)
+        labels = [entry.version for entry in model.versions]
+        for index, label in enumerate(labels):
+            at = ("versions", index, "version")
+            if not _LABEL.fullmatch(label):
+                raise _error(document, at, f"version '{label}' is not MAJOR.MINOR (e.g. 1.0)")
+            if index and _order(label) <= _order(labels[index - 1]):
+                raise _error(
+                    document,
+                    at,
+                    f"version {label} is listed after {labels[index - 1]}: list the versions"
+                    " oldest first, each once",
+                )
+        versions: list[ContractVersion] = []
+        for index, entry in enumerate(model.versions):
+            if entry.fingerprints is None and index != len(model.versions) - 1:
+                raise _error(
+                    document,
+                    ("versions", index, "version"),
+                    f"version {entry.version} has no fingerprints: only the newest version may"
+                    " be a draft; record the fingerprints `fxgw schema check` prints",
+                )
+            folder = root / entry.version
+            registry = SchemaRegistry.load(folder)
+            if entry.fingerprints is not None:
+                _check_frozen(entry.version, registry, entry.fingerprints, document, index)
+            versions.append(
+                ContractVersion(entry.version, folder, registry, entry.fingerprints is not None)
+            )
+        return cls(versions)
+
+    def __iter__(self) -> Iterator[ContractVersion]:
+        return iter(self.versions)
+
+    @property
+    def newest(self) -> ContractVersion:
+        """The newest version (the working contract when it is a draft)."""
+        return self.versions[-1]
+
+    def version(self, label: str) -> ContractVersion:
+        """The version named ``label``.
+
+        :raises SchemaError: the contract has no such version (the message lists those it has).
+        """
+        try:
+            return self._by_label[label]
+        except KeyError:
+            known = ", ".join(v.label for v in self.versions)
+            raise SchemaError(f"the contract has no version {label} (it has {known})") from None
+
+    def by_fingerprint(self, fingerprint: bytes) -> tuple[ContractVersion, Schema]:
+        """The schema with this fingerprint, in the oldest version that has it.
+
+        :raises UnknownEventType: no version of the contract has a type with that fingerprint.
+        """
+        try:
+            return self._by_fingerprint[fingerprint]
+        except KeyError:
+            raise UnknownEventType(
+                f"no version of the contract has a schema with fingerprint {fingerprint.hex()}"
+            ) from None
+
+
+def _error(document: YamlDocument, at: tuple[str | int, ...], message: str) -> SchemaError:
+    return SchemaError(message, file=str(document.path), line=document.line_of(at))
+
+
+def _order(label: str) -> tuple[int, int]:
+    major, _, minor = label.partition(".")
+    return int(major), int(minor)
+
+
+def _check_frozen(
+    label: str,
+    registry: SchemaRegistry,
+    recorded: dict[str, str],
+    document: YamlDocument,
+    index: int,
+) -> None:
+    """Every type of released version ``label`` (entry ``index`` of the manifest) has the
+    fingerprint the manifest records, and the manifest records every type."""
+    manifest = document.path
+    for name, value in recorded.items():
+        at = ("versions", index, "fingerprints", name)
+        if not _FINGERPRINT.fullmatch(value):
+            raise _error(document, at, f"{name}: a fingerprint is 64 lowercase hex digits")
+        if name not in registry:
+            raise _error(
+                document,
+                at,
+                f"released version {label} has no type {name} any more: a released version"
+                " never changes; put changes into a new version",
+            )
+        actual = registry.get(name).fingerprint.hex()
+        if actual != value:
+            raise _error(
+                document,
+                at,
+                f"{name} in released version {label} has fingerprint {actual}, the manifest"
+                f" records {value}: a released version never changes; restore"
+                f" {manifest.parent / label} and put changes into a new version",
+            )
+    missing = sorted(set(registry.names) - set(recorded))
+    if missing:
+        raise SchemaError(
+            f"released version {label} has types the manifest does not record: "
+            f"{', '.join(missing)}; a released version never changes",
+            file=str(manifest),
+            line=document.line_of(("versions", index, "fingerprints")),
+        )
+
+
+def newest_registry(root: Path) -> SchemaRegistry:
+    """The schemas of the newest version of the contract in ``root`` (see :meth:`Contract.load`).
+
+    :raises SchemaError: the contract is broken.
+    """
+    return Contract.load(root).newest.registry
