@@ -84,8 +84,10 @@ def write(schema: ParsedSchema, datum: object) -> bytes:
     return buffer.getvalue()
 
 
-def read(schema: ParsedSchema, data: bytes) -> object:
-    """Decode one datum written by :func:`write` with the same schema; all bytes must be used.
+def read(schema: ParsedSchema, data: bytes, reader: ParsedSchema | None = None) -> object:
+    """Decode one datum written by :func:`write` with ``schema``; all bytes must be used. With
+    ``reader``, the datum is resolved to that schema (Avro schema resolution: fields the writer
+    lacks take the reader's defaults, fields the reader lacks are skipped).
 
     :raises RecordInvalid: the bytes are truncated, carry trailing garbage, or do not decode
         with this schema (bad union index, bad enum index, invalid UTF-8, date out of range, ...).
@@ -96,7 +98,8 @@ def read(schema: ParsedSchema, data: bytes) -> object:
     # for a megabyte of one-byte array items.
     source = io.BytesIO(data)
     try:
-        datum = cast(object, schemaless_reader(source, schema._parsed, None))
+        target = None if reader is None else reader._parsed
+        datum = cast(object, schemaless_reader(source, schema._parsed, target))
     except Exception as exc:
         # Garbage input makes fastavro fail in many ways (EOFError, IndexError, KeyError,
         # UnicodeDecodeError, OverflowError, ValueError, MemoryError on absurd lengths, ...).

@@ -1865,9 +1865,10 @@ class SchemaRegistry:
         schema, _ = self._record(name)
         return _avro.write(schema.parsed, record)
 
-    def decode(self, name: str, data: bytes) -> dict[str, object]:
-        """Decode bytes written by :meth:`encode` with the same schema. The record returned is
-        one encode and to_json accept.
+    def decode(self, name: str, data: bytes, writer: Schema | None = None) -> dict[str, object]:
+        """Decode bytes written by :meth:`encode` with the same schema, or with ``writer`` (the
+        same type in another version of the contract), resolved to this registry's type. The
+        record returned is one encode and to_json accept.
 
         :raises UnknownEventType: no record type of that name.
         :raises RecordInvalid: the bytes are truncated, have trailing bytes, do not decode, or
@@ -1875,7 +1876,10 @@ class SchemaRegistry:
         """
         schema = self.get(name)
         node, compiled = self._compiled_for(name)
-        datum = _avro.read(schema.parsed, data)
+        if writer is not None and writer.fingerprint != schema.fingerprint:
+            datum = _avro.read(writer.parsed, data, schema.parsed)
+        else:
+            datum = _avro.read(schema.parsed, data)
         if not isinstance(datum, dict):
             raise RecordInvalid(f"bytes decode to {_describe(datum)}, not a record")
         if compiled.check_ints is not None:

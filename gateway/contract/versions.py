@@ -25,8 +25,9 @@ set of versions is, and which are frozen, is the federation's own convention.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,14 @@ from gateway._yamlfile import YamlDocument, load_model, read_yaml
 from gateway.contract.schemas import Schema, SchemaRegistry
 from gateway.errors import SchemaError, UnknownEventType
 
-__all__ = ["MANIFEST", "Contract", "ContractVersion", "newest_registry"]
+__all__ = [
+    "MANIFEST",
+    "Contract",
+    "ContractVersion",
+    "convert",
+    "missing_fields",
+    "newest_registry",
+]
 
 MANIFEST = "contract.yaml"
 _LABEL = re.compile(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
@@ -150,6 +158,12 @@ class Contract:
             known = ", ".join(v.label for v in self.versions)
             raise SchemaError(f"the contract has no version {label} (it has {known})") from None
 
+    def newest_of(self, labels: Iterable[str]) -> ContractVersion | None:
+        """The newest version of this contract among ``labels`` (those a peer speaks), or None
+        when there is no common version."""
+        wanted = set(labels)
+        return next((v for v in reversed(self.versions) if v.label in wanted), None)
+
     def by_fingerprint(self, fingerprint: bytes) -> tuple[ContractVersion, Schema]:
         """The schema with this fingerprint, in the oldest version that has it.
 
@@ -210,6 +224,38 @@ def _check_frozen(
             file=str(manifest),
             line=document.line_of(("versions", index, "fingerprints")),
         )
+
+
+def missing_fields(name: str, have: ContractVersion, lack: ContractVersion) -> tuple[str, ...]:
+    """The field paths of type ``name`` that version ``have`` has and version ``lack`` lacks
+    (the outermost of each: a missing record's own fields are not listed again)."""
+    return _missing(name, have.registry, lack.registry)
+
+
+@functools.cache
+def _missing(name: str, have: SchemaRegistry, lack: SchemaRegistry) -> tuple[str, ...]:
+    present = {info.path for info in lack.get(name).iter_fields()}
+    gone: list[str] = []
+    for info in have.get(name).iter_fields():
+        if info.path not in present and not any(
+            info.path.startswith(g + ".") or info.path.startswith(g + "[]") for g in gone
+        ):
+            gone.append(info.path)
+    return tuple(gone)
+
+
+def convert(
+    name: str, record: Mapping[str, object], source: ContractVersion, target: ContractVersion
+) -> dict[str, object]:
+    """``record`` (of type ``name`` in version ``source``) in version ``target``'s shape, by
+    Avro schema resolution: fields ``target`` lacks are dropped, fields ``source`` lacks take
+    ``target``'s defaults.
+
+    :raises RecordInvalid: the record does not encode with ``source``'s schema, or the versions
+        cannot be resolved (a breaking change between them).
+    """
+    data = source.registry.write(name, record)
+    return target.registry.decode(name, data, writer=source.registry.get(name))
 
 
 def newest_registry(root: Path) -> SchemaRegistry:

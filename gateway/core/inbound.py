@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +26,8 @@ import nacl.exceptions
 import nacl.signing
 
 from gateway.audit.chain import Value
-from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.schemas import Schema, SchemaRegistry
+from gateway.contract.versions import Contract, missing_fields
 from gateway.core.effects import (
     AuditEntry,
     Deliver,
@@ -86,6 +87,8 @@ class Delivery:
     record: dict[str, object]
     digest: bytes
     received_at: datetime
+    not_in_sender_version: tuple[str, ...] = ()
+    """Fields of this node's contract version the sender's version lacks (null here)."""
 
     def provenance(self) -> dict[str, object]:
         """Where the record came from and under which conditions (JSON-ready, no payload)."""
@@ -103,7 +106,10 @@ class Delivery:
             "handling": h.handling.to_avro(),
             "handling_notice": handling_notice(h.handling, h.sender),
             "retain_until": _stamp(until) if (until := retain_until(h)) is not None else None,
-            "withheld": list(h.withheld),
+            "withheld": [
+                *h.withheld,
+                *(p for p in self.not_in_sender_version if p not in h.withheld),
+            ],
             "transformed": list(h.transformed),
             "created_at": _stamp(h.created_at),
             "expires_at": _stamp(h.expires_at),
@@ -154,6 +160,9 @@ class InboundCore:
     max_skew: timedelta = timedelta(minutes=5)
     max_lifetime: timedelta = timedelta(days=30)
     cache: UnwrapCache = field(default_factory=UnwrapCache)
+    contract: Contract | None = None
+    """Every contract version the node knows, ``registry`` being its own one's (None: it
+    reads only that one)."""
 
     def receive(self, data: bytes, now: datetime, delivered: Container[str]) -> Received:
         """Open, check and decode one envelope; ``delivered`` holds the message ids already
@@ -175,14 +184,14 @@ class InboundCore:
             until = retain_until(header)
             if until is not None and until <= now:
                 return Expired(header, opened.digest)
-            schema = self.registry.by_fingerprint(header.schema_fingerprint)
-            if schema.full_name != header.event_type:
+            writer, gap = self._writer(header.schema_fingerprint)
+            if writer.full_name != header.event_type:
                 raise RecordInvalid(
-                    f"header names {header.event_type} but the fingerprint is {schema.full_name}"
+                    f"header names {header.event_type} but the fingerprint is {writer.full_name}"
                 )
-            if not schema.is_event:
-                raise RecordInvalid(f"{schema.full_name} is not an event type")
-            record = self.registry.decode(schema.full_name, opened.plaintext)
+            if not writer.is_event:
+                raise RecordInvalid(f"{writer.full_name} is not an event type")
+            record = self.registry.decode(writer.full_name, opened.plaintext, writer)
             check_agreement(header, record)
         except PeerError as exc:
             return Rejection(exc.reason, str(exc), self._verified(data, now), _sha(data))
@@ -194,7 +203,19 @@ class InboundCore:
                 self._verified(data, now),
                 _sha(data),
             )
-        return Delivery(header, record, opened.digest, now)
+        return Delivery(header, record, opened.digest, now, gap(header.event_type))
+
+    def _writer(self, fingerprint: bytes) -> tuple[Schema, Callable[[str], tuple[str, ...]]]:
+        """The writer's schema of a body, from any version of the contract this node knows,
+        and what tells the fields of our version the writer's version lacks.
+
+        :raises UnknownEventType: no version known here has that fingerprint.
+        """
+        if self.contract is None:
+            return self.registry.by_fingerprint(fingerprint), lambda name: ()
+        version, schema = self.contract.by_fingerprint(fingerprint)
+        own = next(v for v in self.contract if v.registry is self.registry)
+        return schema, lambda name: missing_fields(name, own, version)
 
     def _verified(self, data: bytes, now: datetime) -> Header | None:
         """The header of ``data`` if its sender's key is on the trust list and the signature

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from gateway.audit.chain import Value
 from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.versions import Contract, ContractVersion, convert, missing_fields
 from gateway.core.effects import AuditEntry, Effects, Envelope, Limits, merge, quarantine
 from gateway.core.routing import Route, route
 from gateway.crypto.envelope import (
@@ -30,7 +31,7 @@ from gateway.crypto.envelope import (
     seal,
 )
 from gateway.crypto.keys import AgencyKeys
-from gateway.crypto.trust import PublicKey, TrustList
+from gateway.crypto.trust import Agency, PublicKey, TrustList
 from gateway.errors import PeerError, RecordInvalid, UnknownEventType
 from gateway.policy.engine import Denied, Plan, Policy, Released, apply_plan
 from gateway.policy.transforms import Pseudonymiser
@@ -138,6 +139,10 @@ class ReceivedEvent:
         return None
 
 
+class NoCommonVersion(Exception):
+    """A recipient reads no contract version this node knows (the release is refused)."""
+
+
 @dataclass(slots=True)
 class OutboundCore:
     """Routing, policy, encoding and sealing for one sending agency.
@@ -158,11 +163,31 @@ class OutboundCore:
     """Events received from peers, by event id: their handling limits forwarding."""
 
     limits: Limits = field(default_factory=Limits)
+    contract: Contract | None = None
+    """Every contract version the node knows, ``registry`` being its own one's (None: the
+    node knows only that one, and encodes in it for everybody)."""
 
     @property
     def agency(self) -> AgencyId:
         """The sending agency."""
         return self.keys.agency
+
+    def version_for(self, agency: Agency) -> ContractVersion | None:
+        """The contract version to encode in for ``agency``: the newest it reads that this node
+        knows too; None to encode in the node's own version.
+
+        :raises NoCommonVersion: the agency reads no version this node knows.
+        """
+        if self.contract is None:
+            return None
+        target = self.contract.newest_of(agency.contract_versions)
+        if target is None:
+            known = ", ".join(v.label for v in self.contract)
+            raise NoCommonVersion(
+                f"{agency.agency_id} reads contract version(s)"
+                f" {', '.join(agency.contract_versions)}; this node knows {known}"
+            )
+        return None if target.registry is self.registry else target
 
     def take(self, raw: bytes, now: datetime) -> Effects:
         """Everything that must happen because the national system handed over ``raw``.
@@ -317,7 +342,12 @@ class OutboundCore:
                 )
                 continue
             try:
-                sealed, released = self._seal_view(event, recipient, decision, public, now)
+                target = self.version_for(agency)
+            except NoCommonVersion as exc:
+                refused.append(Refused(recipient, "no_common_contract_version", str(exc)))
+                continue
+            try:
+                sealed, released = self._seal_view(event, recipient, decision, public, now, target)
                 if len(sealed.data) > self.limits.max_envelope_bytes:
                     refused.append(
                         Refused(
@@ -339,28 +369,44 @@ class OutboundCore:
         return Outcome(event, tuple(envelopes), tuple(denied), tuple(refused), kept)
 
     def _seal_view(
-        self, event: PlainEvent, recipient: AgencyId, plan: Plan, public: PublicKey, now: datetime
+        self,
+        event: PlainEvent,
+        recipient: AgencyId,
+        plan: Plan,
+        public: PublicKey,
+        now: datetime,
+        target: ContractVersion | None = None,
     ) -> tuple[Sealed, Released]:
         released = apply_plan(
             plan, event.record, recipient=recipient, pseudonymiser=self.pseudonymiser, now=now
         )
+        name = event.event_type
+        registry, record, withheld = self.registry, released.record, released.withheld
+        if target is not None:  # the recipient reads another version: resolve the view to it
+            assert self.contract is not None
+            own = next(v for v in self.contract if v.registry is self.registry)
+            record = convert(name, record, own, target)
+            registry = target.registry
+            # what one version has and the other lacks is not released either way
+            gap = missing_fields(name, own, target) + missing_fields(name, target, own)
+            withheld = withheld + tuple(p for p in gap if p not in withheld)
         # the view is built from a conforming record by the plan's typed transforms: fastavro's
         # writer is check enough (a wrong type still fails, refusing this recipient only)
-        body = self.registry.write(event.event_type, released.record)
+        body = registry.write(name, record)
         template = Header(
             message_id=message_id_for(self.agency, event.event_id, recipient),
             event_id=event.event_id,
             sender=self.agency,
             recipient=recipient,
             event_type=event.event_type,
-            schema_fingerprint=self.registry.get(event.event_type).fingerprint,
+            schema_fingerprint=registry.get(name).fingerprint,
             policy_id=self.policy.policy_id,
             policy_rule=plan.rule_id,
             policy_digest=self.policy.digest,
             handling=plan.handling,
             created_at=now,
             expires_at=now + self.ttl,
-            withheld=released.withheld,
+            withheld=withheld,
             transformed=released.transformed,
         )
         data_key = self.keyring.key_for(recipient, public, now)

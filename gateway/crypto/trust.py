@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,13 @@ def _public_key(value: str) -> str:
         raise ValueError("not valid base64") from exc
     if len(raw) != 32:
         raise ValueError(f"a public key is 32 bytes, this one is {len(raw)}")
+    return value
+
+
+def _versions(value: list[str]) -> list[str]:
+    for label in value:
+        if not re.fullmatch(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})", label):
+            raise ValueError(f"'{label}' is not a contract version (MAJOR.MINOR, e.g. 1.0)")
     return value
 
 
@@ -70,6 +78,10 @@ class TrustAgencyModel(_Strict):
     groups: list[str] = []
     roles: list[str] = []
     legal_bases: list[str] = []
+    contract_versions: Annotated[list[str], AfterValidator(_versions), Field(min_length=1)] = [
+        "1.0"
+    ]
+    """The versions of the contract the agency's node reads (the federation manifest)."""
     keys: list[TrustKeyModel]
     revoked: list[str] = []
 
@@ -111,6 +123,9 @@ class Agency:
     roles: frozenset[str]
     legal_bases: frozenset[str]
     keys: tuple[PublicKey, ...]
+    contract_versions: tuple[str, ...] = ("1.0",)
+    """The versions of the contract the agency's node reads: a sender encodes for it in the
+    newest of these it knows too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +306,7 @@ def _build(model: TrustListModel, document: YamlDocument) -> TrustList:
             frozenset(entry.roles),
             frozenset(entry.legal_bases),
             tuple(keys),
+            tuple(entry.contract_versions),
         )
     return TrustList(
         model.federation,

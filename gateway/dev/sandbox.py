@@ -35,6 +35,10 @@ class AgencySpec:
     legal_bases: tuple[str, ...] = ()
     sink: Literal["kafka", "spool"] = "kafka"
     routes: tuple[dict[str, object], ...] = ()
+    schemas: Path | None = None
+    """The node's contract (default: the repository's)."""
+    contract_versions: tuple[str, ...] = ()
+    """The contract versions the trust list says the agency reads (default: the list's)."""
 
 
 DEFAULT_ROUTES: tuple[dict[str, object], ...] = (
@@ -180,6 +184,8 @@ def build_federation(
         )
         entry["roles"] = list(spec.roles)
         entry["legal_bases"] = list(spec.legal_bases)
+        if spec.contract_versions:
+            entry["contract_versions"] = list(spec.contract_versions)
         entries.append(entry)
     trust = {
         "federation": "fxgw-sandbox",
@@ -212,6 +218,7 @@ def build_federation(
                 ],
             },
             "policy": str(policies / f"{agency.lower()}.yaml"),
+            **({"schemas": str(spec.schemas)} if spec.schemas else {}),
             "state_dir": "state",
             "exchange": {
                 "bootstrap_servers": bootstrap,

@@ -112,6 +112,7 @@ class NodeModel(_Strict):
     trust: TrustModel
     policy: str
     schemas: str | None = None
+    contract_version: str | None = None
     state_dir: str
     exchange: ExchangeModel
     local: LocalModel
@@ -146,6 +147,9 @@ class NodeConfig:
     authority_keys: tuple[tuple[str, str], ...]
     policy_file: Path
     schemas_dir: Path
+    contract_version: str | None
+    """The contract version of the national system's events and deliveries (None: the newest
+    the trust list lists for this agency)."""
     state_dir: Path
     exchange_bootstrap: str
     topic_prefix: str
@@ -229,6 +233,7 @@ def load_config(path: Path) -> NodeConfig:
         authority_keys=tuple((k.id, k.public) for k in model.trust.authority_keys),
         policy_file=resolve(model.policy),
         schemas_dir=resolve(model.schemas) if model.schemas else DEFAULT_SCHEMAS,
+        contract_version=model.contract_version,
         state_dir=resolve(model.state_dir),
         exchange_bootstrap=model.exchange.bootstrap_servers,
         topic_prefix=model.exchange.topic_prefix,

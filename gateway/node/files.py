@@ -13,15 +13,15 @@ from datetime import datetime
 from pathlib import Path
 
 from gateway.contract.schemas import SchemaRegistry
-from gateway.contract.versions import newest_registry
+from gateway.contract.versions import Contract, ContractVersion
 from gateway.crypto.keys import (
     AgencyKeys,
     load_encryption_key,
     load_pseudonym_key,
     load_signing_key,
 )
-from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
-from gateway.errors import ConfigError, PeerError, TrustError
+from gateway.crypto.trust import Agency, TrustList, authority_keys, load_trust_list
+from gateway.errors import ConfigError, PeerError, SchemaError, TrustError
 from gateway.node.config import NodeConfig
 from gateway.policy.engine import Policy, load_policy
 from gateway.policy.transforms import Pseudonymiser
@@ -32,10 +32,17 @@ class Loaded:
     """Everything a node loads from files at start-up."""
 
     keys: AgencyKeys
-    registry: SchemaRegistry
+    contract: Contract
+    own: ContractVersion
+    """The version of the national system's events (and of the node's deliveries)."""
     trust: TrustList
     policy: Policy
     pseudonymiser: Pseudonymiser | None
+
+    @property
+    def registry(self) -> SchemaRegistry:
+        """The schemas of the node's own version."""
+        return self.own.registry
 
 
 def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
@@ -46,7 +53,7 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
     signing = load_signing_key(config.signing_key)
     encryption = tuple(load_encryption_key(p) for p in config.encryption_keys)
     keys = AgencyKeys(config.agency, signing, encryption)
-    registry = newest_registry(config.schemas_dir)
+    contract = Contract.load(config.schemas_dir)
     trust_state = config.state_dir / "trust-version"
     min_version = int(trust_state.read_text()) if trust_state.exists() else 0
     trust = load_trust_list(
@@ -69,6 +76,8 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
             "publish its public entry (fxgw keygen prints it) before starting the node",
             file=str(config.trust_file),
         ) from exc
+    own = own_version(config, contract, me)
+    registry = own.registry
     pseudonymiser = None
     if config.pseudonym_key is not None:
         pseudonymiser = Pseudonymiser(load_pseudonym_key(config.pseudonym_key).secret)
@@ -77,7 +86,7 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     write_atomically_replace(trust_state, str(trust.version).encode())
-    return Loaded(keys, registry, trust, policy, pseudonymiser)
+    return Loaded(keys, contract, own, trust, policy, pseudonymiser)
 
 
 def load_checked_policy(
@@ -141,3 +150,27 @@ def spool_batches(path: Path, max_line: int) -> Iterator[list[bytes]]:
                 batch = []
     if batch:
         yield batch
+
+
+def own_version(config: NodeConfig, contract: Contract, me: Agency) -> ContractVersion:
+    """The node's own contract version; every version the trust list says this agency reads
+    must be in the node's contract, since peers encode for it in those.
+
+    :raises ConfigError: a version is missing, or ``contract_version`` names none there is.
+    """
+    missing = [v for v in me.contract_versions if v not in {x.label for x in contract}]
+    if missing:
+        raise TrustError(
+            f"the trust list says {config.agency} reads contract version(s) "
+            f"{', '.join(missing)}, which this node's contract ({config.schemas_dir}) does not"
+            " have: install them, or ask the federation authority to correct the list",
+            file=str(config.trust_file),
+        )
+    if config.contract_version is not None:
+        try:
+            return contract.version(config.contract_version)
+        except SchemaError as exc:
+            raise ConfigError(f"contract_version: {exc}", file=str(config.path)) from None
+    own = contract.newest_of(me.contract_versions)
+    assert own is not None  # every listed version is there (checked above), and there is one
+    return own

@@ -81,6 +81,7 @@ class Node(Watching):
             keyring=DataKeyRing(config.data_key_max_age, config.data_key_max_uses),
             pseudonymiser=loaded.pseudonymiser,
             limits=config.limits,
+            contract=loaded.contract,
         )
         self.inbound = InboundCore(
             keys=loaded.keys,
@@ -88,6 +89,7 @@ class Node(Watching):
             trust=loaded.trust,
             max_skew=config.max_skew,
             max_lifetime=config.max_lifetime,
+            contract=loaded.contract,
         )
         self.receipts = ReceiptsCore(config.agency, loaded.registry, loaded.trust, config.limits)
         self.counters: Counter[str] = Counter()

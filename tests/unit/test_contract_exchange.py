@@ -1,0 +1,174 @@
+"""Exchange across contract versions, with values alone: a sender encodes for each recipient in
+a version it reads; a receiver resolves the writer's version to its own; what one version has
+and the other lacks is listed as withheld."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import timedelta
+
+import pytest
+
+from gateway.contract.versions import Contract, ContractVersion
+from gateway.core.inbound import Delivery, InboundCore
+from gateway.core.outbound import OutboundCore, Refused, parse_plain_event
+from gateway.crypto.keys import AgencyKeys
+from gateway.crypto.trust import TrustList
+from gateway.dev.demo import seizure_nl
+from gateway.dev.sandbox import Federation
+from gateway.errors import ConfigError, TrustError
+from gateway.node.config import load_config
+from gateway.node.files import own_version
+from gateway.policy.engine import load_policy
+from gateway.types import AgencyId
+from tests.contracts import V1_1_EDITS, contract
+from tests.unit.conftest import NOW, repo_file
+
+NEW_FIELDS = ("firearms[].barrel_serial_number", "linked_case_references")
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> Contract:
+    return Contract.load(
+        contract(tmp_path_factory.mktemp("c") / "c", {"1.0": {}, "1.1": V1_1_EDITS})
+    )
+
+
+def _reads(trust: TrustList, agency: str, *labels: str) -> TrustList:
+    """``trust`` with ``agency`` reading the contract versions ``labels``."""
+    agencies = dict(trust.agencies)
+    agencies[AgencyId(agency)] = dataclasses.replace(
+        agencies[AgencyId(agency)], contract_versions=labels
+    )
+    return dataclasses.replace(trust, agencies=agencies)
+
+
+def _sender(
+    keys: AgencyKeys, own: ContractVersion, versions: Contract, trust: TrustList, fed: Federation
+) -> OutboundCore:
+    return OutboundCore(
+        keys=keys,
+        registry=own.registry,
+        policy=load_policy(repo_file("policies", "nl-pol.yaml"), own.registry),
+        trust=trust,
+        routes=load_config(fed.config("NL-POL")).routes,
+        ttl=timedelta(days=7),
+        contract=versions,
+    )
+
+
+def _receiver(
+    keys: AgencyKeys, own: ContractVersion, versions: Contract, trust: TrustList
+) -> InboundCore:
+    return InboundCore(keys=keys, registry=own.registry, trust=trust, contract=versions)
+
+
+def _to_be(sender: OutboundCore, event: dict[str, object]) -> tuple[bytes, tuple[str, ...]]:
+    plain = parse_plain_event(json.dumps(event).encode(), sender.registry)
+    outcome = sender.release(plain, NOW)
+    [envelope] = [e for e in outcome.envelopes if e.header.recipient == "BE-FPJ"]
+    return envelope.data, envelope.header.withheld
+
+
+class TestAcrossVersions:
+    def test_a_newer_sender_encodes_in_the_version_an_older_recipient_reads(
+        self,
+        versions: Contract,
+        trust: TrustList,
+        fed: Federation,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+    ) -> None:
+        """NL-POL on 1.1 sends to BE-FPJ, which reads 1.0: the body is 1.0's, the fields only
+        1.1 has are listed as withheld, and BE-FPJ (knowing only 1.0) delivers it."""
+        v10, v11 = versions.version("1.0"), versions.version("1.1")
+        trust = _reads(trust, "BE-FPJ", "1.0")
+        event = seizure_nl()
+        event["record"]["linked_case_references"] = ["NL-2026-RTM-000001"]  # type: ignore[index]
+        data, withheld = _to_be(_sender(nl_keys, v11, versions, trust, fed), event)
+        assert set(NEW_FIELDS) <= set(withheld)
+        only_10 = Contract([v10])
+        result = _receiver(be_keys, v10, only_10, trust).receive(data, NOW, set())
+        assert isinstance(result, Delivery), result
+        assert v10.registry.get("fxgw.SeizureEvent").fingerprint == result.header.schema_fingerprint
+        assert "linked_case_references" not in result.record
+
+    def test_an_older_sender_is_read_by_a_newer_recipient(
+        self,
+        versions: Contract,
+        trust: TrustList,
+        fed: Federation,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+    ) -> None:
+        """NL-POL on 1.0 sends to BE-FPJ on 1.1 (reading both): the body is 1.0's, BE-FPJ
+        resolves it to 1.1, the new fields null and listed as withheld in the provenance."""
+        v10, v11 = versions.version("1.0"), versions.version("1.1")
+        trust = _reads(trust, "BE-FPJ", "1.0", "1.1")
+        sender = _sender(nl_keys, v10, Contract([v10]), trust, fed)
+        data, withheld = _to_be(sender, seizure_nl())
+        assert not set(NEW_FIELDS) & set(withheld)  # the sender knows nothing of them
+        result = _receiver(be_keys, v11, versions, trust).receive(data, NOW, set())
+        assert isinstance(result, Delivery), result
+        assert result.record["linked_case_references"] is None
+        firearms = result.record["firearms"]
+        assert isinstance(firearms, list) and firearms[0]["barrel_serial_number"] is None
+        assert set(NEW_FIELDS) <= set(result.provenance()["withheld"])  # type: ignore[arg-type]
+        assert v11.registry.to_json_decoded("fxgw.SeizureEvent", result.record)
+
+    def test_the_newest_common_version_is_chosen(
+        self, versions: Contract, trust: TrustList, fed: Federation, nl_keys: AgencyKeys
+    ) -> None:
+        v11 = versions.version("1.1")
+        sender = _sender(nl_keys, v11, versions, _reads(trust, "BE-FPJ", "1.0", "1.1"), fed)
+        assert sender.version_for(sender.trust.agencies[AgencyId("BE-FPJ")]) is None  # its own
+        sender.trust = _reads(trust, "BE-FPJ", "1.0")
+        chosen = sender.version_for(sender.trust.agencies[AgencyId("BE-FPJ")])
+        assert chosen is not None and "1.0" == chosen.label
+
+    def test_no_common_version_refuses_that_recipient_only(
+        self, versions: Contract, trust: TrustList, fed: Federation, nl_keys: AgencyKeys
+    ) -> None:
+        sender = _sender(
+            nl_keys, versions.version("1.1"), versions, _reads(trust, "BE-FPJ", "2.0"), fed
+        )
+        plain = parse_plain_event(json.dumps(seizure_nl()).encode(), sender.registry)
+        outcome = sender.release(plain, NOW)
+        [refused] = [r for r in outcome.refused if r.recipient == "BE-FPJ"]
+        assert isinstance(refused, Refused) and "no_common_contract_version" == refused.reason
+        assert "2.0" in refused.detail and "1.1" in refused.detail
+        assert outcome.envelopes  # the others still get theirs
+
+
+class TestOwnVersion:
+    """Which version a node speaks to its national system, checked against the trust list."""
+
+    def test_default_is_the_newest_its_agency_reads(
+        self, versions: Contract, trust: TrustList, fed: Federation
+    ) -> None:
+        config = dataclasses.replace(load_config(fed.config("NL-POL")), contract_version=None)
+        me = trust.agencies[AgencyId("NL-POL")]
+        assert "1.0" == own_version(config, versions, me).label
+        both = dataclasses.replace(me, contract_versions=("1.0", "1.1"))
+        assert "1.1" == own_version(config, versions, both).label
+        pinned = dataclasses.replace(config, contract_version="1.0")
+        assert "1.0" == own_version(pinned, versions, both).label
+
+    def test_a_listed_version_the_node_lacks_is_refused(
+        self, trust: TrustList, fed: Federation
+    ) -> None:
+        config = load_config(fed.config("NL-POL"))
+        me = dataclasses.replace(
+            trust.agencies[AgencyId("NL-POL")], contract_versions=("1.0", "1.1")
+        )
+        with pytest.raises(TrustError, match=r"reads contract version\(s\) 1\.1"):
+            own_version(config, Contract.load(config.schemas_dir), me)
+
+    def test_an_unknown_contract_version_in_node_yaml_is_refused(
+        self, versions: Contract, trust: TrustList, fed: Federation
+    ) -> None:
+        config = dataclasses.replace(load_config(fed.config("NL-POL")), contract_version="1.7")
+        with pytest.raises(ConfigError, match=r"contract_version: .*no version 1\.7") as info:
+            own_version(config, versions, trust.agencies[AgencyId("NL-POL")])
+        assert str(config.path) == info.value.file
