@@ -100,3 +100,21 @@ def copy_released(root: Path) -> Path:
     """The repository's contract, copied to ``root``."""
     shutil.copytree(DEFAULT_SCHEMAS, root)
     return root
+
+
+def wire_format(number: int) -> Edit:
+    """Declare the envelope's or the receipt's format version (``"fxgw.format"``)."""
+
+    def edit(schema: dict[str, object]) -> None:
+        schema["fxgw.format"] = number
+
+    return edit
+
+
+V1_2_EDITS: dict[str, list[Edit]] = {
+    **V1_1_EDITS,
+    "fxgw.EnvelopeHeader": [optional_field("trace_context")],
+    "fxgw.Envelope": [wire_format(2)],
+    "fxgw.Receipt": [optional_field("note"), wire_format(2)],
+}
+"""1.1 plus new envelope and receipt formats (2): an optional field more in each."""

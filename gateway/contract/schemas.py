@@ -86,6 +86,9 @@ __all__ = [
 
 EVENT_ATTRIBUTE = "fxgw.event"
 """Custom schema attribute that marks a record as a domain event type (value ``true``)."""
+FORMAT_ATTRIBUTE = "fxgw.format"
+"""Custom schema attribute of a record that travels framed by its own format version (the
+envelope, the receipt): that version, a positive integer; 1 when absent."""
 
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED_KINDS = frozenset({"record", "enum", "fixed"})
@@ -264,6 +267,8 @@ class Schema:
     doc: str | None
     parsed: _avro.ParsedSchema = dataclasses.field(compare=False, repr=False)
     tree: _Type = dataclasses.field(compare=False, repr=False)
+    format: int = 1
+    """The record's ``"fxgw.format"`` attribute (1 when absent)."""
 
     @property
     def fingerprint_hex(self) -> str:
@@ -779,6 +784,13 @@ def _make_schema(node: _Named) -> Schema:
     except SchemaError as exc:
         raise _Problem(exc.message, source=node.source, needle=node.name) from exc
     is_event = isinstance(node, _Record) and node.attributes.get(EVENT_ATTRIBUTE) is True
+    wire_format = node.attributes.get(FORMAT_ATTRIBUTE, 1) if isinstance(node, _Record) else 1
+    if type(wire_format) is not int or not 0 < wire_format < 64:
+        raise _Problem(
+            f"{node.name}: {FORMAT_ATTRIBUTE} must be an integer from 1 to 63",
+            source=node.source,
+            needle=FORMAT_ATTRIBUTE,
+        )
     return Schema(
         full_name=EventType(node.name),
         fingerprint=hashlib.sha256(canonical.encode("utf-8")).digest(),
@@ -788,6 +800,7 @@ def _make_schema(node: _Named) -> Schema:
         doc=node.doc,
         parsed=parsed,
         tree=node,
+        format=wire_format,
     )
 
 

@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 MANIFEST = "contract.yaml"
+WIRE_TYPES = ("fxgw.Envelope", "fxgw.Receipt")
+"""The types framed by their own format version, which a receiver reads before anything else."""
 _LABEL = re.compile(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
@@ -94,6 +96,7 @@ class Contract:
         for version in versions:  # a type unchanged across versions keeps its oldest entry
             for schema in version.registry:
                 self._by_fingerprint.setdefault(schema.fingerprint, (version, schema))
+        self._formats = {name: _formats(versions, name) for name in WIRE_TYPES}
 
     @classmethod
     def load(cls, root: Path) -> Contract:
@@ -164,6 +167,11 @@ class Contract:
         wanted = set(labels)
         return next((v for v in reversed(self.versions) if v.label in wanted), None)
 
+    def formats(self, name: str) -> dict[int, ContractVersion]:
+        """For a type framed by its own format version (``fxgw.Envelope``, ``fxgw.Receipt``):
+        each format this contract has, with the newest version that writes it."""
+        return self._formats[name]
+
     def by_fingerprint(self, fingerprint: bytes) -> tuple[ContractVersion, Schema]:
         """The schema with this fingerprint, in the oldest version that has it.
 
@@ -179,6 +187,25 @@ class Contract:
 
 def _error(document: YamlDocument, at: tuple[str | int, ...], message: str) -> SchemaError:
     return SchemaError(message, file=str(document.path), line=document.line_of(at))
+
+
+def _formats(versions: list[ContractVersion], name: str) -> dict[int, ContractVersion]:
+    """Format version -> the newest version writing it; one format, one schema: a version that
+    changes the type must give it a new ``fxgw.format``."""
+    found: dict[int, ContractVersion] = {}
+    for version in versions:
+        if name not in version.registry:
+            continue
+        schema = version.registry.get(name)
+        earlier = found.get(schema.format)
+        if earlier is not None and earlier.registry.get(name).fingerprint != schema.fingerprint:
+            raise SchemaError(
+                f"{name} differs between versions {earlier.label} and {version.label} but both"
+                f' say format {schema.format}: a changed {name} needs a new "fxgw.format"',
+                file=str(version.folder / f"{name}.avsc"),
+            )
+        found[schema.format] = version
+    return found
 
 
 def _order(label: str) -> tuple[int, int]:

@@ -41,17 +41,21 @@ from gateway.core.effects import (
     quarantine,
 )
 from gateway.crypto.envelope import (
+    ENVELOPE_TYPE,
+    FORMAT_VERSION,
     Handling,
     Header,
     UnwrapCache,
     message_id_for,
     open_envelope,
+    peek_format,
     read_header,
     signing_input,
 )
 from gateway.crypto.keys import AgencyKeys
+from gateway.crypto.receipts import FORMAT_VERSION as RECEIPT_FORMAT
+from gateway.crypto.receipts import RECEIPT_TYPE, make_receipt
 from gateway.crypto.receipts import Outcome as ReceiptOutcome
-from gateway.crypto.receipts import make_receipt
 from gateway.crypto.trust import TrustList
 from gateway.errors import PeerError, RecordInvalid
 from gateway.types import AgencyId, EventId, MessageId
@@ -89,6 +93,8 @@ class Delivery:
     received_at: datetime
     not_in_sender_version: tuple[str, ...] = ()
     """Fields of this node's contract version the sender's version lacks (null here)."""
+    contract_version: str | None = None
+    """The contract version the sender wrote the body in (None: this node's only one)."""
 
     def provenance(self) -> dict[str, object]:
         """Where the record came from and under which conditions (JSON-ready, no payload)."""
@@ -116,6 +122,8 @@ class Delivery:
             "received_at": _stamp(self.received_at),
             "sender_key_id": h.sender_key_id,
             "envelope_sha256": base64.b16encode(self.digest).decode("ascii").lower(),
+            "envelope_format": h.format_version,
+            "contract_version": self.contract_version,
         }
 
 
@@ -163,20 +171,24 @@ class InboundCore:
     contract: Contract | None = None
     """Every contract version the node knows, ``registry`` being its own one's (None: it
     reads only that one)."""
+    versions_seen: set[tuple[str, int, str | None]] = field(default_factory=set)
+    """(sender, envelope format, contract version) of the deliveries since start."""
 
     def receive(self, data: bytes, now: datetime, delivered: Container[str]) -> Received:
         """Open, check and decode one envelope; ``delivered`` holds the message ids already
         delivered. Never raises for a peer's fault."""
         try:
+            codec, wire_format = self._wire(data)
             opened = open_envelope(
                 data,
                 keys=self.keys,
                 trust=self.trust,
                 cache=self.cache,
-                codec=self.registry,
+                codec=codec,
                 now=now,
                 max_skew=self.max_skew,
                 max_lifetime=self.max_lifetime,
+                format_version=wire_format,
             )
             header = opened.header
             if header.message_id in delivered:
@@ -203,7 +215,46 @@ class InboundCore:
                 self._verified(data, now),
                 _sha(data),
             )
-        return Delivery(header, record, opened.digest, now, gap(header.event_type))
+        return Delivery(
+            header, record, opened.digest, now, gap(header.event_type), self._label(writer)
+        )
+
+    def _label(self, writer: Schema) -> str | None:
+        """The contract version a body's schema comes from (None without a contract)."""
+        return (
+            None
+            if self.contract is None
+            else self.contract.by_fingerprint(writer.fingerprint)[0].label
+        )
+
+    def _wire(self, data: bytes) -> tuple[SchemaRegistry, int]:
+        """The schemas and the format version to read envelope ``data`` with: any envelope
+        format of the contract versions this node has (the current and the earlier ones).
+
+        :raises PeerError: ``unsupported_format``, a format none of them has.
+        """
+        if self.contract is None:
+            return self.registry, FORMAT_VERSION
+        wire_format = peek_format(data)
+        known = self.contract.formats(ENVELOPE_TYPE)
+        version = known.get(wire_format)
+        if version is None:
+            raise PeerError(
+                f"envelope format {wire_format} is not one this node reads"
+                f" ({', '.join(str(f) for f in sorted(known))})",
+                reason="unsupported_format",
+            )
+        return version.registry, wire_format
+
+    def _receipt_wire(self, sender: str) -> tuple[SchemaRegistry, int]:
+        """The schemas and the format of a receipt to ``sender``: those of the newest contract
+        version it reads that this node has too (else this node's own)."""
+        if self.contract is None:
+            return self.registry, RECEIPT_FORMAT
+        agency = self.trust.agency(sender)
+        version = self.contract.newest_of(agency.contract_versions) if agency else None
+        registry = self.registry if version is None else version.registry
+        return registry, registry.get(RECEIPT_TYPE).format
 
     def _writer(self, fingerprint: bytes) -> tuple[Schema, Callable[[str], tuple[str, ...]]]:
         """The writer's schema of a body, from any version of the contract this node knows,
@@ -221,7 +272,7 @@ class InboundCore:
         """The header of ``data`` if its sender's key is on the trust list and the signature
         over header and body verifies; otherwise None."""
         try:
-            header, header_bytes, ciphertext, signature = read_header(data, self.registry)
+            header, header_bytes, ciphertext, signature = read_header(data, *self._wire(data))
             public = self.trust.signing_key(header.sender, header.sender_key_id, header.created_at)
             nacl.signing.VerifyKey(public).verify(
                 signing_input(header_bytes, ciphertext), signature
@@ -316,15 +367,16 @@ class InboundCore:
                 h.event_id, h.sender, h.handling.code, h.handling.onward_transfer, _ms(until)
             ),
         )
-        delivered = AuditEntry(
-            "delivery",
-            _inbound_data(h, result.digest, None),
-            "delivered",
-            "delivered",
-            routine=True,
-        )
+        data = {
+            **_inbound_data(h, result.digest, None),
+            "contract_version": result.contract_version,
+        }
+        delivered = AuditEntry("delivery", data, "delivered", "delivered", routine=True)
+        versions = (h.sender, h.format_version, result.contract_version)
+        first = () if versions in self.versions_seen else (_versions_seen(*versions),)
+        self.versions_seen.add(versions)
         return merge(
-            Effects(deliveries=(deliver,), audit=(delivered,)),
+            Effects(deliveries=(deliver,), audit=(*first, delivered)),
             self._answer(h, result.digest, "DELIVERED", None, now),
         )
 
@@ -416,6 +468,7 @@ class InboundCore:
         at: datetime,
     ) -> Effects:
         """A signed receipt to ``sender`` and its audit entry."""
+        codec, wire_format = self._receipt_wire(sender)
         data = make_receipt(
             message_id=MessageId(message_id),
             event_id=EventId(event_id),
@@ -426,7 +479,8 @@ class InboundCore:
             reason=reason,
             received_at=at,
             signer=self.keys.signing,
-            codec=self.registry,
+            codec=codec,
+            format_version=wire_format,
         )
         sent = AuditEntry(
             "receipt_sent",
@@ -499,8 +553,20 @@ def _inbound_data(h: Header, digest: bytes, reason: str | None) -> dict[str, Val
         "handling": h.handling.code,
         "retention_days": h.handling.retention_days,
         "envelope_sha256": digest.hex(),
+        "envelope_format": h.format_version,
         "reason": reason,
     }
+
+
+def _versions_seen(sender: str, envelope_format: int, contract_version: str | None) -> AuditEntry:
+    """The first delivery from ``sender`` in this envelope format and contract version since
+    the node started: said once, so operators see which versions their peers speak."""
+    data: dict[str, Value] = {
+        "sender": sender,
+        "envelope_format": envelope_format,
+        "contract_version": contract_version,
+    }
+    return AuditEntry("peer_versions", data, "peer_versions_seen", "peer_versions_seen")
 
 
 def _ms(moment: datetime) -> int:

@@ -23,6 +23,7 @@ from gateway.contract.versions import Contract, ContractVersion, convert, missin
 from gateway.core.effects import AuditEntry, Effects, Envelope, Limits, merge, quarantine
 from gateway.core.routing import Route, route
 from gateway.crypto.envelope import (
+    ENVELOPE_TYPE,
     DataKeyRing,
     Header,
     Sealed,
@@ -411,6 +412,11 @@ class OutboundCore:
         )
         data_key = self.keyring.key_for(recipient, public, now)
         sealed = seal(
-            template, body, signer=self.keys.signing, data_key=data_key, codec=self.registry
+            template,
+            body,
+            signer=self.keys.signing,
+            data_key=data_key,
+            codec=registry,
+            format_version=registry.get(ENVELOPE_TYPE).format,
         )
         return sealed, released

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.versions import Contract
 from gateway.core.effects import AuditEntry, Effects, Limits, quarantine
-from gateway.crypto.receipts import open_receipt
+from gateway.crypto.envelope import peek_format
+from gateway.crypto.receipts import FORMAT_VERSION, RECEIPT_TYPE, open_receipt
 from gateway.crypto.trust import TrustList
 from gateway.errors import PeerError
 from gateway.types import AgencyId
@@ -26,6 +28,9 @@ class ReceiptsCore:
     registry: SchemaRegistry
     trust: TrustList
     limits: Limits = field(default_factory=Limits)
+    contract: Contract | None = None
+    """Every contract version the node has: a receipt may come in any receipt format of
+    theirs (None: only ``registry``'s)."""
 
     def take(self, raw: bytes, now: datetime) -> Effects:
         """Verify and audit one receipt, or quarantine it."""
@@ -41,8 +46,14 @@ class ReceiptsCore:
                 log_event="receipt_rejected",
             )
         try:
+            codec, wire_format = self._wire(raw)
             r = open_receipt(
-                raw, trust=self.trust, codec=self.registry, agency=self.agency, now=now
+                raw,
+                trust=self.trust,
+                codec=codec,
+                agency=self.agency,
+                now=now,
+                format_version=wire_format,
             )
         except PeerError as exc:
             return quarantine(
@@ -63,6 +74,7 @@ class ReceiptsCore:
             "received_at": r.received_at.isoformat().replace("+00:00", "Z"),
             "envelope_sha256": r.envelope_digest.hex(),
             "signing_key_id": r.signing_key_id,
+            "receipt_format": str(r.format_version),
         }
         entry = AuditEntry(
             "receipt_received",
@@ -72,3 +84,21 @@ class ReceiptsCore:
             routine=r.outcome == "DELIVERED",
         )
         return Effects(audit=(entry,))
+
+    def _wire(self, raw: bytes) -> tuple[SchemaRegistry, int]:
+        """The schemas and format version to read receipt ``raw`` with.
+
+        :raises PeerError: ``unsupported_format``, a receipt format this node does not have.
+        """
+        if self.contract is None:
+            return self.registry, FORMAT_VERSION
+        wire_format = peek_format(raw)
+        known = self.contract.formats(RECEIPT_TYPE)
+        version = known.get(wire_format)
+        if version is None:
+            raise PeerError(
+                f"receipt format {wire_format} is not one this node reads"
+                f" ({', '.join(str(f) for f in sorted(known))})",
+                reason="unsupported_format",
+            )
+        return version.registry, wire_format

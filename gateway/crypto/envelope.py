@@ -331,6 +331,24 @@ class UnwrapCache:
         return secret
 
 
+def peek_format(data: bytes) -> int:
+    """The format version an envelope or a receipt says it has, read before anything else:
+    the first field of both is ``format_version``, so it is the first Avro int of the bytes.
+
+    :raises MalformedEnvelope: the bytes do not start with a small non-negative int.
+    """
+    value = shift = 0
+    for byte in data[:2]:  # formats 0..63 take one byte; allow a second for a clear message
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            number = (value >> 1) ^ -(value & 1)
+            if number < 0:
+                break
+            return number
+    raise MalformedEnvelope("the bytes do not start with a format version")
+
+
 def seal(
     template: Header,
     plaintext: bytes,
@@ -338,8 +356,10 @@ def seal(
     signer: SigningKey,
     data_key: DataKey,
     codec: Codec,
+    format_version: int = FORMAT_VERSION,
 ) -> Sealed:
-    """Encrypt ``plaintext`` for the template's recipient and sign the result.
+    """Encrypt ``plaintext`` for the template's recipient and sign the result, in envelope
+    format ``format_version`` (``codec`` has that format's envelope types).
 
     The template's crypto fields are replaced: signer key id, recipient key id, data key id and
     wrapped key, and a fresh random nonce.
@@ -351,7 +371,7 @@ def seal(
         data_key_id=data_key.key_id,
         wrapped_key=data_key.wrapped,
         nonce=secrets.token_bytes(_NONCE_BYTES),
-        format_version=FORMAT_VERSION,
+        format_version=format_version,
     )
     header_bytes = codec.write(HEADER_TYPE, header.to_avro())
     ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
@@ -385,8 +405,11 @@ _HEADER_LIMITS = {
 _HANDLING_LIMITS = dict.fromkeys(("purpose", "conditions"), MAX_TEXT)
 
 
-def read_header(data: bytes, codec: Codec) -> tuple[Header, bytes, bytes, bytes]:
-    """Parse an envelope without checking it: header, header bytes, ciphertext, signature.
+def read_header(
+    data: bytes, codec: Codec, format_version: int = FORMAT_VERSION
+) -> tuple[Header, bytes, bytes, bytes]:
+    """Parse an envelope of format ``format_version`` (``codec`` has that format's envelope
+    types) without checking it: header, header bytes, ciphertext, signature.
 
     :raises MalformedEnvelope: the bytes are not an envelope of a format version we speak, or a
         header field is longer than the limits of :mod:`gateway.crypto.limits`.
@@ -406,7 +429,7 @@ def read_header(data: bytes, codec: Codec) -> tuple[Header, bytes, bytes, bytes]
         raise
     except (PeerError, KeyError) as exc:
         raise MalformedEnvelope(f"not an envelope: {exc}") from exc
-    if header.format_version != FORMAT_VERSION:
+    if header.format_version != format_version:
         raise MalformedEnvelope(f"envelope format version {header.format_version} is not spoken")
     if codec.write(ENVELOPE_TYPE, record) != data:
         # Avro admits several encodings of one record (block sizes, trailing bytes); the signed
@@ -427,6 +450,7 @@ def open_envelope(
     now: datetime,
     max_skew: timedelta = timedelta(minutes=5),
     max_lifetime: timedelta = timedelta(days=30),
+    format_version: int = FORMAT_VERSION,
 ) -> Opened:
     """Check and decrypt an envelope addressed to ``keys.agency``.
 
@@ -440,7 +464,7 @@ def open_envelope(
     :raises Stale: expired, created in the future, or living longer than ``max_lifetime``.
     :raises DecryptionFailed: the data key or the body does not decrypt.
     """
-    header, header_bytes, ciphertext, signature = read_header(data, codec)
+    header, header_bytes, ciphertext, signature = read_header(data, codec, format_version)
     if trust.expires_at <= now:
         raise UntrustedSender("the trust list in force has expired; install a newer one")
     public = trust.signing_key(header.sender, header.sender_key_id, header.created_at)

@@ -50,11 +50,12 @@ class Receipt:
     received_at: datetime
     signing_key_id: KeyId
     signature: bytes = b""
+    format_version: int = FORMAT_VERSION
 
     def to_avro(self) -> dict[str, object]:
         """The Avro record form."""
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "message_id": self.message_id,
             "event_id": self.event_id,
             "sender": self.sender,
@@ -90,9 +91,11 @@ def make_receipt(
     received_at: datetime,
     signer: SigningKey,
     codec: Codec,
+    format_version: int = FORMAT_VERSION,
 ) -> bytes:
-    """The signed receipt, Avro-encoded (``received_at`` is cut to milliseconds, as Avro keeps
-    it). ``reason`` is required for REJECTED and refused otherwise."""
+    """The signed receipt, Avro-encoded in receipt format ``format_version`` (``codec`` has
+    that format's receipt type; ``received_at`` is cut to milliseconds, as Avro keeps it).
+    ``reason`` is required for REJECTED and refused otherwise."""
     if (outcome == "REJECTED") != (reason is not None):
         raise ValueError("a reason code goes with REJECTED and only with it")
     unsigned = Receipt(
@@ -105,6 +108,7 @@ def make_receipt(
         reason,
         _millis(received_at),
         signer.key_id,
+        format_version=format_version,
     )
     signed = replace(unsigned, signature=signer.sign(_signing_input(unsigned, codec)))
     return codec.write(RECEIPT_TYPE, signed.to_avro())
@@ -118,9 +122,16 @@ _LIMITS = {
 
 
 def open_receipt(
-    data: bytes, *, trust: TrustList, codec: Codec, agency: AgencyId, now: datetime
+    data: bytes,
+    *,
+    trust: TrustList,
+    codec: Codec,
+    agency: AgencyId,
+    now: datetime,
+    format_version: int = FORMAT_VERSION,
 ) -> Receipt:
-    """Check a receipt addressed to ``agency`` (the envelope's sender).
+    """Check a receipt of format ``format_version`` (``codec`` has that format's receipt type)
+    addressed to ``agency`` (the envelope's sender).
 
     :raises MalformedEnvelope: not a canonical receipt of a format we speak, or a field longer
         than the limits of :mod:`gateway.crypto.limits`.
@@ -133,7 +144,7 @@ def open_receipt(
         check_sizes(record, _LIMITS, "receipt")
         if codec.write(RECEIPT_TYPE, record) != data:
             raise MalformedEnvelope("receipt is not in canonical Avro encoding")
-        receipt = _from_avro(record)
+        receipt = _from_avro(record, format_version)
     except MalformedEnvelope:
         raise
     except (PeerError, KeyError, TypeError, ValueError) as exc:
@@ -150,8 +161,8 @@ def open_receipt(
     return receipt
 
 
-def _from_avro(record: dict[str, object]) -> Receipt:
-    if record["format_version"] != FORMAT_VERSION:
+def _from_avro(record: dict[str, object], format_version: int) -> Receipt:
+    if record["format_version"] != format_version:
         raise MalformedEnvelope(f"receipt format version {record['format_version']} not spoken")
     outcome = record["outcome"]
     if outcome != "DELIVERED" and outcome != "REJECTED" and outcome != "DUPLICATE":
@@ -177,6 +188,7 @@ def _from_avro(record: dict[str, object]) -> Receipt:
         received_at,
         KeyId(str(record["signing_key_id"])),
         signature,
+        format_version,
     )
 
 

@@ -91,7 +91,9 @@ class Node(Watching):
             max_lifetime=config.max_lifetime,
             contract=loaded.contract,
         )
-        self.receipts = ReceiptsCore(config.agency, loaded.registry, loaded.trust, config.limits)
+        self.receipts = ReceiptsCore(
+            config.agency, loaded.registry, loaded.trust, config.limits, loaded.contract
+        )
         self.counters: Counter[str] = Counter()
         self.ready = asyncio.Event()
         self._audit_log: AuditLog | None = None

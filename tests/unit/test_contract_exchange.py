@@ -7,22 +7,25 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from gateway.contract.versions import Contract, ContractVersion
+from gateway.core.effects import Limits
 from gateway.core.inbound import Delivery, InboundCore
 from gateway.core.outbound import OutboundCore, Refused, parse_plain_event
+from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.keys import AgencyKeys
 from gateway.crypto.trust import TrustList
 from gateway.dev.demo import seizure_nl
 from gateway.dev.sandbox import Federation
-from gateway.errors import ConfigError, TrustError
+from gateway.errors import ConfigError, SchemaError, TrustError
 from gateway.node.config import load_config
 from gateway.node.files import own_version
 from gateway.policy.engine import load_policy
 from gateway.types import AgencyId
-from tests.contracts import V1_1_EDITS, contract
+from tests.contracts import V1_1_EDITS, V1_2_EDITS, contract, optional_field
 from tests.unit.conftest import NOW, repo_file
 
 NEW_FIELDS = ("firearms[].barrel_serial_number", "linked_case_references")
@@ -172,3 +175,103 @@ class TestOwnVersion:
         with pytest.raises(ConfigError, match=r"contract_version: .*no version 1\.7") as info:
             own_version(config, versions, trust.agencies[AgencyId("NL-POL")])
         assert str(config.path) == info.value.file
+
+
+@pytest.fixture(scope="module")
+def with_format_2(tmp_path_factory: pytest.TempPathFactory) -> Contract:
+    """1.0, 1.1 and 1.2 (envelope and receipt format 2)."""
+    root = tmp_path_factory.mktemp("f") / "c"
+    return Contract.load(contract(root, {"1.0": {}, "1.1": V1_1_EDITS, "1.2": V1_2_EDITS}))
+
+
+class TestWireFormats:
+    """Envelope and receipt formats evolve without a flag day: a node reads every format of the
+    contract versions it has, writes for each peer the format of the newest version it reads,
+    and says which formats and versions it sees."""
+
+    def test_formats_are_found_per_version(self, with_format_2: Contract) -> None:
+        assert {1: "1.1", 2: "1.2"} == {
+            f: v.label for f, v in with_format_2.formats("fxgw.Envelope").items()
+        }
+        assert {1, 2} == set(with_format_2.formats("fxgw.Receipt"))
+
+    def test_a_changed_envelope_without_a_new_format_is_refused(self, tmp_path: Path) -> None:
+        edits = {**V1_1_EDITS, "fxgw.EnvelopeHeader": [optional_field("trace_context")]}
+        root = contract(tmp_path / "c", {"1.0": {}, "1.1": edits})
+        with pytest.raises(SchemaError, match=r"needs a new \"fxgw.format\""):
+            Contract.load(root)
+
+    def test_both_formats_are_read_and_answered_in_the_senders_format(
+        self,
+        with_format_2: Contract,
+        trust: TrustList,
+        fed: Federation,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+    ) -> None:
+        """BE-FPJ on 1.2 takes NL-POL's envelope in format 2 (NL on 1.2) and one in format 1
+        (NL on 1.1); each receipt is in the format NL reads, and NL's receipts core reads both."""
+        v11, v12 = with_format_2.version("1.1"), with_format_2.version("1.2")
+        all_three = ("1.0", "1.1", "1.2")
+        be = _receiver(be_keys, v12, with_format_2, _reads(trust, "BE-FPJ", *all_three))
+        seen = []
+        up_to_11 = Contract([with_format_2.version("1.0"), v11])
+        for nl_version, nl_knows, nl_reads in (
+            (v12, with_format_2, all_three),
+            (v11, up_to_11, ("1.0", "1.1")),
+        ):
+            trust_now = _reads(_reads(trust, "BE-FPJ", *all_three), "NL-POL", *nl_reads)
+            be.trust = trust_now
+            sender = _sender(nl_keys, nl_version, nl_knows, trust_now, fed)
+            data, _ = _to_be(sender, seizure_nl())
+            effects = be.take(data, NOW, _Nothing(), Limits())
+            assert 1 == len(effects.deliveries), effects.quarantines
+            [receipt] = effects.receipts
+            receipts = ReceiptsCore(
+                AgencyId("NL-POL"), nl_version.registry, trust_now, contract=nl_knows
+            )
+            [entry] = receipts.take(receipt.data, NOW).audit
+            document = json.loads(effects.deliveries[0].document)
+            seen.append(
+                (
+                    document["provenance"]["envelope_format"],
+                    document["provenance"]["contract_version"],
+                    entry.data["receipt_format"],
+                    [a.kind for a in effects.audit],
+                )
+            )
+        assert [
+            # the body's schema is the same in 1.1 and 1.2: named by the oldest version
+            (2, "1.1", "2", ["peer_versions", "delivery", "receipt_sent"]),
+            (1, "1.1", "1", ["peer_versions", "delivery", "receipt_sent"]),
+        ] == seen
+
+    def test_a_format_the_node_lacks_is_quarantined_unanswered(
+        self,
+        with_format_2: Contract,
+        versions: Contract,
+        trust: TrustList,
+        fed: Federation,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+    ) -> None:
+        trust = _reads(trust, "BE-FPJ", "1.0", "1.1", "1.2")
+        sender = _sender(nl_keys, with_format_2.version("1.2"), with_format_2, trust, fed)
+        data, _ = _to_be(sender, seizure_nl())
+        old = _receiver(be_keys, versions.version("1.1"), versions, trust)  # 1.0 and 1.1 only
+        effects = old.take(data, NOW, _Nothing(), Limits())
+        [quarantined] = effects.quarantines
+        assert (b"fxgw-reason", b"unsupported_format") in [
+            (k.encode() if isinstance(k, str) else k, v) for k, v in quarantined.headers
+        ]
+        assert () == effects.receipts and () == effects.deliveries
+
+
+class _Nothing:
+    """A delivered-journal view with nothing in it."""
+
+    def __contains__(self, message_id: object) -> bool:
+        return False
+
+    def get(self, message_id: str) -> None:
+        return None

@@ -738,14 +738,19 @@ class TestInboundEffects:
         nl_keys: AgencyKeys,
         seizure: PlainEvent,
     ) -> None:
-        """A valid envelope: one delivery, one DELIVERED receipt to NL-POL, two audit entries."""
+        """A valid envelope: one delivery, one DELIVERED receipt to NL-POL, two audit entries
+        (the first from a sender in a format and version also says so, once)."""
         effects = be_inbound.take(
             self._raw(registry, trust, nl_keys, seizure.record), NOW, _Seen(), Limits()
         )
         assert 1 == len(effects.deliveries) and 1 == len(effects.receipts)
         assert "NL-POL" == effects.receipts[0].sender
-        assert ["delivery", "receipt_sent"] == [a.kind for a in effects.audit]
+        assert ["peer_versions", "delivery", "receipt_sent"] == [a.kind for a in effects.audit]
         assert () == effects.quarantines
+        again = be_inbound.take(
+            self._raw(registry, trust, nl_keys, seizure.record), NOW, _Seen(), Limits()
+        )
+        assert ["delivery", "receipt_sent"] == [a.kind for a in again.audit]
 
     def test_oversize_bytes_are_quarantined_unread_in_bounded_form(
         self, be_inbound: InboundCore
