@@ -23,7 +23,7 @@ from gateway.crypto.keys import (
 from gateway.crypto.trust import Agency, TrustList, authority_keys, load_trust_list
 from gateway.errors import ConfigError, PeerError, SchemaError, TrustError
 from gateway.node.config import NodeConfig
-from gateway.policy.engine import Policy, load_policy
+from gateway.policy.engine import Policy, check_versions, load_policy
 from gateway.policy.transforms import Pseudonymiser
 
 
@@ -82,7 +82,7 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
     if config.pseudonym_key is not None:
         pseudonymiser = Pseudonymiser(load_pseudonym_key(config.pseudonym_key).secret)
     policy = load_checked_policy(
-        config, registry, trust, can_pseudonymise=pseudonymiser is not None
+        config, registry, trust, can_pseudonymise=pseudonymiser is not None, contract=contract
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     write_atomically_replace(trust_state, str(trust.version).encode())
@@ -90,14 +90,25 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
 
 
 def load_checked_policy(
-    config: NodeConfig, registry: SchemaRegistry, trust: TrustList, *, can_pseudonymise: bool
+    config: NodeConfig,
+    registry: SchemaRegistry,
+    trust: TrustList,
+    *,
+    can_pseudonymise: bool,
+    contract: Contract | None = None,
 ) -> Policy:
-    """Load the node's policy and check it against the trust list and the node's keys.
+    """Load the node's policy and check it against the trust list, the node's keys and every
+    version of its ``contract`` (``registry`` being its own version's).
 
-    :raises ConfigError: invalid, another agency's, rules that disagree for some agency, or
-        pseudonyms asked for without a pseudonym secret.
+    :raises ConfigError: invalid, another agency's, rules that disagree for some agency, a
+        field a rule may leave null that another version requires, or pseudonyms asked for
+        without a pseudonym secret.
     """
     policy = load_policy(config.policy_file, registry)
+    if contract is not None:
+        check_versions(
+            policy, {v.label: v.registry for v in contract if v.registry is not registry}
+        )
     if policy.agency != config.agency:
         raise ConfigError(
             f"policy belongs to {policy.agency}, but this node is {config.agency}",

@@ -22,7 +22,12 @@ from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.trust import authority_keys, load_trust_list
 from gateway.errors import ConfigError, InfrastructureError
 from gateway.node.config import NodeConfig
-from gateway.node.files import load_checked_policy, stat_of, write_atomically_replace
+from gateway.node.files import (
+    load_checked_policy,
+    own_version,
+    stat_of,
+    write_atomically_replace,
+)
 from gateway.node.loop import Executor
 from gateway.node.sinks import Sink, SpoolSink
 
@@ -122,8 +127,15 @@ class Watching:
                     now=self._now(),
                     min_version=trust.version,
                 )
+                me = trust.agency(c.agency)
+                if me is not None and self.outbound.contract is not None:
+                    own_version(c, self.outbound.contract, me)  # every version it lists is here
             policy = load_checked_policy(
-                c, self.registry, trust, can_pseudonymise=self.outbound.pseudonymiser is not None
+                c,
+                self.registry,
+                trust,
+                can_pseudonymise=self.outbound.pseudonymiser is not None,
+                contract=self.outbound.contract,
             )
         except ConfigError as exc:
             self.counters["reload_failed"] += 1

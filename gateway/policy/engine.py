@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -785,6 +785,46 @@ def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
     )
 
 
+def check_versions(policy: Policy, versions: Mapping[str, SchemaRegistry]) -> None:
+    """Check ``policy`` (compiled against the node's own contract version) against each other
+    version the node may encode in, by label: every field a plan can leave null must be
+    nullable there too, or a recipient reading that version could never be served. Fields a
+    version lacks are withheld from its readers anyway; an event type it lacks is not sent in it.
+
+    :raises PolicyError: naming the rule, the field and the version.
+    """
+    for rule in policy.rules:
+        for label, registry in versions.items():
+            if rule.plan.event_type not in registry:
+                continue
+            known = {info.path: info for info in registry.get(rule.plan.event_type).iter_fields()}
+            for path in _nullable_paths(rule.plan.fields):
+                info = known.get(path)
+                if info is not None and not info.nullable:
+                    raise PolicyError(
+                        f"rule '{rule.rule_id}': '{path}' may be null in the view it releases,"
+                        f" but contract version {label} requires it; a recipient reading"
+                        f" {label} could not be served: keep the field in this rule, or leave"
+                        f" {label} out of the node's contract",
+                        file=policy.path,
+                        line=rule.line,
+                    )
+
+
+def _nullable_paths(plans: tuple[FieldPlan, ...]) -> Iterator[str]:
+    """The paths a plan may leave null: withheld, conditional, or derived or emptied by a
+    transform (an age band nulls its source)."""
+    for plan in plans:
+        if (
+            plan.kind in ("withhold", "derived")
+            or plan.when is not None
+            or isinstance(plan.transform, AgeBand)
+        ):
+            yield plan.path
+        elif plan.kind == "descend":
+            yield from _nullable_paths(plan.children)
+
+
 def load_policy(path: Path, registry: SchemaRegistry) -> Policy:
     """Read and validate a policy file (see :func:`parse_policy`).
 
@@ -905,6 +945,7 @@ __all__ = [
     "Selector",
     "When",
     "apply_plan",
+    "check_versions",
     "load_policy",
     "parse_policy",
     "reference_time",

@@ -23,9 +23,9 @@ from gateway.dev.sandbox import Federation
 from gateway.errors import ConfigError, SchemaError, TrustError
 from gateway.node.config import load_config
 from gateway.node.files import own_version
-from gateway.policy.engine import load_policy
+from gateway.policy.engine import PolicyError, check_versions, load_policy
 from gateway.types import AgencyId
-from tests.contracts import V1_1_EDITS, V1_2_EDITS, contract, optional_field
+from tests.contracts import V1_1_EDITS, V1_2_EDITS, contract, optional_field, retyped
 from tests.unit.conftest import NOW, repo_file
 
 NEW_FIELDS = ("firearms[].barrel_serial_number", "linked_case_references")
@@ -275,3 +275,28 @@ class _Nothing:
 
     def get(self, message_id: str) -> None:
         return None
+
+
+class TestPolicyAcrossVersions:
+    """A policy is checked against every contract version the node may encode in."""
+
+    def test_a_compatible_version_passes(self, versions: Contract) -> None:
+        policy = load_policy(repo_file("policies", "nl-pol.yaml"), versions.version("1.0").registry)
+        check_versions(policy, {"1.1": versions.version("1.1").registry})
+
+    def test_a_field_withheld_here_but_required_there_is_refused(self, tmp_path: Path) -> None:
+        """2.0 makes a person's family name required; NL-POL's rule for non-EU partners
+        withholds it, so a 2.0 reader could never be served: refused, naming rule, field and
+        version."""
+        edits = {"fxgw.Person": [retyped("family_name", "string")]}
+        root = contract(tmp_path / "c", {"1.0": {}, "2.0": edits})
+        both = Contract.load(root)
+        own = both.version("1.0").registry
+        policy = load_policy(repo_file("policies", "nl-pol.yaml"), own)
+        with pytest.raises(PolicyError) as info:
+            check_versions(policy, {"2.0": both.version("2.0").registry})
+        message = str(info.value)
+        assert "'persons[].family_name'" in message
+        assert "contract version 2.0 requires it" in message
+        assert str(repo_file("policies", "nl-pol.yaml")) == info.value.file
+        assert info.value.line is not None
