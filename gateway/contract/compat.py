@@ -121,7 +121,7 @@ def _problems(
     """Why ``reader`` cannot read ``writer``'s data, each named by the deepest field path the
     walk can pair up; empty when the library finds them compatible."""
     if _compatible(reader, writer):
-        return ()
+        return tuple(_meaning_changes(reader, writer, path))
     found: list[Problem] = []
     if isinstance(reader, avro.schema.RecordSchema) and isinstance(
         writer, avro.schema.RecordSchema
@@ -158,6 +158,44 @@ def _problems(
         if same:
             found.extend(_problems(same[0], writer, path))
     return tuple(found) or (Problem(path, _reason(reader, writer)),)
+
+
+def _meaning_changes(
+    reader: avro.schema.Schema, writer: avro.schema.Schema, path: str
+) -> Iterator[Problem]:
+    """Logical-type changes, which Avro resolution ignores (a ``date`` int is promoted to a
+    ``timestamp-millis`` long without complaint) but which change what the values mean."""
+    if isinstance(reader, avro.schema.RecordSchema) and isinstance(
+        writer, avro.schema.RecordSchema
+    ):
+        written = {f.name: f for f in writer.fields}
+        for field in reader.fields:
+            if field.name in written:
+                yield from _meaning_changes(
+                    field.type, written[field.name].type, _join(path, field.name)
+                )
+    elif isinstance(reader, avro.schema.ArraySchema) and isinstance(
+        writer, avro.schema.ArraySchema
+    ):
+        yield from _meaning_changes(reader.items, writer.items, f"{path}[]")
+    elif isinstance(reader, avro.schema.MapSchema) and isinstance(writer, avro.schema.MapSchema):
+        yield from _meaning_changes(reader.values, writer.values, f"{path}{{}}")
+    elif isinstance(reader, avro.schema.UnionSchema) or isinstance(writer, avro.schema.UnionSchema):
+        readers = reader.schemas if isinstance(reader, avro.schema.UnionSchema) else [reader]
+        writers = writer.schemas if isinstance(writer, avro.schema.UnionSchema) else [writer]
+        for branch in writers:
+            same = [r for r in readers if _kind(r) == _kind(branch)]
+            candidates = same or [r for r in readers if _compatible(r, branch)]
+            if candidates:
+                yield from _meaning_changes(candidates[0], branch, path)
+    else:
+        was, now = writer.props.get("logicalType"), reader.props.get("logicalType")
+        if was != now:
+            yield Problem(
+                path,
+                f"the writer's {was or writer.type} is read as {now or reader.type}:"
+                " the values would change meaning",
+            )
 
 
 def _kind(schema: avro.schema.Schema) -> str:

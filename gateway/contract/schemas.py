@@ -80,7 +80,6 @@ __all__ = [
     "FieldNotFound",
     "Schema",
     "SchemaRegistry",
-    "check_compatibility",
     "parsing_canonical_form",
 ]
 
@@ -778,9 +777,10 @@ def _parse_sources(
 
 
 def _make_schema(node: _Named) -> Schema:
-    canonical = _canonical(node, set())
+    definition = _fastavro_definition(node, set())
     try:
-        parsed = _avro.parse(_fastavro_definition(node, set()))
+        parsed = _avro.parse(definition)
+        canonical = _avro.canonical_form(definition)
     except SchemaError as exc:
         raise _Problem(exc.message, source=node.source, needle=node.name) from exc
     is_event = isinstance(node, _Record) and node.attributes.get(EVENT_ATTRIBUTE) is True
@@ -815,53 +815,14 @@ def _line_of(text: str, needle: str | None) -> int | None:
 
 
 def parsing_canonical_form(definition: object) -> str:
-    """The Avro Parsing Canonical Form of one self-contained schema definition (parsed JSON).
+    """The Avro Parsing Canonical Form of one self-contained schema definition (parsed JSON),
+    as fastavro computes it (full names, only the attributes that matter for parsing, a named
+    type written out at its first use; logical types, docs, defaults, aliases and custom
+    attributes dropped).
 
-    Implements the spec's transformation: primitives in their simple form, full names, only the
-    attributes that matter for parsing (``name, type, fields, symbols, items, values, size``, in
-    that order), a named type written out at its first use and referred to by name after, no
-    whitespace. Logical types, docs, defaults, aliases and custom attributes are dropped.
-
-    :raises SchemaError: the definition is not a valid schema (an unknown type name, a record
-        without fields, ...).
+    :raises SchemaError: the definition is not a valid schema.
     """
-    parser = _Parser()
-    try:
-        parser.collect(definition, "", "<definition>")
-        node = parser.build(definition, "", "<definition>", "schema")
-    except _Problem as exc:
-        raise SchemaError(exc.message) from exc
-    return _canonical(node, set())
-
-
-def _quote(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _canonical(node: _Type, seen: set[str]) -> str:
-    if isinstance(node, _Primitive):
-        return _quote(node.kind)
-    if isinstance(node, _Logical):
-        return _quote(node.base)
-    if isinstance(node, _Array):
-        return '{"type":"array","items":' + _canonical(node.items, seen) + "}"
-    if isinstance(node, _Map):
-        return '{"type":"map","values":' + _canonical(node.values, seen) + "}"
-    if isinstance(node, _Union):
-        return "[" + ",".join(_canonical(branch, seen) for branch in node.branches) + "]"
-    if node.name in seen:
-        return _quote(node.name)
-    seen.add(node.name)
-    name = '{"name":' + _quote(node.name)
-    if isinstance(node, _Enum):
-        return name + ',"type":"enum","symbols":[' + ",".join(map(_quote, node.symbols)) + "]}"
-    if isinstance(node, _Fixed):
-        return name + f',"type":"fixed","size":{node.size}}}'
-    fields = ",".join(
-        '{"name":' + _quote(field.name) + ',"type":' + _canonical(field.type, seen) + "}"
-        for field in node.fields
-    )
-    return name + ',"type":"record","fields":[' + fields + "]}"
+    return _avro.canonical_form(cast(_avro.Definition, definition))
 
 
 def _fastavro_definition(node: _Type, seen: set[str]) -> _avro.Definition:
@@ -1937,159 +1898,3 @@ class SchemaRegistry:
             return cast("dict[str, object]", compiled.to_json(record))
         except Exception:  # not as decoded after all: the tree walk says what is wrong
             return cast("dict[str, object]", _to_json(node, record))
-
-
-# --- compatibility -------------------------------------------------------------------------------
-
-_PROMOTIONS = {
-    "int": frozenset({"long", "float", "double"}),
-    "long": frozenset({"float", "double"}),
-    "float": frozenset({"double"}),
-    "string": frozenset({"bytes"}),
-    "bytes": frozenset({"string"}),
-}
-
-
-def check_compatibility(reader: Schema, writer: Schema) -> tuple[str, ...]:
-    """Problems that keep a reader using ``reader`` from reading data written with ``writer``.
-
-    Follows Avro's schema-resolution rules: a reader field the writer lacks needs a default
-    (writer fields the reader lacks are skipped); types must match or promote (int to long, float
-    or double; long to float or double; float to double; string to and from bytes); named types
-    match by unqualified name or a reader alias; enum symbols the writer may write must be known
-    to the reader unless the reader's enum has a default; fixed sizes must agree; every branch of
-    a writer's union must be readable. Stricter than the spec on one point: a change of logical
-    type (``date`` to ``timestamp-millis``, say) is a problem, because the reader would misread
-    the value even though the bytes parse.
-
-    Each message starts with the field path (``firearms[].calibre``); an empty tuple means
-    compatible. To check both directions (old and new readers), call it twice.
-    """
-    problems: list[str] = []
-    _compare(reader.tree, writer.tree, "", problems, set())
-    return tuple(problems)
-
-
-def _short(name: str) -> str:
-    return name.rpartition(".")[2]
-
-
-def _same_name(reader: _Named, writer: _Named) -> bool:
-    return _short(reader.name) == _short(writer.name) or writer.name in reader.aliases
-
-
-def _matches(reader: _Type, writer: _Type) -> bool:
-    """Avro's shallow 'schemas match' test (no recursion into fields, items or values)."""
-    if isinstance(reader, _Record):
-        return isinstance(writer, _Record) and _same_name(reader, writer)
-    if isinstance(reader, _Enum):
-        return isinstance(writer, _Enum) and _same_name(reader, writer)
-    if isinstance(reader, _Fixed):
-        return isinstance(writer, _Fixed) and _same_name(reader, writer)
-    if isinstance(reader, _Array):
-        return isinstance(writer, _Array)
-    if isinstance(reader, _Map):
-        return isinstance(writer, _Map)
-    if isinstance(reader, _Union):
-        return isinstance(writer, _Union)
-    if not isinstance(writer, _Primitive | _Logical):
-        return False
-    read_base = reader.base if isinstance(reader, _Logical) else reader.kind
-    write_base = writer.base if isinstance(writer, _Logical) else writer.kind
-    return read_base == write_base or read_base in _PROMOTIONS.get(write_base, frozenset())
-
-
-def _logical_kind(node: _Type) -> str | None:
-    return node.kind if isinstance(node, _Logical) else None
-
-
-def _compare(
-    reader: _Type, writer: _Type, path: str, problems: list[str], seen: set[tuple[str, str]]
-) -> None:
-    where = path or "(top level)"
-    if isinstance(writer, _Union):
-        for branch in writer.branches:
-            if isinstance(reader, _Union):
-                match = _union_match(reader, branch)
-                if match is None:
-                    problems.append(
-                        f"{where}: the writer may write {_expected(branch)}, which the reader's "
-                        f"union ({_expected(reader)}) has no branch for"
-                    )
-                else:
-                    _compare(match, branch, path, problems, seen)
-            elif _matches(reader, branch):
-                _compare(reader, branch, path, problems, seen)
-            else:
-                problems.append(
-                    f"{where}: the writer may write {_expected(branch)}, the reader expects "
-                    f"{_expected(reader)}"
-                )
-        return
-    if isinstance(reader, _Union):
-        match = _union_match(reader, writer)
-        if match is None:
-            problems.append(
-                f"{where}: the reader expects {_expected(reader)}, the writer writes "
-                f"{_expected(writer)}"
-            )
-        else:
-            _compare(match, writer, path, problems, seen)
-        return
-    if not _matches(reader, writer):
-        problems.append(
-            f"{where}: the reader expects {_expected(reader)}, "
-            f"the writer writes {_expected(writer)}"
-        )
-        return
-    if _logical_kind(reader) != _logical_kind(writer):
-        problems.append(
-            f"{where}: the logical type changes from {_logical_kind(writer) or 'none'} (writer) "
-            f"to {_logical_kind(reader) or 'none'} (reader)"
-        )
-    if isinstance(reader, _Array) and isinstance(writer, _Array):
-        _compare(reader.items, writer.items, f"{path}[]", problems, seen)
-    elif isinstance(reader, _Map) and isinstance(writer, _Map):
-        _compare(reader.values, writer.values, f"{path}{{}}", problems, seen)
-    elif isinstance(reader, _Enum) and isinstance(writer, _Enum):
-        unknown = [symbol for symbol in writer.symbols if symbol not in reader.symbols]
-        if unknown and reader.default is None:
-            problems.append(
-                f"{where}: the writer's symbols {', '.join(unknown)} are unknown to the reader's "
-                f"{reader.name}, which has no default symbol"
-            )
-    elif isinstance(reader, _Fixed) and isinstance(writer, _Fixed):
-        if reader.size != writer.size:
-            problems.append(
-                f"{where}: the reader's {reader.name} is {reader.size} bytes, the writer's "
-                f"{writer.size}"
-            )
-    elif isinstance(reader, _Record) and isinstance(writer, _Record):
-        key = (reader.name, writer.name)
-        if key in seen:
-            return
-        seen.add(key)
-        written = {field.name: field for field in writer.fields}
-        for field in reader.fields:
-            child = _join(path, field.name)
-            source = written.get(field.name) or next(
-                (written[alias] for alias in field.aliases if alias in written), None
-            )
-            if source is not None:
-                _compare(field.type, source.type, child, problems, seen)
-            elif not field.has_default:
-                problems.append(
-                    f"{child}: the reader needs this field, the writer does not write it, and the "
-                    "reader's field has no default"
-                )
-
-
-def _union_match(reader: _Union, writer: _Type) -> _Type | None:
-    """The reader branch a written value of type ``writer`` resolves to: an exact match first."""
-    for branch in reader.branches:
-        if _matches(branch, writer) and _union_key(branch) == _union_key(writer):
-            return branch
-    for branch in reader.branches:
-        if _matches(branch, writer):
-            return branch
-    return None
