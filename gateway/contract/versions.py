@@ -35,7 +35,7 @@ import pydantic
 
 from gateway._yamlfile import YamlDocument, load_model, read_yaml
 from gateway.contract.schemas import Schema, SchemaRegistry
-from gateway.errors import SchemaError, UnknownEventType
+from gateway.errors import PeerError, SchemaError, UnknownEventType
 
 __all__ = [
     "MANIFEST",
@@ -44,6 +44,7 @@ __all__ = [
     "convert",
     "missing_fields",
     "newest_registry",
+    "peek_format",
 ]
 
 MANIFEST = "contract.yaml"
@@ -172,6 +173,24 @@ class Contract:
         each format this contract has, with the newest version that writes it."""
         return self._formats[name]
 
+    def reader_for(self, name: str, data: bytes) -> tuple[SchemaRegistry, int]:
+        """The schemas and the format version to read ``data`` with, a ``name``
+        (``fxgw.Envelope`` or ``fxgw.Receipt``) in any format of this contract's versions.
+
+        :raises PeerError: ``unsupported_format``, a format none of them has (or ``malformed``,
+            bytes that do not start with a format version).
+        """
+        wire_format = peek_format(data)
+        known = self._formats[name]
+        version = known.get(wire_format)
+        if version is None:
+            raise PeerError(
+                f"{name} format {wire_format} is not one this node reads"
+                f" ({', '.join(str(f) for f in sorted(known))})",
+                reason="unsupported_format",
+            )
+        return version.registry, wire_format
+
     def by_fingerprint(self, fingerprint: bytes) -> tuple[ContractVersion, Schema]:
         """The schema with this fingerprint, in the oldest version that has it.
 
@@ -187,6 +206,24 @@ class Contract:
 
 def _error(document: YamlDocument, at: tuple[str | int, ...], message: str) -> SchemaError:
     return SchemaError(message, file=str(document.path), line=document.line_of(at))
+
+
+def peek_format(data: bytes) -> int:
+    """The format version an envelope or a receipt says it has, read before anything else:
+    the first field of both is ``format_version``, so it is the first Avro int of the bytes.
+
+    :raises PeerError: ``malformed``, the bytes do not start with a small non-negative int.
+    """
+    value = shift = 0
+    for byte in data[:2]:  # formats 0..63 take one byte; allow a second for a clear message
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            number = (value >> 1) ^ -(value & 1)
+            if number < 0:
+                break
+            return number
+    raise PeerError("the bytes do not start with a format version", reason="malformed")
 
 
 def _formats(versions: list[ContractVersion], name: str) -> dict[int, ContractVersion]:

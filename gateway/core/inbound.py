@@ -48,7 +48,6 @@ from gateway.crypto.envelope import (
     UnwrapCache,
     message_id_for,
     open_envelope,
-    peek_format,
     read_header,
     signing_input,
 )
@@ -235,16 +234,7 @@ class InboundCore:
         """
         if self.contract is None:
             return self.registry, FORMAT_VERSION
-        wire_format = peek_format(data)
-        known = self.contract.formats(ENVELOPE_TYPE)
-        version = known.get(wire_format)
-        if version is None:
-            raise PeerError(
-                f"envelope format {wire_format} is not one this node reads"
-                f" ({', '.join(str(f) for f in sorted(known))})",
-                reason="unsupported_format",
-            )
-        return version.registry, wire_format
+        return self.contract.reader_for(ENVELOPE_TYPE, data)
 
     def _receipt_wire(self, sender: str) -> tuple[SchemaRegistry, int]:
         """The schemas and the format of a receipt to ``sender``: those of the newest contract

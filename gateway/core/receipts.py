@@ -13,7 +13,6 @@ from datetime import datetime
 from gateway.contract.schemas import SchemaRegistry
 from gateway.contract.versions import Contract
 from gateway.core.effects import AuditEntry, Effects, Limits, quarantine
-from gateway.crypto.envelope import peek_format
 from gateway.crypto.receipts import FORMAT_VERSION, RECEIPT_TYPE, open_receipt
 from gateway.crypto.trust import TrustList
 from gateway.errors import PeerError
@@ -92,13 +91,4 @@ class ReceiptsCore:
         """
         if self.contract is None:
             return self.registry, FORMAT_VERSION
-        wire_format = peek_format(raw)
-        known = self.contract.formats(RECEIPT_TYPE)
-        version = known.get(wire_format)
-        if version is None:
-            raise PeerError(
-                f"receipt format {wire_format} is not one this node reads"
-                f" ({', '.join(str(f) for f in sorted(known))})",
-                reason="unsupported_format",
-            )
-        return version.registry, wire_format
+        return self.contract.reader_for(RECEIPT_TYPE, raw)

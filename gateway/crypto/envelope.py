@@ -331,24 +331,6 @@ class UnwrapCache:
         return secret
 
 
-def peek_format(data: bytes) -> int:
-    """The format version an envelope or a receipt says it has, read before anything else:
-    the first field of both is ``format_version``, so it is the first Avro int of the bytes.
-
-    :raises MalformedEnvelope: the bytes do not start with a small non-negative int.
-    """
-    value = shift = 0
-    for byte in data[:2]:  # formats 0..63 take one byte; allow a second for a clear message
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            number = (value >> 1) ^ -(value & 1)
-            if number < 0:
-                break
-            return number
-    raise MalformedEnvelope("the bytes do not start with a format version")
-
-
 def seal(
     template: Header,
     plaintext: bytes,
