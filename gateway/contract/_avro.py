@@ -1,4 +1,5 @@
-"""Typed adapter around fastavro: the only module of the package that imports it.
+"""Typed adapter around fastavro, and around the Apache ``avro`` package's schema parser: the
+only module of the package that imports fastavro, and the only one that parses with ``avro``.
 
 fastavro's functions take and return loosely typed values (``Any``) and raise a zoo of exception
 types (``EOFError``, ``IndexError``, ``UnicodeDecodeError``, ``OverflowError``, ...). This module
@@ -12,6 +13,10 @@ one of our errors at the boundary, chained to the original:
 - :func:`problems` is fastavro's own validation, returned as messages;
 - :func:`canonical_form` is fastavro's Parsing Canonical Form (fingerprints are its SHA-256).
 
+- :func:`parse_named` parses the files of a contract version with ``avro`` (strict: it is the
+  reference implementation) and :func:`describe` / :func:`describe_field` read its schemas back
+  as plain values, so that no other module depends on its classes.
+
 Nothing here knows about the federation's schemas; :mod:`gateway.contract.schemas` decides what
 to call.
 """
@@ -19,9 +24,15 @@ to call.
 from __future__ import annotations
 
 import io
+import re
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import avro.errors
+import avro.name
+import avro.schema
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.types import Schema as _FastavroSchema
@@ -29,7 +40,25 @@ from fastavro.validation import ValidationError, validate
 
 from gateway.errors import RecordInvalid, SchemaError
 
-__all__ = ["ParsedSchema", "canonical_form", "parse", "problems", "read", "write"]
+__all__ = [
+    "ParseFailure",
+    "ParsedSchema",
+    "canonical_form",
+    "describe",
+    "describe_field",
+    "parse",
+    "parse_named",
+    "problems",
+    "read",
+    "write",
+]
+
+AvroSchema = avro.schema.Schema
+NamedAvroSchema = avro.schema.NamedSchema
+AvroField = avro.schema.Field
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_UNRESOLVED = re.compile(r"Could not make an Avro Schema object from ([A-Za-z_][A-Za-z0-9_.]*)")
+_TAKEN = re.compile(r'The name "([^"]+)" is already in use')
 
 Definition = str | list[object] | dict[str, object]
 """A schema definition as JSON: a type name, a union (list) or a complex type (object)."""
@@ -133,3 +162,159 @@ def canonical_form(definition: Definition) -> str:
     except Exception as exc:
         # Same family of fastavro exceptions as in parse().
         raise SchemaError(f"fastavro cannot parse the schema: {exc!r}") from exc
+
+
+class ParseFailure(Exception):
+    """A definition ``avro`` refuses: what, in which source, and a text to find its line by."""
+
+    def __init__(self, message: str, source: str, needle: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.source, self.needle = message, source, needle
+
+
+def parse_named(
+    sources: Sequence[tuple[str, object]],
+) -> tuple[list[tuple[str, str]], dict[str, tuple[str, NamedAvroSchema]]]:
+    """Parse named-type definitions (label, JSON) that may use each other's types, in whatever
+    order they come: each source's full name, and every named type defined anywhere, with the
+    source defining it.
+
+    :raises ParseFailure: a definition is invalid, uses a type nobody defines, or defines a
+        type another source defines too.
+    """
+    names = avro.name.Names(validate_names=True)
+    origin: dict[str, tuple[str, NamedAvroSchema]] = {}
+    tops: list[tuple[str, str]] = []
+    pending = list(sources)
+    while pending:
+        postponed: list[tuple[str, object]] = []
+        unknown: tuple[str, object, str] | None = None
+        for source, definition in pending:
+            trial = avro.name.Names(validate_names=True)
+            trial.names = dict(names.names)
+            try:
+                with warnings.catch_warnings():  # logical types are the caller's to judge
+                    warnings.simplefilter("ignore", avro.errors.IgnoredLogicalType)
+                    schema = avro.schema.make_avsc_object(definition, trial)
+            except Exception as exc:  # avro raises SchemaParseException, InvalidName, ...
+                missing = _UNRESOLVED.search(str(exc))
+                if missing and missing.group(1) not in (*_PRIMITIVES, "None"):
+                    postponed.append((source, definition))
+                    unknown = unknown or (source, definition, missing.group(1))
+                    continue
+                raise _failure(exc, source, definition, origin) from exc
+            for full in trial.names.keys() - names.names.keys():
+                origin[full] = (source, trial.names[full])
+            names = trial
+            tops.append((source, str(getattr(schema, "fullname", ""))))
+        if unknown is not None and len(postponed) == len(pending):
+            source, definition, name = unknown
+            raise ParseFailure(_unknown_type(definition, name, list(origin)), source, name)
+        pending = postponed
+    return tops, origin
+
+
+def _failure(
+    exc: Exception, source: str, definition: object, origin: dict[str, tuple[str, NamedAvroSchema]]
+) -> ParseFailure:
+    top = definition.get("name") if isinstance(definition, dict) else None
+    text = str(exc)
+    taken = _TAKEN.search(text)
+    if taken:
+        full = taken.group(1)
+        other = origin[full][0] if full in origin else "this file"
+        message = f"named type {full} is defined twice (also in {other}); keep one definition"
+        return ParseFailure(message, source, full.rpartition(".")[2])
+    if "from None" in text:
+        return ParseFailure(f"{top}: a field or an item has no 'type'", source, None)
+    return ParseFailure(f"{top}: {text}", source, str(top) if top else None)
+
+
+def _unknown_type(definition: object, name: str, known: list[str]) -> str:
+    """Where ``name`` is used in ``definition``, and the closest known name."""
+    import difflib
+
+    where = _user_of(definition, name) or str(
+        definition.get("name") if isinstance(definition, dict) else "schema"
+    )
+    close = difflib.get_close_matches(name, [*known, *sorted(_PRIMITIVES)], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        f"{where}: unknown type {name!r}: not a primitive type, and no schema in the folder "
+        f"defines it{hint}"
+    )
+
+
+def _user_of(definition: object, name: str, owner: str = "", namespace: str = "") -> str | None:
+    """``"<record>, field <field>"`` of the first field whose type uses ``name``."""
+    if isinstance(definition, list):
+        for branch in definition:
+            found = _user_of(branch, name, owner, namespace)
+            if found:
+                return found
+    elif isinstance(definition, str):
+        short = name.rpartition(".")[2]
+        return owner if definition in (name, short) and owner else None
+    elif isinstance(definition, dict):
+        if definition.get("type") == "record":
+            record = str(definition.get("name", ""))
+            space = str(definition.get("namespace", namespace) or "")
+            full = record if "." in record or not space else f"{space}.{record}"
+            for field in definition.get("fields") or []:
+                if isinstance(field, dict):
+                    where = f"{full}, field {field.get('name')}"
+                    found = _user_of(field.get("type"), name, where, full.rpartition(".")[0])
+                    if found:
+                        return found
+        for key in ("items", "values", "type"):
+            if key in definition and definition.get("type") != "record":
+                found = _user_of(definition[key], name, owner, namespace)
+                if found:
+                    return found
+    return None
+
+
+def describe(schema: AvroSchema) -> tuple[str, dict[str, object]]:
+    """An ``avro`` schema as its kind and its parts, plain values (named parts as schemas)."""
+    if isinstance(schema, avro.schema.UnionSchema):
+        return "union", {"branches": list(schema.schemas)}
+    if isinstance(schema, avro.schema.ArraySchema):
+        return "array", {"items": schema.items}
+    if isinstance(schema, avro.schema.MapSchema):
+        return "map", {"values": schema.values}
+    props = cast("dict[str, object]", schema.props)
+    if isinstance(schema, avro.schema.NamedSchema):
+        aliases = props.get("aliases") or ()
+        space = schema.fullname.rpartition(".")[0]
+        parts: dict[str, object] = {
+            "name": schema.fullname,
+            "doc": props.get("doc"),
+            "aliases": tuple(
+                a if "." in a or not space else f"{space}.{a}" for a in cast("list[str]", aliases)
+            ),
+        }
+        if isinstance(schema, avro.schema.EnumSchema):
+            parts.update(symbols=tuple(schema.symbols), default=props.get("default"))
+        elif isinstance(schema, avro.schema.FixedSchema):
+            parts.update(size=schema.size)
+        elif isinstance(schema, avro.schema.RecordSchema):
+            known = {"type", "name", "namespace", "doc", "aliases", "fields"}
+            parts.update(
+                fields=list(schema.fields),
+                attributes={k: v for k, v in props.items() if k not in known},
+            )
+        return str(schema.type), parts
+    return str(schema.type), {"logical": props.get("logicalType")}
+
+
+def describe_field(field: AvroField) -> tuple[str, AvroSchema, dict[str, object]]:
+    """A record field's name, type and the rest (doc, aliases, has_default, default)."""
+    props = cast("dict[str, object]", field.props)
+    aliases = cast("list[str]", props.get("aliases") or [])
+    info: dict[str, object] = {
+        "doc": props.get("doc"),
+        "aliases": tuple(a for a in aliases if isinstance(a, str)),
+        "has_default": "default" in props,
+        "default": props.get("default"),
+    }
+    return str(field.name), field.type, info

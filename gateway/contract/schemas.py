@@ -2,6 +2,12 @@
 
 Pure: apart from reading the schema folder in :meth:`SchemaRegistry.load`, nothing here does I/O.
 
+The libraries do the Avro work (see :mod:`gateway.contract._avro`): the Apache ``avro`` package
+parses the files, with named types across them; fastavro computes the Parsing Canonical Form
+(fingerprints are its SHA-256), encodes, decodes and resolves one version's data to another's.
+What is ours: the Python and JSON forms of the national system (below), and checks whose errors
+name the field by its path and never quote a value.
+
 The contract
 ------------
 - A version of the contract is a folder of ``.avsc`` files (``schemas/avro/1.0``; the versions
@@ -89,7 +95,6 @@ FORMAT_ATTRIBUTE = "fxgw.format"
 """Custom schema attribute of a record that travels framed by its own format version (the
 envelope, the receipt): that version, a positive integer; 1 when absent."""
 
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED_KINDS = frozenset({"record", "enum", "fixed"})
 # (base type, logicalType) -> the kind we report and enforce. Exactly the pairs fastavro converts;
 # any other logicalType is ignored, as the spec asks, and the base type is used.
@@ -317,13 +322,6 @@ class _Problem(Exception):
         self.needle = needle
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Definition:
-    body: Mapping[str, object]
-    namespace: str  # the namespace the definition sits in (before its own name is applied)
-    source: str
-
-
 def _as_object(value: object) -> Mapping[str, object] | None:
     if isinstance(value, dict):
         return cast("dict[str, object]", value)
@@ -334,315 +332,6 @@ def _as_list(value: object) -> list[object] | None:
     if isinstance(value, list):
         return cast("list[object]", value)
     return None
-
-
-class _Parser:
-    """Turns JSON definitions into the type tree; named types may be referenced before defined.
-
-    Phase one (:meth:`collect`) registers every named type definition of every source; phase two
-    (:meth:`build`, :meth:`named`) builds nodes, resolving references through that table.
-    """
-
-    def __init__(self) -> None:
-        self.definitions: dict[str, _Definition] = {}
-        self.built: dict[str, _Named] = {}
-
-    # phase one
-
-    def collect(self, definition: object, namespace: str, source: str) -> None:
-        if (branches := _as_list(definition)) is not None:
-            for branch in branches:
-                self.collect(branch, namespace, source)
-            return
-        body = _as_object(definition)
-        if body is None:
-            return
-        kind = body.get("type")
-        if kind in _NAMED_KINDS:
-            full = self.full_name(body, namespace, source)
-            if full in self.definitions:
-                other = self.definitions[full].source
-                raise _Problem(
-                    f"named type {full} is defined twice (also in {other}); keep one definition",
-                    source=source,
-                    needle=full.rpartition(".")[2],
-                )
-            self.definitions[full] = _Definition(body, namespace, source)
-            inner = full.rpartition(".")[0]
-            for field in _as_list(body.get("fields")) or []:
-                if (field_body := _as_object(field)) is not None:
-                    self.collect(field_body.get("type"), inner, source)
-        elif kind == "array":
-            self.collect(body.get("items"), namespace, source)
-        elif kind == "map":
-            self.collect(body.get("values"), namespace, source)
-
-    @staticmethod
-    def full_name(body: Mapping[str, object], namespace: str, source: str) -> str:
-        name = body.get("name")
-        if not isinstance(name, str) or not name:
-            raise _Problem(
-                f"a {body.get('type')} needs a 'name' (a string)", source=source, needle="type"
-            )
-        if "." in name:
-            full = name
-        else:
-            space = body.get("namespace", namespace)
-            if space is None:
-                space = ""
-            if not isinstance(space, str):
-                raise _Problem(f"{name}: 'namespace' must be a string", source=source, needle=name)
-            full = f"{space}.{name}" if space else name
-        for part in full.split("."):
-            if not _NAME_RE.fullmatch(part):
-                raise _Problem(
-                    f"invalid name {full!r}: each dotted part must match [A-Za-z_][A-Za-z0-9_]*",
-                    source=source,
-                    needle=name,
-                )
-        if full in _PRIMITIVES:
-            raise _Problem(
-                f"a named type may not be called {full!r} (a primitive type)",
-                source=source,
-                needle=name,
-            )
-        return full
-
-    # phase two
-
-    def build(self, definition: object, namespace: str, source: str, where: str) -> _Type:
-        if isinstance(definition, str):
-            if definition in _PRIMITIVES:
-                return _Primitive(definition)
-            return self.reference(definition, namespace, source, where)
-        if (branches := _as_list(definition)) is not None:
-            return self.build_union(branches, namespace, source, where)
-        body = _as_object(definition)
-        if body is None:
-            raise _Problem(
-                f"{where}: {json.dumps(definition)} is not a schema (a type name, a union list or "
-                "an object with a 'type')",
-                source=source,
-            )
-        kind = body.get("type")
-        if not isinstance(kind, str):
-            raise _Problem(
-                f"{where}: 'type' must be a string naming a type, got {json.dumps(kind)}",
-                source=source,
-            )
-        if kind in _PRIMITIVES:
-            logical = body.get("logicalType")
-            if logical in _UNSUPPORTED_LOGICAL:
-                raise _Problem(
-                    f"{where}: logical type {logical!r} is not supported by the gateway; "
-                    "carry the value as a string",
-                    source=source,
-                    needle=str(logical),
-                )
-            if isinstance(logical, str) and (kind, logical) in _LOGICAL:
-                return _Logical(_LOGICAL[(kind, logical)], kind)
-            return _Primitive(kind)
-        if kind in _NAMED_KINDS:
-            return self.named(self.full_name(body, namespace, source))
-        if kind == "array":
-            if "items" not in body:
-                raise _Problem(f"{where}: an array needs 'items'", source=source, needle="array")
-            return _Array(self.build(body["items"], namespace, source, f"{where} items"))
-        if kind == "map":
-            if "values" not in body:
-                raise _Problem(f"{where}: a map needs 'values'", source=source, needle="map")
-            return _Map(self.build(body["values"], namespace, source, f"{where} values"))
-        if kind == "error":
-            raise _Problem(
-                f"{where}: type 'error' belongs to Avro protocols; use 'record'",
-                source=source,
-                needle="error",
-            )
-        # {"type": "fxgw.AgencyRef"}: a reference written as an object.
-        return self.reference(kind, namespace, source, where)
-
-    def build_union(
-        self, branches: list[object], namespace: str, source: str, where: str
-    ) -> _Union:
-        built: list[_Type] = []
-        seen: set[str] = set()
-        for branch in branches:
-            node = self.build(branch, namespace, source, where)
-            if isinstance(node, _Union):
-                raise _Problem(
-                    f"{where}: a union may not directly contain another union", source=source
-                )
-            key = _union_key(node)
-            if key in seen:
-                raise _Problem(
-                    f"{where}: the union has two branches of type {key}", source=source, needle=key
-                )
-            seen.add(key)
-            built.append(node)
-        return _Union(tuple(built))
-
-    def reference(self, name: str, namespace: str, source: str, where: str) -> _Named:
-        candidates = (
-            [name] if "." in name else [f"{namespace}.{name}", name] if namespace else [name]
-        )
-        for candidate in candidates:
-            if candidate in self.definitions:
-                return self.named(candidate)
-        close = difflib.get_close_matches(name, [*self.definitions, *sorted(_PRIMITIVES)], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise _Problem(
-            f"{where}: unknown type {name!r}: not a primitive type, and no schema in the folder "
-            f"defines it{hint}",
-            source=source,
-            needle=name,
-        )
-
-    def named(self, full: str) -> _Named:
-        if full in self.built:
-            return self.built[full]
-        definition = self.definitions[full]
-        body, source = definition.body, definition.source
-        inner = full.rpartition(".")[0]
-        short = full.rpartition(".")[2]
-        doc = body.get("doc")
-        if doc is not None and not isinstance(doc, str):
-            raise _Problem(f"{full}: 'doc' must be a string", source=source, needle=short)
-        aliases = self.aliases(body.get("aliases"), inner, source, full)
-        kind = body.get("type")
-        node: _Named
-        if kind == "enum":
-            node = self.enum(body, full, source, doc, aliases)
-        elif kind == "fixed":
-            size = body.get("size")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise _Problem(
-                    f"{full}: a fixed type needs a 'size' (a non-negative integer)",
-                    source=source,
-                    needle=short,
-                )
-            node = _Fixed(full, source, doc, aliases, size)
-        else:
-            attributes = {key: value for key, value in body.items() if key not in _RECORD_KEYS}
-            event = attributes.get(EVENT_ATTRIBUTE, False)
-            if not isinstance(event, bool):
-                raise _Problem(
-                    f"{full}: {EVENT_ATTRIBUTE!r} must be true or false",
-                    source=source,
-                    needle=EVENT_ATTRIBUTE,
-                )
-            record = _Record(full, source, doc, aliases, attributes)
-            self.built[full] = record  # before the fields: they may refer back to the record
-            record.fields.extend(self.fields(body, full, inner, source))
-            return record
-        self.built[full] = node
-        return node
-
-    def enum(
-        self,
-        body: Mapping[str, object],
-        full: str,
-        source: str,
-        doc: str | None,
-        aliases: tuple[str, ...],
-    ) -> _Enum:
-        short = full.rpartition(".")[2]
-        raw = _as_list(body.get("symbols"))
-        if raw is None:
-            raise _Problem(
-                f"{full}: an enum needs 'symbols' (a list of strings)", source=source, needle=short
-            )
-        symbols: list[str] = []
-        for symbol in raw:
-            if not isinstance(symbol, str) or not _NAME_RE.fullmatch(symbol):
-                raise _Problem(
-                    f"{full}: symbol {json.dumps(symbol)} must match [A-Za-z_][A-Za-z0-9_]*",
-                    source=source,
-                    needle=str(symbol),
-                )
-            if symbol in symbols:
-                raise _Problem(
-                    f"{full}: symbol {symbol} is listed twice", source=source, needle=symbol
-                )
-            symbols.append(symbol)
-        default = body.get("default")
-        if default is not None and default not in symbols:
-            raise _Problem(
-                f"{full}: the enum's default {json.dumps(default)} is not one of its symbols",
-                source=source,
-                needle="default",
-            )
-        return _Enum(full, source, doc, aliases, tuple(symbols), default)
-
-    def fields(
-        self, body: Mapping[str, object], full: str, inner: str, source: str
-    ) -> list[_Field]:
-        short = full.rpartition(".")[2]
-        raw = _as_list(body.get("fields"))
-        if raw is None:
-            raise _Problem(f"{full}: a record needs 'fields' (a list)", source=source, needle=short)
-        fields: list[_Field] = []
-        names: set[str] = set()
-        for item in raw:
-            field = _as_object(item)
-            if field is None:
-                raise _Problem(f"{full}: each field must be an object", source=source, needle=short)
-            name = field.get("name")
-            if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-                raise _Problem(
-                    f"{full}: field name {json.dumps(name)} must match [A-Za-z_][A-Za-z0-9_]*",
-                    source=source,
-                    needle=name if isinstance(name, str) else short,
-                )
-            if name in names:
-                raise _Problem(f"{full}: field {name} is defined twice", source=source, needle=name)
-            names.add(name)
-            if "type" not in field:
-                raise _Problem(f"{full}, field {name}: no 'type'", source=source, needle=name)
-            where = f"{full}, field {name}"
-            doc = field.get("doc")
-            if doc is not None and not isinstance(doc, str):
-                raise _Problem(f"{where}: 'doc' must be a string", source=source, needle=name)
-            aliases = tuple(
-                alias for alias in _as_list(field.get("aliases")) or [] if isinstance(alias, str)
-            )
-            fields.append(
-                _Field(
-                    name=name,
-                    type=self.build(field["type"], inner, source, where),
-                    doc=doc,
-                    aliases=aliases,
-                    has_default="default" in field,
-                    default=field.get("default"),
-                )
-            )
-        return fields
-
-    @staticmethod
-    def aliases(raw: object, namespace: str, source: str, full: str) -> tuple[str, ...]:
-        if raw is None:
-            return ()
-        items = _as_list(raw)
-        if items is None or not all(isinstance(alias, str) for alias in items):
-            raise _Problem(
-                f"{full}: 'aliases' must be a list of names",
-                source=source,
-                needle=full.rpartition(".")[2],
-            )
-        names = cast("list[str]", items)
-        return tuple(
-            alias if "." in alias or not namespace else f"{namespace}.{alias}" for alias in names
-        )
-
-
-_RECORD_KEYS = frozenset({"type", "name", "namespace", "doc", "aliases", "fields"})
-
-
-def _union_key(node: _Type) -> str:
-    if isinstance(node, (_Record, _Enum, _Fixed)):
-        return node.name
-    if isinstance(node, _Logical):
-        return node.base
-    return _kind(node)
 
 
 def _check_defaults(record: _Record) -> None:
@@ -746,9 +435,14 @@ def _parse_sources(
 ) -> dict[str, Schema]:
     """Build a :class:`Schema` for every named type defined by ``sources`` (label, JSON).
 
+    Parsing, with named types across files, is the Apache ``avro`` package's: the reference
+    implementation refuses what fastavro lets through (a field or a type defined twice, two
+    union branches of one type, a union in a union, a bad name or size). What is ours: the
+    order of the files (a file may use a type another file defines, in either direction), the
+    file naming rule, the logical types we refuse, field names, defaults, and the messages.
+
     :raises _Problem: the first defect found.
     """
-    parser = _Parser()
     for source, definition in sources:
         body = _as_object(definition)
         if body is None or body.get("type") not in _NAMED_KINDS:
@@ -757,23 +451,138 @@ def _parse_sources(
                 "or fixed)",
                 source=source,
             )
-        full = parser.full_name(body, "", source)
-        if expected_names is not None and expected_names[source] != full:
+    for source, definition in sources:
+        refused = _unsupported_logical(definition)
+        if refused is not None:
             raise _Problem(
-                f"the file defines {full} but is named {expected_names[source]}.avsc; name the "
-                f"file {full}.avsc",
+                f"logical type {refused!r} is not supported by the gateway; carry the value as"
+                " a string",
                 source=source,
-                needle=full.rpartition(".")[2],
+                needle=refused,
             )
-        parser.collect(definition, "", source)
-    for full in list(parser.definitions):
-        parser.named(full)
+    try:
+        parsed, origin = _avro.parse_named(sources)
+    except _avro.ParseFailure as exc:
+        raise _Problem(exc.message, source=exc.source, needle=exc.needle) from exc
+    if expected_names is not None:
+        for source, full in parsed:
+            if expected_names[source] != full:
+                raise _Problem(
+                    f"the file defines {full} but is named {expected_names[source]}.avsc; name "
+                    f"the file {full}.avsc",
+                    source=source,
+                    needle=full.rpartition(".")[2],
+                )
+    tree = _Tree(origin)
+    for name in origin:
+        tree.named(name)
     schemas: dict[str, Schema] = {}
-    for full, node in parser.built.items():
+    for full, node in tree.built.items():
         if isinstance(node, _Record):
             _check_defaults(node)
         schemas[full] = _make_schema(node)
     return schemas
+
+
+def _unsupported_logical(definition: object) -> str | None:
+    """The first logical type of ``definition`` the gateway refuses (before ``avro`` judges
+    the type's other attributes)."""
+    if isinstance(definition, list):
+        return next((r for d in definition if (r := _unsupported_logical(d))), None)
+    if isinstance(definition, dict):
+        logical = definition.get("logicalType")
+        if logical in _UNSUPPORTED_LOGICAL:
+            return str(logical)
+        return next(
+            (r for v in definition.values() if (r := _unsupported_logical(v)) is not None), None
+        )
+    return None
+
+
+class _Tree:
+    """Our type tree, built from the Apache ``avro`` package's parsed schemas."""
+
+    def __init__(self, origin: Mapping[str, tuple[str, _avro.NamedAvroSchema]]) -> None:
+        self.origin = origin
+        """Full name -> (the file that defines it, its parsed schema)."""
+        self.built: dict[str, _Named] = {}
+
+    def node(self, schema: _avro.AvroSchema, where: str, source: str) -> _Type:
+        kind, parts = _avro.describe(schema)
+        if kind == "union":
+            branches = cast("list[_avro.AvroSchema]", parts["branches"])
+            return _Union(tuple(self.node(b, where, source) for b in branches))
+        if kind == "array":
+            items = cast("_avro.AvroSchema", parts["items"])
+            return _Array(self.node(items, f"{where} items", source))
+        if kind == "map":
+            values = cast("_avro.AvroSchema", parts["values"])
+            return _Map(self.node(values, f"{where} values", source))
+        if kind in _NAMED_KINDS or kind == "error":
+            return self.named(str(parts["name"]))
+        logical = parts.get("logical")
+        if logical in _UNSUPPORTED_LOGICAL:
+            raise _Problem(
+                f"{where}: logical type {logical!r} is not supported by the gateway; "
+                "carry the value as a string",
+                source=source,
+                needle=str(logical),
+            )
+        if isinstance(logical, str) and (kind, logical) in _LOGICAL:
+            return _Logical(_LOGICAL[(kind, logical)], kind)
+        return _Primitive(kind)
+
+    def named(self, full: str) -> _Named:
+        if full in self.built:
+            return self.built[full]
+        source, schema = self.origin[full]
+        kind, parts = _avro.describe(schema)
+        short = full.rpartition(".")[2]
+        doc = cast("str | None", parts["doc"])
+        aliases = cast("tuple[str, ...]", parts["aliases"])
+        node: _Named
+        if kind == "enum":
+            symbols = cast("tuple[str, ...]", parts["symbols"])
+            node = _Enum(full, source, doc, aliases, symbols, cast("str | None", parts["default"]))
+        elif kind == "fixed":
+            node = _Fixed(full, source, doc, aliases, cast(int, parts["size"]))
+        elif kind == "error":
+            raise _Problem(
+                f"{full}: type 'error' belongs to Avro protocols; use 'record'",
+                source=source,
+                needle="error",
+            )
+        else:
+            attributes = cast("dict[str, object]", parts["attributes"])
+            if not isinstance(attributes.get(EVENT_ATTRIBUTE, False), bool):
+                raise _Problem(
+                    f"{full}: {EVENT_ATTRIBUTE!r} must be true or false",
+                    source=source,
+                    needle=EVENT_ATTRIBUTE,
+                )
+            record = _Record(full, source, doc, aliases, attributes)
+            self.built[full] = record  # before the fields: they may refer back to the record
+            for field in cast("list[_avro.AvroField]", parts["fields"]):
+                name, field_type, info = _avro.describe_field(field)
+                if not _NAME_RE.fullmatch(name):
+                    raise _Problem(
+                        f"{full}: field name {json.dumps(name)} must match [A-Za-z_][A-Za-z0-9_]*",
+                        source=source,
+                        needle=name or short,
+                    )
+                record.fields.append(
+                    _Field(
+                        name=name,
+                        type=self.node(field_type, f"{full}, field {name}", source),
+                        doc=cast("str | None", info["doc"]),
+                        aliases=cast("tuple[str, ...]", info["aliases"]),
+                        has_default=bool(info["has_default"]),
+                        default=info["default"],
+                    )
+                )
+            return record
+        self.built[full] = node
+        return node
 
 
 def _make_schema(node: _Named) -> Schema:

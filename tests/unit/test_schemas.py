@@ -239,12 +239,12 @@ class TestLoadErrors:
     @pytest.mark.parametrize(
         ("definition", "message"),
         [
-            (_record("A", [{"name": "x"}]), "field x: no 'type'"),
-            (_record("A", [{"name": "x", "type": "int"}] * 2), "field x is defined twice"),
+            (_record("A", [{"name": "x"}]), "has no 'type'"),
+            (_record("A", [{"name": "x", "type": "int"}] * 2), "x already in use"),
             (_record("A", [{"name": "x-y", "type": "int"}]), "must match"),
-            (_record("A", [{"name": "x", "type": ["int", "int"]}]), "two branches of type int"),
+            (_record("A", [{"name": "x", "type": ["int", "int"]}]), "int type already in Union"),
             ({"type": "enum", "name": "A", "namespace": "t", "symbols": ["a b"]}, "symbol"),
-            ({"type": "fixed", "name": "A", "namespace": "t", "size": -1}, "'size'"),
+            ({"type": "fixed", "name": "A", "namespace": "t", "size": -1}, "size"),
             (
                 _record("A", [{"name": "x", "type": {"type": "bytes", "logicalType": "decimal"}}]),
                 "'decimal' is not supported",
