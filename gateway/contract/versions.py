@@ -177,8 +177,9 @@ class Contract:
         """The schemas and the format version to read ``data`` with, a ``name``
         (``fxgw.Envelope`` or ``fxgw.Receipt``) in any format of this contract's versions.
 
-        :raises PeerError: ``unsupported_format``, a format none of them has (or ``malformed``,
-            bytes that do not start with a format version).
+        :raises PeerError: ``malformed``: a format none of them has (garbage and a peer's
+            newer format look the same; the detail names the format), or bytes that do not
+            start with a format version.
         """
         wire_format = peek_format(data)
         known = self._formats[name]
@@ -187,7 +188,7 @@ class Contract:
             raise PeerError(
                 f"{name} format {wire_format} is not one this node reads"
                 f" ({', '.join(str(f) for f in sorted(known))})",
-                reason="unsupported_format",
+                reason="malformed",
             )
         return version.registry, wire_format
 

@@ -230,7 +230,7 @@ class InboundCore:
         """The schemas and the format version to read envelope ``data`` with: any envelope
         format of the contract versions this node has (the current and the earlier ones).
 
-        :raises PeerError: ``unsupported_format``, a format none of them has.
+        :raises PeerError: ``malformed``, a format none of them has.
         """
         if self.contract is None:
             return self.registry, FORMAT_VERSION

@@ -87,7 +87,7 @@ class ReceiptsCore:
     def _wire(self, raw: bytes) -> tuple[SchemaRegistry, int]:
         """The schemas and format version to read receipt ``raw`` with.
 
-        :raises PeerError: ``unsupported_format``, a receipt format this node does not have.
+        :raises PeerError: ``malformed``, a receipt format this node does not have.
         """
         if self.contract is None:
             return self.registry, FORMAT_VERSION
