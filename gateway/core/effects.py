@@ -86,6 +86,8 @@ class AuditEntry:
     routine: bool = False
     """An everyday outcome (released, delivered, answered DELIVERED): logged as one count per
     batch, each entry itself only at debug level; the audit trail holds every one of them."""
+    counts: tuple[str, ...] = ()
+    """Further counters the entry adds one to (say, the envelope format a delivery came in)."""
 
 
 @dataclass(frozen=True, slots=True)

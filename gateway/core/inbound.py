@@ -361,7 +361,10 @@ class InboundCore:
             **_inbound_data(h, result.digest, None),
             "contract_version": result.contract_version,
         }
-        delivered = AuditEntry("delivery", data, "delivered", "delivered", routine=True)
+        counts = (f"envelope_format_{h.format_version}", f"contract_{result.contract_version}")
+        delivered = AuditEntry(
+            "delivery", data, "delivered", "delivered", routine=True, counts=counts
+        )
         versions = (h.sender, h.format_version, result.contract_version)
         first = () if versions in self.versions_seen else (_versions_seen(*versions),)
         self.versions_seen.add(versions)

@@ -81,6 +81,7 @@ class ReceiptsCore:
             "receipt_received",
             "receipts_received",
             routine=r.outcome == "DELIVERED",
+            counts=(f"receipt_format_{r.format_version}",),
         )
         return Effects(audit=(entry,))
 

@@ -189,6 +189,8 @@ class Executor:
         now = self.clock()
         for entry in entries:
             self.counters[entry.counter] += 1
+            for name in entry.counts:
+                self.counters[name] += 1
             fields = entry.data if entry.log_data is None else entry.log_data
             if entry.routine:
                 self._routine[entry.log_event] += 1

@@ -231,6 +231,9 @@ class TestWireFormats:
                 AgencyId("NL-POL"), nl_version.registry, trust_now, contract=nl_knows
             )
             [entry] = receipts.take(receipt.data, NOW).audit
+            [delivered] = [a for a in effects.audit if a.kind == "delivery"]
+            assert f"receipt_format_{entry.data['receipt_format']}" in entry.counts
+            assert "envelope_format_" + str(delivered.data["envelope_format"]) in delivered.counts
             document = json.loads(effects.deliveries[0].document)
             seen.append(
                 (

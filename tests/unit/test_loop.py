@@ -58,6 +58,21 @@ class TestRecord:
         assert {"released": 300, "not_released": 2} == executor.counters
         assert 302 == sum(1 for e in read_entries(tmp_path / "audit") if e.kind == "release")
 
+    def test_an_entry_adds_to_its_further_counters(self, tmp_path: Path) -> None:
+        """A delivery also counts the envelope format and contract version it came in."""
+        executor = _executor(tmp_path)
+        versions = ("envelope_format_1", "contract_1.0")
+        entries = [
+            AuditEntry(
+                "delivery", {"m": n}, "delivered", "delivered", routine=True, counts=versions
+            )
+            for n in range(2)
+        ]
+        executor.record([*entries, _entry(9, routine=True)])
+        executor.audit.close()
+        expected = {"delivered": 2, "envelope_format_1": 2, "contract_1.0": 2, "released": 1}
+        assert expected == executor.counters
+
     def test_each_routine_outcome_is_logged_at_debug(
         self, tmp_path: Path, stream: io.StringIO
     ) -> None:
