@@ -306,7 +306,7 @@ def _report_compatibility(working: ContractVersion, kept: ContractVersion) -> in
     fail the gate (within one major version)."""
     from gateway.contract.compat import check
 
-    same_major = working.major is None or kept.major is None or working.major == kept.major
+    same_major = working.major == kept.major
     reports = check(working.registry, kept.registry)
     bad = [r for r in reports if not r.compatible]
     verdict = "compatible" if not bad else f"{len(bad)} of {len(reports)} types incompatible"

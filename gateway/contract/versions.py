@@ -16,8 +16,10 @@ and loading refuses a folder whose types no longer have them, naming the type an
 The newest version may be a draft (no fingerprints yet), for the working contract before its
 release; ``fxgw schema check`` prints the fingerprints to record.
 
-A folder of ``.avsc`` files without a manifest is a contract of one draft version named after
-the folder (a single-version contract, as a test or an old configuration has it).
+A folder of ``.avsc`` files without a manifest is a contract of one draft version, named after
+the folder when that is a version (``1.0``) and otherwise ``1.0``, the version every contract
+folder from before versions existed holds (a configuration that still points at one keeps
+working).
 
 Why our own code: fastavro and the Apache ``avro`` package load one schema set at a time; what a
 set of versions is, and which are frozen, is the federation's own convention.
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 MANIFEST = "contract.yaml"
+FIRST_VERSION = "1.0"
 WIRE_TYPES = ("fxgw.Envelope", "fxgw.Receipt")
 """The types framed by their own format version, which a receiver reads before anything else."""
 _LABEL = re.compile(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
@@ -70,16 +73,15 @@ class ContractVersion:
     """One version of the contract: its schemas, and whether it is released (frozen)."""
 
     label: str
-    """``MAJOR.MINOR`` (or, for a folder without a manifest, the folder's name)."""
+    """``MAJOR.MINOR``."""
     folder: Path
     registry: SchemaRegistry
     released: bool
 
     @property
-    def major(self) -> int | None:
-        """The major version (None for a label that is not ``MAJOR.MINOR``)."""
-        match = _LABEL.fullmatch(self.label)
-        return int(match.group(1)) if match else None
+    def major(self) -> int:
+        """The major version."""
+        return _order(self.label)[0]
 
     def __str__(self) -> str:
         return self.label
@@ -110,7 +112,8 @@ class Contract:
         """
         manifest = root / MANIFEST
         if not manifest.is_file():
-            return cls([ContractVersion(root.name, root, SchemaRegistry.load(root), False)])
+            label = root.name if _LABEL.fullmatch(root.name) else FIRST_VERSION
+            return cls([ContractVersion(label, root, SchemaRegistry.load(root), False)])
         document = read_yaml(manifest, "contract manifest", SchemaError)
         model = load_model(document, _ManifestModel, "contract manifest", SchemaError)
         labels = [entry.version for entry in model.versions]

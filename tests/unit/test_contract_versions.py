@@ -200,3 +200,15 @@ class TestSchemaCheckCommand:
         )
         assert 1 == main(["schema", "check", str(root), "--against", str(DEFAULT_SCHEMAS / "1.0")])
         assert "firearms[].item_id" in capsys.readouterr().out
+
+
+def test_a_flat_folder_from_before_versions_is_version_1_0(tmp_path: Path) -> None:
+    """A configuration that still points at a flat folder of .avsc files (the layout before
+    versions) loads it as version 1.0, which the trust list's default names."""
+    flat = tmp_path / "avro"
+    flat.mkdir()
+    for source in (DEFAULT_SCHEMAS / "1.0").glob("*.avsc"):
+        (flat / source.name).write_bytes(source.read_bytes())
+    loaded = Contract.load(flat)
+    assert [("1.0", False)] == [(v.label, v.released) for v in loaded]
+    assert 1 == loaded.newest.major
