@@ -116,12 +116,20 @@ def _join(path: str, name: str) -> str:
 
 
 def _problems(
-    reader: avro.schema.Schema, writer: avro.schema.Schema, path: str
+    reader: avro.schema.Schema,
+    writer: avro.schema.Schema,
+    path: str,
+    seen: frozenset[tuple[int, int]] = frozenset(),
 ) -> tuple[Problem, ...]:
     """Why ``reader`` cannot read ``writer``'s data, each named by the deepest field path the
-    walk can pair up; empty when the library finds them compatible."""
+    walk can pair up; empty when the library finds them compatible. ``seen``: the record
+    pairs under way, where a recursive type stops."""
+    pair = (id(reader), id(writer))
+    if pair in seen:
+        return ()
     if _compatible(reader, writer):
-        return tuple(_meaning_changes(reader, writer, path))
+        return tuple(_meaning_changes(reader, writer, path, seen))
+    seen = seen | {pair}
     found: list[Problem] = []
     if isinstance(reader, avro.schema.RecordSchema) and isinstance(
         writer, avro.schema.RecordSchema
@@ -143,28 +151,36 @@ def _problems(
                         )
                     )
             else:
-                found.extend(_problems(field.type, source.type, _join(path, field.name)))
+                found.extend(_problems(field.type, source.type, _join(path, field.name), seen))
     elif isinstance(reader, avro.schema.ArraySchema) and isinstance(
         writer, avro.schema.ArraySchema
     ):
-        found.extend(_problems(reader.items, writer.items, f"{path}[]"))
+        found.extend(_problems(reader.items, writer.items, f"{path}[]", seen))
     elif isinstance(reader, avro.schema.MapSchema) and isinstance(writer, avro.schema.MapSchema):
-        found.extend(_problems(reader.values, writer.values, f"{path}{{}}"))
+        found.extend(_problems(reader.values, writer.values, f"{path}{{}}", seen))
     elif isinstance(writer, avro.schema.UnionSchema):
         for branch in writer.schemas:  # each branch the writer may pick must be readable
-            found.extend(_problems(reader, branch, path))
+            found.extend(_problems(reader, branch, path, seen))
     elif isinstance(reader, avro.schema.UnionSchema):
         same = [b for b in reader.schemas if _kind(b) == _kind(writer)]
         if same:
-            found.extend(_problems(same[0], writer, path))
+            found.extend(_problems(same[0], writer, path, seen))
     return tuple(found) or (Problem(path, _reason(reader, writer)),)
 
 
 def _meaning_changes(
-    reader: avro.schema.Schema, writer: avro.schema.Schema, path: str
+    reader: avro.schema.Schema,
+    writer: avro.schema.Schema,
+    path: str,
+    seen: frozenset[tuple[int, int]] = frozenset(),
 ) -> Iterator[Problem]:
     """Logical-type changes, which Avro resolution ignores (a ``date`` int is promoted to a
     ``timestamp-millis`` long without complaint) but which change what the values mean."""
+    if isinstance(reader, avro.schema.RecordSchema):
+        pair = (id(reader), id(writer))
+        if pair in seen:
+            return
+        seen = seen | {pair}
     if isinstance(reader, avro.schema.RecordSchema) and isinstance(
         writer, avro.schema.RecordSchema
     ):
@@ -172,14 +188,14 @@ def _meaning_changes(
         for field in reader.fields:
             if field.name in written:
                 yield from _meaning_changes(
-                    field.type, written[field.name].type, _join(path, field.name)
+                    field.type, written[field.name].type, _join(path, field.name), seen
                 )
     elif isinstance(reader, avro.schema.ArraySchema) and isinstance(
         writer, avro.schema.ArraySchema
     ):
-        yield from _meaning_changes(reader.items, writer.items, f"{path}[]")
+        yield from _meaning_changes(reader.items, writer.items, f"{path}[]", seen)
     elif isinstance(reader, avro.schema.MapSchema) and isinstance(writer, avro.schema.MapSchema):
-        yield from _meaning_changes(reader.values, writer.values, f"{path}{{}}")
+        yield from _meaning_changes(reader.values, writer.values, f"{path}{{}}", seen)
     elif isinstance(reader, avro.schema.UnionSchema) or isinstance(writer, avro.schema.UnionSchema):
         readers = reader.schemas if isinstance(reader, avro.schema.UnionSchema) else [reader]
         writers = writer.schemas if isinstance(writer, avro.schema.UnionSchema) else [writer]
@@ -187,7 +203,7 @@ def _meaning_changes(
             same = [r for r in readers if _kind(r) == _kind(branch)]
             candidates = same or [r for r in readers if _compatible(r, branch)]
             if candidates:
-                yield from _meaning_changes(candidates[0], branch, path)
+                yield from _meaning_changes(candidates[0], branch, path, seen)
     else:
         was, now = writer.props.get("logicalType"), reader.props.get("logicalType")
         if was != now:

@@ -1251,6 +1251,57 @@ def _to_json_logical(kind: str, value: object) -> object:
     return str(value)  # uuid
 
 
+_Step = str | None
+"""A field name, or None for every item of a list (or value of a map)."""
+
+
+@functools.cache
+def _filled_in(reader: _Record, writer: _Record) -> tuple[tuple[tuple[_Step, ...], _Field], ...]:
+    """Where resolving ``writer``'s data to ``reader`` fills in defaults: the steps down to a
+    record, and the reader's field there that the writer lacks."""
+    found: list[tuple[tuple[_Step, ...], _Field]] = []
+
+    def walk(r: _Type, w: _Type, steps: tuple[_Step, ...], seen: frozenset[int]) -> None:
+        r, _ = _unwrap_nullable(r)
+        w, _ = _unwrap_nullable(w)
+        if isinstance(r, _Array | _Map) and isinstance(w, _Array | _Map):
+            walk(
+                r.items if isinstance(r, _Array) else r.values,
+                w.items if isinstance(w, _Array) else w.values,
+                (*steps, None),
+                seen,
+            )
+        elif isinstance(r, _Record) and isinstance(w, _Record) and id(r) not in seen:
+            written = {f.name: f for f in w.fields}
+            for field in r.fields:
+                source = written.get(field.name) or next(
+                    (written[a] for a in field.aliases if a in written), None
+                )
+                if source is None:
+                    found.append((steps, field))
+                else:
+                    walk(field.type, source.type, (*steps, field.name), seen | {id(r)})
+
+    walk(reader, writer, (), frozenset())
+    return tuple(found)
+
+
+def _put_default(value: object, steps: tuple[_Step, ...], field: _Field) -> None:
+    if not steps:
+        if isinstance(value, dict):
+            value[field.name] = _default_value(field.type, field.default)
+        return
+    step, rest = steps[0], steps[1:]
+    if step is None:
+        items = (
+            value if isinstance(value, list) else value.values() if isinstance(value, dict) else ()
+        )
+        for item in items:
+            _put_default(item, rest, field)
+    elif isinstance(value, dict) and value.get(step) is not None:
+        _put_default(value[step], rest, field)
+
+
 # --- compiled conversions ------------------------------------------------------------------------
 # The JSON conversions above walk the type tree for every value, dispatching on the node's kind
 # and building each value's path as they go: most of the CPU a node spends on an event. The
@@ -1661,6 +1712,11 @@ class SchemaRegistry:
         node, compiled = self._compiled_for(name)
         if writer is not None and writer.fingerprint != schema.fingerprint:
             datum = _avro.read(writer.parsed, data, schema.parsed)
+            if isinstance(writer.tree, _Record) and isinstance(datum, dict):
+                # fastavro fills a field the writer lacks with the default as written in the
+                # schema (JSON); ours is the Python form
+                for steps, field in _filled_in(node, writer.tree):
+                    _put_default(datum, steps, field)
         else:
             datum = _avro.read(schema.parsed, data)
         if not isinstance(datum, dict):

@@ -306,7 +306,7 @@ def _missing(name: str, have: SchemaRegistry, lack: SchemaRegistry) -> tuple[str
     gone: list[str] = []
     for info in have.get(name).iter_fields():
         if info.path not in present and not any(
-            info.path.startswith(g + ".") or info.path.startswith(g + "[]") for g in gone
+            info.path.startswith((g + ".", g + "[]", g + "{}")) for g in gone
         ):
             gone.append(info.path)
     return tuple(gone)

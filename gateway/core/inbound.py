@@ -56,7 +56,7 @@ from gateway.crypto.receipts import FORMAT_VERSION as RECEIPT_FORMAT
 from gateway.crypto.receipts import RECEIPT_TYPE, make_receipt
 from gateway.crypto.receipts import Outcome as ReceiptOutcome
 from gateway.crypto.trust import TrustList
-from gateway.errors import PeerError, RecordInvalid
+from gateway.errors import PeerError, RecordInvalid, UnknownEventType
 from gateway.types import AgencyId, EventId, MessageId
 
 
@@ -93,7 +93,8 @@ class Delivery:
     not_in_sender_version: tuple[str, ...] = ()
     """Fields of this node's contract version the sender's version lacks (null here)."""
     contract_version: str | None = None
-    """The contract version the sender wrote the body in (None: this node's only one)."""
+    """The oldest contract version with the schema the sender wrote the body in (None: this
+    node's only one)."""
 
     def provenance(self) -> dict[str, object]:
         """Where the record came from and under which conditions (JSON-ready, no payload)."""
@@ -256,6 +257,11 @@ class InboundCore:
             return self.registry.by_fingerprint(fingerprint), lambda name: ()
         version, schema = self.contract.by_fingerprint(fingerprint)
         own = next(v for v in self.contract if v.registry is self.registry)
+        if version.major != own.major:  # resolution is only checked within a major version
+            raise UnknownEventType(
+                f"the body is in contract version {version.label}; this node resolves only"
+                f" versions {own.major}.x"
+            )
         return schema, lambda name: missing_fields(name, own, version)
 
     def _verified(self, data: bytes, now: datetime) -> Header | None:
@@ -329,6 +335,13 @@ class InboundCore:
             return Rejection(
                 "non_finite_number",
                 "the record holds a number that is not finite",
+                result.header,
+                result.digest,
+            )
+        except (PeerError, TypeError, KeyError) as exc:  # never a crash on a peer's record
+            return Rejection(
+                "schema_invalid",
+                f"the record cannot be written as a delivery document ({type(exc).__name__})",
                 result.header,
                 result.digest,
             )

@@ -173,22 +173,36 @@ class OutboundCore:
         """The sending agency."""
         return self.keys.agency
 
-    def version_for(self, agency: Agency) -> ContractVersion | None:
-        """The contract version to encode in for ``agency``: the newest it reads that this node
-        knows too; None to encode in the node's own version.
+    def version_for(self, agency: Agency, event_type: str) -> ContractVersion | None:
+        """The contract version to encode ``event_type`` in for ``agency``: the newest it reads
+        that this node knows too, within this node's major version, and that has the event type
+        and the envelope; None to encode in the node's own version.
 
-        :raises NoCommonVersion: the agency reads no version this node knows.
+        :raises NoCommonVersion: there is no such version.
         """
         if self.contract is None:
             return None
-        target = self.contract.newest_of(agency.contract_versions)
+        own = self.own_version
+        usable = [
+            v
+            for v in self.contract
+            if v.major == own.major and event_type in v.registry and ENVELOPE_TYPE in v.registry
+        ]
+        wanted = set(agency.contract_versions)
+        target = next((v for v in reversed(usable) if v.label in wanted), None)
         if target is None:
-            known = ", ".join(v.label for v in self.contract)
+            known = ", ".join(v.label for v in usable) or "none"
             raise NoCommonVersion(
                 f"{agency.agency_id} reads contract version(s)"
-                f" {', '.join(agency.contract_versions)}; this node knows {known}"
+                f" {', '.join(agency.contract_versions)}; for {event_type} this node has {known}"
             )
-        return None if target.registry is self.registry else target
+        return None if target is own else target
+
+    @property
+    def own_version(self) -> ContractVersion:
+        """The version of ``contract`` whose schemas are ``registry``."""
+        assert self.contract is not None
+        return next(v for v in self.contract if v.registry is self.registry)
 
     def take(self, raw: bytes, now: datetime) -> Effects:
         """Everything that must happen because the national system handed over ``raw``.
@@ -343,7 +357,7 @@ class OutboundCore:
                 )
                 continue
             try:
-                target = self.version_for(agency)
+                target = self.version_for(agency, event.event_type)
             except NoCommonVersion as exc:
                 refused.append(Refused(recipient, "no_common_contract_version", str(exc)))
                 continue
@@ -361,7 +375,7 @@ class OutboundCore:
                     continue
                 envelopes.append(sealed)
                 kept[sealed.header.message_id] = released.kept
-            except (RecordInvalid, ValueError, TypeError, OverflowError) as exc:
+            except (PeerError, ValueError, TypeError, OverflowError, KeyError) as exc:
                 # the released view could not be built or encoded: refuse this recipient only,
                 # naming the kind of failure but never a value
                 refused.append(
@@ -384,8 +398,7 @@ class OutboundCore:
         name = event.event_type
         registry, record, withheld = self.registry, released.record, released.withheld
         if target is not None:  # the recipient reads another version: resolve the view to it
-            assert self.contract is not None
-            own = next(v for v in self.contract if v.registry is self.registry)
+            own = self.own_version
             record = convert(name, record, own, target)
             registry = target.registry
             # what one version has and the other lacks is not released either way

@@ -14,7 +14,7 @@ import pytest
 from gateway.contract.versions import Contract, ContractVersion
 from gateway.core.effects import Limits
 from gateway.core.inbound import Delivery, InboundCore
-from gateway.core.outbound import OutboundCore, Refused, parse_plain_event
+from gateway.core.outbound import NoCommonVersion, OutboundCore, Refused, parse_plain_event
 from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.keys import AgencyKeys
 from gateway.crypto.trust import TrustList
@@ -25,7 +25,7 @@ from gateway.node.config import load_config
 from gateway.node.files import own_version
 from gateway.policy.engine import PolicyError, check_versions, load_policy
 from gateway.types import AgencyId
-from tests.contracts import V1_1_EDITS, V1_2_EDITS, contract, optional_field, retyped
+from tests.contracts import V1_1_EDITS, V1_2_EDITS, Edit, contract, optional_field, retyped
 from tests.unit.conftest import NOW, repo_file
 
 NEW_FIELDS = ("firearms[].barrel_serial_number", "linked_case_references")
@@ -125,9 +125,12 @@ class TestAcrossVersions:
     ) -> None:
         v11 = versions.version("1.1")
         sender = _sender(nl_keys, v11, versions, _reads(trust, "BE-FPJ", "1.0", "1.1"), fed)
-        assert sender.version_for(sender.trust.agencies[AgencyId("BE-FPJ")]) is None  # its own
+        assert (
+            sender.version_for(sender.trust.agencies[AgencyId("BE-FPJ")], "fxgw.SeizureEvent")
+            is None
+        )  # its own
         sender.trust = _reads(trust, "BE-FPJ", "1.0")
-        chosen = sender.version_for(sender.trust.agencies[AgencyId("BE-FPJ")])
+        chosen = sender.version_for(sender.trust.agencies[AgencyId("BE-FPJ")], "fxgw.SeizureEvent")
         assert chosen is not None and "1.0" == chosen.label
 
     def test_no_common_version_refuses_that_recipient_only(
@@ -303,3 +306,51 @@ class TestPolicyAcrossVersions:
         assert "contract version 2.0 requires it" in message
         assert str(repo_file("policies", "nl-pol.yaml")) == info.value.file
         assert info.value.line is not None
+
+
+def test_a_recipient_whose_version_lacks_the_event_type_is_refused_alone(
+    tmp_path: Path, trust: TrustList, fed: Federation, nl_keys: AgencyKeys
+) -> None:
+    """1.1 adds an event type; a recipient reading only 1.0 is refused for it, by reason,
+    instead of the event failing for everybody."""
+    root = contract(tmp_path / "c", {"1.0": {}, "1.1": V1_1_EDITS}, draft=True)
+    extra = {"type": "record", "name": "Note", "namespace": "fxgw", "fxgw.event": True}
+    extra["fields"] = [{"name": "event_id", "type": "string"}]
+    (root / "1.1" / "fxgw.Note.avsc").write_text(json.dumps(extra))
+    both = Contract.load(root)
+    sender = _sender(nl_keys, both.version("1.1"), both, _reads(trust, "BE-FPJ", "1.0"), fed)
+    be = sender.trust.agencies[AgencyId("BE-FPJ")]
+    with pytest.raises(NoCommonVersion, match=r"for fxgw\.Note this node has 1\.1"):
+        sender.version_for(be, "fxgw.Note")
+    assert sender.version_for(be, "fxgw.SeizureEvent") is both.version("1.0")
+
+
+def test_defaults_filled_in_by_resolution_are_in_the_python_form(
+    tmp_path: Path, trust: TrustList, fed: Federation, nl_keys: AgencyKeys, be_keys: AgencyKeys
+) -> None:
+    """A newer reader's field with a non-null default (a date, a boolean in each firearm) is
+    filled in as a value of its type, so the delivery document can be written."""
+
+    def required(name: str, kind: object, default: object) -> Edit:
+        def edit(schema: dict[str, object]) -> None:
+            fields = schema["fields"]
+            assert isinstance(fields, list)
+            fields.append({"name": name, "type": kind, "default": default})
+
+        return edit
+
+    edits = {
+        "fxgw.SeizureEvent": [required("logged_on", {"type": "int", "logicalType": "date"}, 0)],
+        "fxgw.Firearm": [required("inspected", "boolean", False)],
+    }
+    both = Contract.load(contract(tmp_path / "c", {"1.0": {}, "1.1": edits}))
+    trust = _reads(trust, "BE-FPJ", "1.0", "1.1")
+    sender = _sender(nl_keys, both.version("1.0"), Contract([both.version("1.0")]), trust, fed)
+    data, _ = _to_be(sender, seizure_nl())
+    effects = _receiver(be_keys, both.version("1.1"), both, trust).take(
+        data, NOW, _Nothing(), Limits()
+    )
+    assert 1 == len(effects.deliveries), effects.quarantines
+    record = json.loads(effects.deliveries[0].document)["record"]
+    assert "1970-01-01" == record["logged_on"]
+    assert [False, False] == [f["inspected"] for f in record["firearms"]]

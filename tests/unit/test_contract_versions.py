@@ -212,3 +212,23 @@ def test_a_flat_folder_from_before_versions_is_version_1_0(tmp_path: Path) -> No
     loaded = Contract.load(flat)
     assert [("1.0", False)] == [(v.label, v.released) for v in loaded]
     assert 1 == loaded.newest.major
+
+
+def test_the_gate_walks_a_recursive_type(tmp_path: Path) -> None:
+    """A record that holds itself (a list of linked items) is checked without recursing for
+    ever, and a change inside it is still named."""
+
+    def node(extra: list[dict[str, object]]) -> dict[str, object]:
+        fields: list[dict[str, object]] = [
+            {"name": "id", "type": "string"},
+            {"name": "next", "type": ["null", "t.Node"], "default": None},
+            *extra,
+        ]
+        return {"type": "record", "name": "Node", "namespace": "t", "fields": fields}
+
+    old = SchemaRegistry.from_definitions({"t.Node": node([])})
+    new = SchemaRegistry.from_definitions({"t.Node": node([{"name": "n", "type": "int"}])})
+    [report] = check(new, old)
+    assert ["n"] == [p.path for p in report.backward] and () == report.forward
+    [same] = check(old, old)
+    assert same.compatible
