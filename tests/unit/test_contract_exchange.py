@@ -354,3 +354,28 @@ def test_defaults_filled_in_by_resolution_are_in_the_python_form(
     record = json.loads(effects.deliveries[0].document)["record"]
     assert "1970-01-01" == record["logged_on"]
     assert [False, False] == [f["inspected"] for f in record["firearms"]]
+
+
+def test_a_body_of_another_major_version_is_not_resolved(
+    tmp_path: Path, trust: TrustList, fed: Federation, nl_keys: AgencyKeys, be_keys: AgencyKeys
+) -> None:
+    """2.0 changes a firearm field's type. A 2.0 sender does not encode for a 1.0-only reader,
+    and a 1.0 node that has 2.0's schemas still refuses to resolve a 2.0 body."""
+    edits = {"fxgw.Firearm": [retyped("manufacture_year", ["null", "string"])]}
+    both = Contract.load(contract(tmp_path / "c", {"1.0": {}, "2.0": edits}))
+    v10, v20 = both.version("1.0"), both.version("2.0")
+    old_reader = _reads(trust, "BE-FPJ", "1.0")
+    sender = _sender(nl_keys, v20, both, old_reader, fed)
+    with pytest.raises(NoCommonVersion):
+        sender.version_for(old_reader.agencies[AgencyId("BE-FPJ")], "fxgw.SeizureEvent")
+    reads_both = _reads(trust, "BE-FPJ", "1.0", "2.0")
+    sender.trust = reads_both
+    event = seizure_nl()
+    for firearm in event["record"]["firearms"]:  # type: ignore[index]
+        firearm["manufacture_year"] = None
+    data, _ = _to_be(sender, event)
+    effects = _receiver(be_keys, v10, both, reads_both).take(data, NOW, _Nothing(), Limits())
+    [quarantined] = effects.quarantines
+    headers = {k: v for k, v in quarantined.headers}
+    assert b"unknown_event_type" == headers["fxgw-reason"]
+    assert () == effects.deliveries
