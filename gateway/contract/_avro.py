@@ -23,6 +23,7 @@ to call.
 
 from __future__ import annotations
 
+import difflib
 import io
 import re
 import warnings
@@ -232,8 +233,6 @@ def _failure(
 
 def _unknown_type(definition: object, name: str, known: list[str]) -> str:
     """Where ``name`` is used in ``definition``, and the closest known name."""
-    import difflib
-
     where = _user_of(definition, name) or str(
         definition.get("name") if isinstance(definition, dict) else "schema"
     )

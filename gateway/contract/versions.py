@@ -83,9 +83,6 @@ class ContractVersion:
         """The major version."""
         return _order(self.label)[0]
 
-    def __str__(self) -> str:
-        return self.label
-
 
 class Contract:
     """Every version of the contract a node keeps, oldest first."""
@@ -164,6 +161,10 @@ class Contract:
         except KeyError:
             known = ", ".join(v.label for v in self.versions)
             raise SchemaError(f"the contract has no version {label} (it has {known})") from None
+
+    def version_of(self, registry: SchemaRegistry) -> ContractVersion:
+        """The version whose schemas are ``registry`` (the node's own, say)."""
+        return next(v for v in self.versions if v.registry is registry)
 
     def newest_of(self, labels: Iterable[str]) -> ContractVersion | None:
         """The newest version of this contract among ``labels`` (those a peer speaks), or None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -27,7 +27,7 @@ import nacl.signing
 
 from gateway.audit.chain import Value
 from gateway.contract.schemas import Schema, SchemaRegistry
-from gateway.contract.versions import Contract, missing_fields
+from gateway.contract.versions import Contract, ContractVersion, missing_fields
 from gateway.core.effects import (
     AuditEntry,
     Deliver,
@@ -196,7 +196,7 @@ class InboundCore:
             until = retain_until(header)
             if until is not None and until <= now:
                 return Expired(header, opened.digest)
-            writer, gap = self._writer(header.schema_fingerprint)
+            writer, version = self._writer(header.schema_fingerprint)
             if writer.full_name != header.event_type:
                 raise RecordInvalid(
                     f"header names {header.event_type} but the fingerprint is {writer.full_name}"
@@ -215,17 +215,12 @@ class InboundCore:
                 self._verified(data, now),
                 _sha(data),
             )
-        return Delivery(
-            header, record, opened.digest, now, gap(header.event_type), self._label(writer)
-        )
-
-    def _label(self, writer: Schema) -> str | None:
-        """The contract version a body's schema comes from (None without a contract)."""
-        return (
-            None
-            if self.contract is None
-            else self.contract.by_fingerprint(writer.fingerprint)[0].label
-        )
+        if version is None:
+            return Delivery(header, record, opened.digest, now)
+        assert self.contract is not None
+        own = self.contract.version_of(self.registry)
+        gap = missing_fields(header.event_type, own, version)
+        return Delivery(header, record, opened.digest, now, gap, version.label)
 
     def _wire(self, data: bytes) -> tuple[SchemaRegistry, int]:
         """The schemas and the format version to read envelope ``data`` with: any envelope
@@ -247,22 +242,23 @@ class InboundCore:
         registry = self.registry if version is None else version.registry
         return registry, registry.get(RECEIPT_TYPE).format
 
-    def _writer(self, fingerprint: bytes) -> tuple[Schema, Callable[[str], tuple[str, ...]]]:
+    def _writer(self, fingerprint: bytes) -> tuple[Schema, ContractVersion | None]:
         """The writer's schema of a body, from any version of the contract this node knows,
-        and what tells the fields of our version the writer's version lacks.
+        and the (oldest) version it comes from (None without a contract).
 
-        :raises UnknownEventType: no version known here has that fingerprint.
+        :raises UnknownEventType: no version known here has that fingerprint, or only one of
+            another major version.
         """
         if self.contract is None:
-            return self.registry.by_fingerprint(fingerprint), lambda name: ()
+            return self.registry.by_fingerprint(fingerprint), None
         version, schema = self.contract.by_fingerprint(fingerprint)
-        own = next(v for v in self.contract if v.registry is self.registry)
+        own = self.contract.version_of(self.registry)
         if version.major != own.major:  # resolution is only checked within a major version
             raise UnknownEventType(
                 f"the body is in contract version {version.label}; this node resolves only"
                 f" versions {own.major}.x"
             )
-        return schema, lambda name: missing_fields(name, own, version)
+        return schema, version
 
     def _verified(self, data: bytes, now: datetime) -> Header | None:
         """The header of ``data`` if its sender's key is on the trust list and the signature

@@ -202,7 +202,7 @@ class OutboundCore:
     def own_version(self) -> ContractVersion:
         """The version of ``contract`` whose schemas are ``registry``."""
         assert self.contract is not None
-        return next(v for v in self.contract if v.registry is self.registry)
+        return self.contract.version_of(self.registry)
 
     def take(self, raw: bytes, now: datetime) -> Effects:
         """Everything that must happen because the national system handed over ``raw``.

@@ -106,9 +106,8 @@ def load_checked_policy(
     """
     policy = load_policy(config.policy_file, registry)
     if contract is not None:
-        check_versions(
-            policy, {v.label: v.registry for v in contract if v.registry is not registry}
-        )
+        own = contract.version_of(registry)
+        check_versions(policy, {v.label: v.registry for v in contract if v is not own})
     if policy.agency != config.agency:
         raise ConfigError(
             f"policy belongs to {policy.agency}, but this node is {config.agency}",
