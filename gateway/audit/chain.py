@@ -148,30 +148,42 @@ class Entry:
     data: Mapping[str, Value]
     prev: str
     hash: str
+    line: bytes = field(default=b"", compare=False, repr=False)
+    """Its canonical line, when it was made here (:func:`make_entry`); read entries leave it
+    empty, so that :meth:`to_line` encodes what was read."""
 
     def to_line(self) -> bytes:
         """The canonical line, with its trailing newline."""
-        return _canonical(self._document(with_hash=True)) + b"\n"
+        if self.line:
+            return self.line
+        head, tail = _halves(self.seq, self.at, self.kind, self.data, self.prev)
+        return _joined(head, tail, self.hash)
 
     def content_hash(self) -> str:
         """The hash this entry's contents call for (equal to :attr:`hash` when untouched)."""
-        return _hash_of(self._document(with_hash=False))
-
-    def _document(self, *, with_hash: bool) -> dict[str, object]:
-        document: dict[str, object] = {
-            "seq": self.seq,
-            "at": self.at,
-            "kind": self.kind,
-            "data": dict(self.data),
-            "prev": self.prev,
-        }
-        if with_hash:
-            document["hash"] = self.hash
-        return document
+        return _hash_of(*_halves(self.seq, self.at, self.kind, self.data, self.prev))
 
 
-def _hash_of(document: Mapping[str, object]) -> str:
-    return hashlib.sha256(_ENTRY_DOMAIN + _canonical(document)).hexdigest()
+def _halves(
+    seq: int, at: str, kind: str, data: Mapping[str, Value], prev: str
+) -> tuple[bytes, bytes]:
+    """The canonical encoding of an entry without its hash, split where ``"hash"`` sorts in.
+
+    Equal to :func:`_canonical` of ``{"seq", "at", "kind", "data", "prev"}`` (the keys sort as
+    at, data, [hash,] kind, prev, seq), with the data encoded once for both the hash and the
+    line; ``at``, ``kind`` and ``prev`` are checked by :func:`make_entry` to need no escaping.
+    """
+    head = b'{"at":"' + at.encode("ascii") + b'","data":' + _canonical(data)
+    tail = f',"kind":"{kind}","prev":"{prev}","seq":{seq}}}'.encode("ascii")
+    return head, tail
+
+
+def _joined(head: bytes, tail: bytes, digest: str) -> bytes:
+    return head + b',"hash":"' + digest.encode("ascii") + b'"' + tail + b"\n"
+
+
+def _hash_of(head: bytes, tail: bytes) -> str:
+    return hashlib.sha256(_ENTRY_DOMAIN + head + tail).hexdigest()
 
 
 def make_entry(seq: int, at: str, kind: str, data: Mapping[str, object], prev: str) -> Entry:
@@ -189,8 +201,9 @@ def make_entry(seq: int, at: str, kind: str, data: Mapping[str, object], prev: s
     if not _HEX64.fullmatch(prev):
         raise ValueError("prev must be 64 lower-case hex digits")
     checked = _check_data(data)
-    document = {"seq": seq, "at": at, "kind": kind, "data": checked, "prev": prev}
-    return Entry(seq, at, kind, checked, prev, _hash_of(document))
+    head, tail = _halves(seq, at, kind, checked, prev)
+    digest = _hash_of(head, tail)
+    return Entry(seq, at, kind, checked, prev, digest, _joined(head, tail, digest))
 
 
 def parse_line(line: bytes) -> Entry:

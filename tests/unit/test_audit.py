@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -118,6 +119,41 @@ class TestEntry:
         assert line.endswith(b"}\n") and line.count(b"\n") == 1
         assert ["at", "data", "hash", "kind", "prev", "seq"] == list(document)
         assert b" " not in line and "Ünïcode".encode() in line
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        seq=st.integers(min_value=1, max_value=2**63),
+        kind=st.from_regex(r"[a-z][a-z0-9_]{0,63}", fullmatch=True),
+        prev=st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+        data=st.dictionaries(
+            st.text(),
+            st.none() | st.booleans() | st.integers() | st.text() | st.lists(st.text(), max_size=3),
+            max_size=5,
+        ),
+    )
+    def test_line_and_hash_are_the_plain_canonical_form(
+        self, seq: int, kind: str, prev: str, data: dict[str, object]
+    ) -> None:
+        """The entry is encoded in pieces (its data once, for both hash and line); the result is
+        exactly json.dumps(sort_keys, no spaces, raw UTF-8) of the whole entry, so logs written
+        before and after verify alike."""
+        surrogate = any(
+            "\ud800" <= c <= "\udfff" for v in (*data, *map(str, data.values())) for c in v
+        )
+        if surrogate:
+            with pytest.raises(ValueError):
+                make_entry(seq, "2026-11-28T12:00:00.000Z", kind, data, prev)
+            return
+        entry = make_entry(seq, "2026-11-28T12:00:00.000Z", kind, data, prev)
+        document = {"seq": seq, "at": entry.at, "kind": kind, "data": data, "prev": prev}
+
+        def plain(d: dict[str, object]) -> bytes:
+            return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+        assert entry.hash == hashlib.sha256(b"fxgw.audit.v1\x00" + plain(document)).hexdigest()
+        assert entry.to_line() == plain({**document, "hash": entry.hash}) + b"\n"
+        assert entry.to_line() == parse_line(entry.to_line()).to_line()
+        assert entry.hash == parse_line(entry.to_line()).content_hash()
 
     @pytest.mark.parametrize(
         "data",
