@@ -122,6 +122,21 @@ def read(schema: ParsedSchema, data: bytes, reader: ParsedSchema | None = None) 
     :raises RecordInvalid: the bytes are truncated, carry trailing garbage, or do not decode
         with this schema (bad union index, bad enum index, invalid UTF-8, date out of range, ...).
     """
+    datum, end = read_prefix(schema, data, reader)
+    left = len(data) - end
+    if left:
+        raise RecordInvalid(f"bytes do not decode with this schema: {left} trailing bytes")
+    return datum
+
+
+def read_prefix(
+    schema: ParsedSchema, data: bytes, reader: ParsedSchema | None = None
+) -> tuple[object, int]:
+    """Decode one datum from the start of ``data``, as :func:`read` does; the datum and the
+    offset where it ends (what follows is the caller's).
+
+    :raises RecordInvalid: the bytes are truncated or do not decode with this schema.
+    """
     # A plain BytesIO: fastavro (1.9, the floor in pyproject.toml, and later) refuses a string,
     # bytes or fixed value shorter than its length prefix, or with a negative one, by itself
     # (EOFError). A reader written in Python would cost a Python call per byte read: seconds
@@ -135,10 +150,7 @@ def read(schema: ParsedSchema, data: bytes, reader: ParsedSchema | None = None) 
         # UnicodeDecodeError, OverflowError, ValueError, MemoryError on absurd lengths, ...).
         # As in write(): no fastavro message, which may quote the bytes.
         raise RecordInvalid(f"bytes do not decode with this schema ({type(exc).__name__})") from exc
-    left = len(data) - source.tell()
-    if left:
-        raise RecordInvalid(f"bytes do not decode with this schema: {left} trailing bytes")
-    return datum
+    return datum, source.tell()
 
 
 def problems(schema: ParsedSchema, datum: object) -> tuple[str, ...]:

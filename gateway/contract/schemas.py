@@ -693,6 +693,11 @@ def _kind(node: _Type) -> str:
     return "fixed"
 
 
+def _type_name(node: _Type) -> str:
+    """A named type's full name, else :func:`_kind`."""
+    return node.name if isinstance(node, _Record | _Enum | _Fixed) else _kind(node)
+
+
 def _is_null(node: _Type) -> bool:
     return isinstance(node, _Primitive) and node.kind == "null"
 
@@ -1719,6 +1724,32 @@ class SchemaRegistry:
                     _put_default(datum, steps, field)
         else:
             datum = _avro.read(schema.parsed, data)
+        return self._checked(node, compiled, datum)
+
+    def decode_prefix(self, name: str, data: bytes) -> tuple[dict[str, object], int]:
+        """Decode a record of this registry's type from the start of ``data``, as :meth:`decode`
+        does; the record and the offset where its bytes end (what follows is the caller's).
+
+        :raises UnknownEventType: no record type of that name.
+        :raises RecordInvalid: the bytes are truncated, do not decode, or carry an ``int``
+            beyond 32 bits.
+        """
+        schema = self.get(name)
+        node, compiled = self._compiled_for(name)
+        datum, end = _avro.read_prefix(schema.parsed, data)
+        return self._checked(node, compiled, datum), end
+
+    def layout(self, name: str) -> tuple[tuple[str, str], ...]:
+        """The fields of record type ``name`` in order, each with its type: the full name of a
+        named type, the name of a primitive type, else its kind (``union``, ``array``, ...).
+
+        :raises UnknownEventType: no record type of that name.
+        """
+        _, node = self._record(name)
+        return tuple((f.name, _type_name(f.type)) for f in node.fields)
+
+    @staticmethod
+    def _checked(node: _Record, compiled: _Compiled, datum: object) -> dict[str, object]:
         if not isinstance(datum, dict):
             raise RecordInvalid(f"bytes decode to {_describe(datum)}, not a record")
         if compiled.check_ints is not None:

@@ -67,6 +67,53 @@ class Codec(Protocol):
 
     def decode(self, name: str, data: bytes) -> dict[str, object]: ...
 
+    def decode_prefix(self, name: str, data: bytes) -> tuple[dict[str, object], int]: ...
+
+    def layout(self, name: str) -> tuple[tuple[str, str], ...]: ...
+
+
+_CONCATENATED = (("header", HEADER_TYPE), ("ciphertext", "bytes"), ("signature", "bytes"))
+"""The envelope layout whose Avro encoding is the header's bytes followed by two ``bytes``
+values (Avro encodes a record as its fields one after the other): such an envelope is written
+and read around the header bytes, which are needed anyway for the signature, instead of being
+encoded twice and re-encoded once more for the canonical check. Any other layout (a later
+format may have one) goes through the codec."""
+
+
+def _avro_bytes(value: bytes) -> bytes:
+    """Avro's encoding of a ``bytes`` value: its length as a zig-zag varint, then the bytes."""
+    n, prefix = len(value) << 1, bytearray()  # zig-zag of a length (never negative)
+    while n > 0x7F:
+        prefix.append((n & 0x7F) | 0x80)
+        n >>= 7
+    prefix.append(n)
+    return bytes(prefix) + value
+
+
+def _read_avro_bytes(data: bytes, start: int) -> tuple[bytes, int]:
+    """The ``bytes`` value Avro encodes at ``start`` and the offset after it; only the canonical
+    (shortest) length prefix is accepted.
+
+    :raises MalformedEnvelope: truncated, a negative or non-canonical length.
+    """
+    n, shift, pos = 0, 0, start
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise MalformedEnvelope("not an envelope: truncated or overlong length")
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    length = (n >> 1) ^ -(n & 1)
+    if length < 0 or pos + length > len(data):
+        raise MalformedEnvelope("not an envelope: a length is negative or past the end")
+    value = data[pos : pos + length]
+    if _avro_bytes(value)[: pos - start] != data[start:pos]:
+        raise MalformedEnvelope("envelope is not in canonical Avro encoding")
+    return value, pos + length
+
 
 @dataclass(frozen=True, slots=True)
 class Handling:
@@ -355,15 +402,19 @@ def seal(
         nonce=secrets.token_bytes(_NONCE_BYTES),
         format_version=format_version,
     )
-    header_bytes = codec.write(HEADER_TYPE, header.to_avro())
+    header_record = header.to_avro()
+    header_bytes = codec.write(HEADER_TYPE, header_record)
     ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
         plaintext, header_bytes, header.nonce, data_key.secret
     )
     signature = signer.sign(signing_input(header_bytes, ciphertext))
-    data = codec.write(
-        ENVELOPE_TYPE,
-        {"header": header.to_avro(), "ciphertext": ciphertext, "signature": signature},
-    )
+    if codec.layout(ENVELOPE_TYPE) == _CONCATENATED:
+        data = header_bytes + _avro_bytes(ciphertext) + _avro_bytes(signature)
+    else:
+        data = codec.write(
+            ENVELOPE_TYPE,
+            {"header": header_record, "ciphertext": ciphertext, "signature": signature},
+        )
     return Sealed(header, data)
 
 
@@ -396,9 +447,19 @@ def read_header(
     :raises MalformedEnvelope: the bytes are not an envelope of a format version we speak, or a
         header field is longer than the limits of :mod:`gateway.crypto.limits`.
     """
+    concatenated = codec.layout(ENVELOPE_TYPE) == _CONCATENATED
+    header_record: object
     try:
-        record = codec.decode(ENVELOPE_TYPE, data)
-        header_record = record["header"]
+        if concatenated:
+            header_record, header_end = codec.decode_prefix(HEADER_TYPE, data)
+            ciphertext, end = _read_avro_bytes(data, header_end)
+            signature, end = _read_avro_bytes(data, end)
+            if end != len(data):
+                raise MalformedEnvelope(f"not an envelope: {len(data) - end} trailing bytes")
+        else:
+            record = codec.decode(ENVELOPE_TYPE, data)
+            header_record = record["header"]
+            ciphertext, signature = _bytes(record["ciphertext"]), _bytes(record["signature"])
         if not isinstance(header_record, Mapping):
             raise MalformedEnvelope("header is not a record")
         check_sizes(header_record, _HEADER_LIMITS, "header")
@@ -413,13 +474,18 @@ def read_header(
         raise MalformedEnvelope(f"not an envelope: {exc}") from exc
     if header.format_version != format_version:
         raise MalformedEnvelope(f"envelope format version {header.format_version} is not spoken")
-    if codec.write(ENVELOPE_TYPE, record) != data:
-        # Avro admits several encodings of one record (block sizes, trailing bytes); the signed
-        # header bytes are re-encoded from the record, so only the canonical form is accepted.
+    # Avro admits several encodings of one record (block sizes, length prefixes); the signed
+    # header bytes are re-encoded from the record, so only the canonical form is accepted.
+    canonical = (
+        header_bytes == data[:header_end]
+        if concatenated
+        else codec.write(ENVELOPE_TYPE, record) == data
+    )
+    if not canonical:
         raise MalformedEnvelope("envelope is not in canonical Avro encoding")
     if not is_valid_event_id(header.event_id):
         raise MalformedEnvelope("event id has characters or a length outside the federation's rule")
-    return header, header_bytes, _bytes(record["ciphertext"]), _bytes(record["signature"])
+    return header, header_bytes, ciphertext, signature
 
 
 def open_envelope(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 
 from gateway.contract.schemas import SchemaRegistry
 from gateway.crypto.envelope import (
+    ENVELOPE_TYPE,
+    HEADER_TYPE,
     DataKeyRing,
     Handling,
     Header,
@@ -32,6 +35,7 @@ from gateway.errors import (
     UntrustedSender,
 )
 from gateway.types import AgencyId, EventId, EventType, KeyId
+from tests.contracts import V1_2_EDITS, Edit, version_folder
 from tests.unit.conftest import NOW
 
 HANDLING = Handling("H2", "test", "B", 2, "NONE", 30, None)
@@ -367,3 +371,92 @@ class TestHeaderIntegrity:
         lapsed = replace(trust, expires_at=NOW - timedelta(seconds=1))
         with pytest.raises(UntrustedSender, match="trust list"):
             _open(registry, lapsed, be_keys, sealed.data)
+
+
+def _reordered(schema: dict[str, object]) -> None:
+    """Swap the envelope's ciphertext and signature fields (a layout read through the codec)."""
+    fields = schema["fields"]
+    assert isinstance(fields, list)
+    fields[1], fields[2] = fields[2], fields[1]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class TestLayout:
+    """Envelopes of the header-ciphertext-signature layout are written and read around the
+    header bytes; the bytes are exactly the codec's encoding, and every other layout goes
+    through the codec."""
+
+    @pytest.mark.parametrize(
+        ("edits", "format_version"),
+        [({}, 1), (V1_2_EDITS, 2), ({"fxgw.Envelope": [_reordered]}, 1)],
+        ids=["format-1", "format-2", "reordered"],
+    )
+    def test_sealed_bytes_are_the_codec_encoding(
+        self,
+        tmp_path: Path,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+        edits: dict[str, list[Edit]],
+        format_version: int,
+    ) -> None:
+        """Whatever the layout, the sealed bytes decode and re-encode to themselves with the
+        codec, and open again."""
+        registry = SchemaRegistry.load(version_folder(tmp_path / "v", edits))
+        public = trust.encryption_key("BE-FPJ", NOW)
+        assert public is not None
+        data_key = DataKeyRing().key_for(AgencyId("BE-FPJ"), public, NOW)
+        sealed = seal(
+            replace(_template(), schema_fingerprint=b"\x03" * 32),
+            b"body",
+            signer=nl_keys.signing,
+            data_key=data_key,
+            codec=registry,
+            format_version=format_version,
+        )
+        record = registry.decode(ENVELOPE_TYPE, sealed.data)
+        assert registry.write(ENVELOPE_TYPE, record) == sealed.data
+        assert record["ciphertext"] != record["signature"]
+        opened = _open(registry, trust, be_keys, sealed.data, format_version=format_version)
+        assert b"body" == opened
+
+    def test_an_overlong_length_prefix_is_refused(
+        self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
+    ) -> None:
+        """A ciphertext length written with a needless continuation byte decodes to the same
+        value but is not the canonical encoding: refused, so one message has one digest."""
+        data = _seal(registry, trust, nl_keys, b"x").data
+        _, header_end = registry.decode_prefix(HEADER_TYPE, data)
+        record = registry.decode(ENVELOPE_TYPE, data)
+        ciphertext, signature = record["ciphertext"], record["signature"]
+        assert isinstance(ciphertext, bytes) and isinstance(signature, bytes)
+        prefix = _varint(len(ciphertext) << 1)
+        overlong = prefix[:-1] + bytes([prefix[-1] | 0x80, 0x00])
+        rest = ciphertext + _varint(len(signature) << 1) + signature
+        assert data == data[:header_end] + prefix + rest
+        with pytest.raises(MalformedEnvelope, match="canonical"):
+            _open(registry, trust, be_keys, data[:header_end] + overlong + rest)
+
+    @pytest.mark.parametrize("length", [-1, 2**40, 2**62])
+    def test_a_length_past_the_end_is_malformed(
+        self,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+        length: int,
+    ) -> None:
+        """A negative or huge ciphertext length is refused before anything is copied."""
+        data = _seal(registry, trust, nl_keys, b"x").data
+        _, header_end = registry.decode_prefix(HEADER_TYPE, data)
+        zigzag = (length << 1) ^ (length >> 63)
+        with pytest.raises(MalformedEnvelope, match="not an envelope"):
+            _open(registry, trust, be_keys, data[:header_end] + _varint(zigzag) + b"\x00" * 8)
