@@ -1211,6 +1211,16 @@ def _truncate(value: _Clock, unit: int) -> _Clock:
     return value.replace(microsecond=value.microsecond // unit * unit)
 
 
+def _finite(value: object) -> object:
+    """A float or double for the JSON form, which has no NaN and no infinities.
+
+    :raises ValueError: the number is not finite (a peer's bytes can carry one).
+    """
+    if not math.isfinite(cast(float, value)):
+        raise ValueError("not a finite number")
+    return value
+
+
 def _to_json(node: _Type, value: object) -> object:
     """The JSON form of a value that :func:`_conform` accepted."""
     if isinstance(node, _Union):
@@ -1229,7 +1239,7 @@ def _to_json(node: _Type, value: object) -> object:
     if isinstance(node, _Primitive):
         if isinstance(value, bytes):
             return base64.b64encode(value).decode("ascii")
-        return value
+        return _finite(value) if node.kind in ("float", "double") else value
     if isinstance(node, _Fixed):
         return base64.b64encode(cast(bytes, value)).decode("ascii")
     if isinstance(node, _Logical):
@@ -1458,7 +1468,7 @@ def _compile_to_json(node: _Type, records: dict[int, list[_Convert]]) -> _Conver
     if isinstance(node, _Primitive | _Fixed):
         if isinstance(node, _Fixed) or node.kind == "bytes":
             return lambda value: base64.b64encode(cast(bytes, value)).decode("ascii")
-        return None
+        return _finite if node.kind in ("float", "double") else None
     if isinstance(node, _Logical):
         kind = node.kind
         return lambda value: _to_json_logical(kind, value)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import nacl.exceptions
 import nacl.signing
+import orjson
 
 from gateway.audit.chain import Value
 from gateway.contract.schemas import Schema, SchemaRegistry
@@ -540,7 +540,9 @@ def delivery_document(delivery: Delivery, registry: SchemaRegistry) -> bytes:
         "provenance": delivery.provenance(),
         "record": registry.to_json_decoded(delivery.header.event_type, delivery.record),
     }
-    return json.dumps(document, ensure_ascii=False, sort_keys=True, allow_nan=False).encode("utf-8")
+    # orjson: a tenth of json's time; it writes NaN as null, so the JSON form refuses non-finite
+    # numbers itself (ValueError), and it raises a TypeError for what JSON cannot hold
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
 
 def _inbound_data(h: Header, digest: bytes, reason: str | None) -> dict[str, Value]:

@@ -834,6 +834,7 @@ class TestInboundEffects:
         assert () == effects.deliveries
         assert "body_header_mismatch" == effects.audit[0].data["reason"]
 
+    @pytest.mark.parametrize("number", ["nan", "inf", "-inf"])
     def test_non_finite_number_is_refused(
         self,
         be_inbound: InboundCore,
@@ -841,10 +842,12 @@ class TestInboundEffects:
         trust: TrustList,
         nl_keys: AgencyKeys,
         seizure: PlainEvent,
+        number: str,
     ) -> None:
-        """A NaN in the body is refused on the way in, as it is on the way out."""
+        """A NaN or an infinity in the body is refused on the way in, as on the way out (the
+        delivery document's JSON writer would turn it into null)."""
         record = copy.deepcopy(seizure.record)
-        record["recovery_location"] = {**record["recovery_location"], "latitude": float("nan")}  # type: ignore[dict-item]
+        record["recovery_location"] = {**record["recovery_location"], "latitude": float(number)}  # type: ignore[dict-item]
         effects = be_inbound.take(
             self._raw(registry, trust, nl_keys, record), NOW, _Seen(), Limits()
         )
