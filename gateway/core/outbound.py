@@ -12,10 +12,11 @@ publishes and commits.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+import orjson
 
 from gateway.audit.chain import Value
 from gateway.contract.schemas import SchemaRegistry
@@ -70,10 +71,6 @@ class Outcome:
     """Per message id, the field paths released as they are (for the audit trail)."""
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a number the federation exchanges")
-
-
 def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegistry) -> PlainEvent:
     """Parse the national system's JSON form: ``{"event_type", "record", "recipients"?}``.
 
@@ -83,9 +80,11 @@ def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegist
     """
     if isinstance(data, bytes | bytearray):
         try:
-            obj = json.loads(data, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise RecordInvalid(f"the event is not valid JSON ({type(exc).__name__})") from exc
+            # orjson: strict JSON (no NaN or Infinity, no lone surrogates, UTF-8 only, at most
+            # 1024 levels deep), in a third of json's time
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise RecordInvalid("the event is not valid JSON (JSONDecodeError)") from exc
     else:
         obj = data
     if not isinstance(obj, Mapping):
