@@ -80,7 +80,7 @@ encoded twice and re-encoded once more for the canonical check. Any other layout
 format may have one) goes through the codec."""
 
 
-def _avro_bytes(value: bytes) -> bytes:
+def avro_bytes(value: bytes) -> bytes:
     """Avro's encoding of a ``bytes`` value: its length as a zig-zag varint, then the bytes."""
     n, prefix = len(value) << 1, bytearray()  # zig-zag of a length (never negative)
     while n > 0x7F:
@@ -90,7 +90,7 @@ def _avro_bytes(value: bytes) -> bytes:
     return bytes(prefix) + value
 
 
-def _read_avro_bytes(data: bytes, start: int) -> tuple[bytes, int]:
+def _readavro_bytes(data: bytes, start: int) -> tuple[bytes, int]:
     """The ``bytes`` value Avro encodes at ``start`` and the offset after it; only the canonical
     (shortest) length prefix is accepted.
 
@@ -110,7 +110,7 @@ def _read_avro_bytes(data: bytes, start: int) -> tuple[bytes, int]:
     if length < 0 or pos + length > len(data):
         raise MalformedEnvelope("not an envelope: a length is negative or past the end")
     value = data[pos : pos + length]
-    if _avro_bytes(value)[: pos - start] != data[start:pos]:
+    if avro_bytes(value)[: pos - start] != data[start:pos]:
         raise MalformedEnvelope("envelope is not in canonical Avro encoding")
     return value, pos + length
 
@@ -409,7 +409,7 @@ def seal(
     )
     signature = signer.sign(signing_input(header_bytes, ciphertext))
     if codec.layout(ENVELOPE_TYPE) == _CONCATENATED:
-        data = header_bytes + _avro_bytes(ciphertext) + _avro_bytes(signature)
+        data = header_bytes + avro_bytes(ciphertext) + avro_bytes(signature)
     else:
         data = codec.write(
             ENVELOPE_TYPE,
@@ -452,8 +452,8 @@ def read_header(
     try:
         if concatenated:
             header_record, header_end = codec.decode_prefix(HEADER_TYPE, data)
-            ciphertext, end = _read_avro_bytes(data, header_end)
-            signature, end = _read_avro_bytes(data, end)
+            ciphertext, end = _readavro_bytes(data, header_end)
+            signature, end = _readavro_bytes(data, end)
             if end != len(data):
                 raise MalformedEnvelope(f"not an envelope: {len(data) - end} trailing bytes")
         else:

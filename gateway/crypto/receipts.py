@@ -20,7 +20,7 @@ from typing import Literal
 import nacl.exceptions
 import nacl.signing
 
-from gateway.crypto.envelope import Codec
+from gateway.crypto.envelope import Codec, avro_bytes
 from gateway.crypto.keys import SigningKey
 from gateway.crypto.limits import MAX_BYTES, MAX_NAME, check_sizes
 from gateway.crypto.trust import TrustList
@@ -110,8 +110,18 @@ def make_receipt(
         signer.key_id,
         format_version=format_version,
     )
-    signed = replace(unsigned, signature=signer.sign(_signing_input(unsigned, codec)))
-    return codec.write(RECEIPT_TYPE, signed.to_avro())
+    unsigned_bytes = codec.write(RECEIPT_TYPE, unsigned.to_avro())
+    signature = signer.sign(_SIGNING_CONTEXT + unsigned_bytes)
+    if _signature_last(codec):
+        # the empty signature is the one byte 0x00 at the end: put the signature in its place
+        return unsigned_bytes[:-1] + avro_bytes(signature)
+    return codec.write(RECEIPT_TYPE, replace(unsigned, signature=signature).to_avro())
+
+
+def _signature_last(codec: Codec) -> bool:
+    """Whether the receipt type ends with its ``bytes`` signature, so that the signed bytes are
+    the receipt's own with the signature's encoding swapped for an empty one."""
+    return codec.layout(RECEIPT_TYPE)[-1] == ("signature", "bytes")
 
 
 _NAMES = ("message_id", "event_id", "sender", "recipient", "reason", "signing_key_id")
@@ -154,8 +164,12 @@ def open_receipt(
     if receipt.sender != agency:
         raise NotForUs(f"receipt for {receipt.sender}, not for {agency}")
     public = trust.signing_key(receipt.recipient, receipt.signing_key_id, now)
+    if _signature_last(codec):  # canonical bytes, checked above: no second encoding
+        signed = _SIGNING_CONTEXT + data[: -len(avro_bytes(receipt.signature))] + b"\x00"
+    else:
+        signed = _signing_input(receipt, codec)
     try:
-        nacl.signing.VerifyKey(public).verify(_signing_input(receipt, codec), receipt.signature)
+        nacl.signing.VerifyKey(public).verify(signed, receipt.signature)
     except (nacl.exceptions.BadSignatureError, ValueError) as exc:
         raise BadSignature(f"receipt signature by {receipt.signing_key_id!r} fails") from exc
     return receipt

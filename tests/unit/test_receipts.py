@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nacl.signing import VerifyKey
 
 from gateway.contract.schemas import SchemaRegistry
 from gateway.crypto.keys import AgencyKeys, generate_signing_key
-from gateway.crypto.receipts import make_receipt, open_receipt
+from gateway.crypto.receipts import RECEIPT_TYPE, make_receipt, open_receipt
 from gateway.crypto.trust import TrustList
 from gateway.errors import BadSignature, NotForUs, PeerError, UntrustedSender
 from gateway.types import AgencyId, EventId, KeyId, MessageId
+from tests.contracts import V1_2_EDITS, Edit, version_folder
 from tests.unit.conftest import NOW
 
 DIGEST = bytes(range(32))
@@ -112,3 +115,39 @@ def test_any_flipped_byte_is_refused(
         open_receipt(
             bytes(altered), trust=trust, codec=registry, agency=AgencyId("NL-POL"), now=NOW
         )
+
+
+@pytest.mark.parametrize(
+    ("edits", "format_version"),
+    [({}, 1), (V1_2_EDITS, 2)],
+    ids=["signature-last", "field-after-signature"],
+)
+def test_the_signature_covers_the_receipt_with_an_empty_signature(
+    tmp_path: Path,
+    trust: TrustList,
+    be_keys: AgencyKeys,
+    edits: dict[str, list[Edit]],
+    format_version: int,
+) -> None:
+    """Whatever the field order (format 1 ends with the signature, the test's format 2 has a
+    field after it), a receipt is the codec's encoding of its record, signed over the context
+    label and the record's encoding with an empty signature; and it opens."""
+    codec = SchemaRegistry.load(version_folder(tmp_path / "v", edits))
+    data = _receipt(codec, be_keys, format_version=format_version)
+    record = codec.decode(RECEIPT_TYPE, data)
+    assert codec.write(RECEIPT_TYPE, record) == data
+    signature = record["signature"]
+    assert isinstance(signature, bytes)
+    unsigned = codec.write(RECEIPT_TYPE, {**record, "signature": b""})
+    VerifyKey(trust.signing_key(be_keys.agency, be_keys.signing.key_id, NOW)).verify(
+        b"fxgw.receipt.v1\x00" + unsigned, signature
+    )
+    opened = open_receipt(
+        data,
+        trust=trust,
+        codec=codec,
+        agency=AgencyId("NL-POL"),
+        now=NOW,
+        format_version=format_version,
+    )
+    assert "DELIVERED" == opened.outcome
