@@ -62,21 +62,7 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
         now=now,
         min_version=min_version,
     )
-    me = trust.agency(config.agency)
-    if me is None:
-        raise TrustError(
-            f"this node's agency {config.agency} is not on the trust list",
-            file=str(config.trust_file),
-        )
-    try:
-        trust.signing_key(config.agency, signing.key_id, now)
-    except PeerError as exc:
-        raise TrustError(
-            f"our signing key {signing.key_id!r} is not valid on the trust list ({exc}); "
-            "publish its public entry (fxgw keygen prints it) before starting the node",
-            file=str(config.trust_file),
-        ) from exc
-    own = own_version(config, contract, me)
+    own = own_entry(config, trust, contract, signing.key_id, now)
     registry = own.registry
     pseudonymiser = None
     if config.pseudonym_key is not None:
@@ -162,6 +148,32 @@ def spool_batches(path: Path, max_line: int) -> Iterator[list[bytes]]:
         yield batch
 
 
+def own_entry(
+    config: NodeConfig, trust: TrustList, contract: Contract, signing_key_id: str, now: datetime
+) -> ContractVersion:
+    """Check the trust list's entry for this node's agency, and return the node's own contract
+    version (:func:`own_version`): the agency is listed, and its signing key is valid there.
+
+    :raises ConfigError: the agency or its signing key is missing or not valid, or the
+        versions do not fit (see :func:`own_version`).
+    """
+    me = trust.agency(config.agency)
+    if me is None:
+        raise TrustError(
+            f"this node's agency {config.agency} is not on the trust list",
+            file=str(config.trust_file),
+        )
+    try:
+        trust.signing_key(config.agency, signing_key_id, now)
+    except PeerError as exc:
+        raise TrustError(
+            f"our signing key {signing_key_id!r} is not valid on the trust list ({exc}); "
+            "publish its public entry (fxgw keygen prints it) before starting the node",
+            file=str(config.trust_file),
+        ) from exc
+    return own_version(config, contract, me)
+
+
 def own_version(config: NodeConfig, contract: Contract, me: Agency) -> ContractVersion:
     """The node's own contract version; every version the trust list says this agency reads
     must be in the node's contract, since peers encode for it in those.
@@ -178,9 +190,17 @@ def own_version(config: NodeConfig, contract: Contract, me: Agency) -> ContractV
         )
     if config.contract_version is not None:
         try:
-            return contract.version(config.contract_version)
+            pinned = contract.version(config.contract_version)
         except SchemaError as exc:
             raise ConfigError(f"contract_version: {exc}", file=str(config.path)) from None
+        if pinned.label not in me.contract_versions:
+            raise ConfigError(
+                f"contract_version: {pinned.label} is not among the versions the trust list "
+                f"says {config.agency} reads ({', '.join(me.contract_versions)}): peers would "
+                "not know it; choose one of those, or ask the federation authority to list it",
+                file=str(config.path),
+            )
+        return pinned
     own = contract.newest_of(me.contract_versions)
     assert own is not None  # every listed version is there (checked above), and there is one
     return own

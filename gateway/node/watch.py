@@ -24,7 +24,7 @@ from gateway.errors import ConfigError, InfrastructureError
 from gateway.node.config import NodeConfig
 from gateway.node.files import (
     load_checked_policy,
-    own_version,
+    own_entry,
     stat_of,
     write_atomically_replace,
 )
@@ -127,9 +127,10 @@ class Watching:
                     now=self._now(),
                     min_version=trust.version,
                 )
-                me = trust.agency(c.agency)
-                if me is not None and self.outbound.contract is not None:
-                    own_version(c, self.outbound.contract, me)  # every version it lists is here
+                # listed, with a valid signing key, and every version it lists is here
+                if self.outbound.contract is not None:
+                    signing_key_id = self.outbound.keys.signing.key_id
+                    own_entry(c, trust, self.outbound.contract, signing_key_id, self._now())
             policy = load_checked_policy(
                 c,
                 self.registry,

@@ -171,6 +171,15 @@ class TestOwnVersion:
         with pytest.raises(TrustError, match=r"reads contract version\(s\) 1\.1"):
             own_version(config, Contract.load(config.schemas_dir), me)
 
+    def test_a_contract_version_the_trust_list_does_not_list_is_refused(
+        self, versions: Contract, trust: TrustList, fed: Federation
+    ) -> None:
+        """node.yaml may pin one of the versions its agency is listed with, not another: peers
+        go by the trust list."""
+        config = dataclasses.replace(load_config(fed.config("NL-POL")), contract_version="1.1")
+        with pytest.raises(ConfigError, match=r"contract_version: 1\.1 is not among .*\(1\.0\)"):
+            own_version(config, versions, trust.agencies[AgencyId("NL-POL")])
+
     def test_an_unknown_contract_version_in_node_yaml_is_refused(
         self, versions: Contract, trust: TrustList, fed: Federation
     ) -> None:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from gateway.dev.sandbox import POLICIES, build_federation
+from gateway.crypto.trust import sign_trust_list
+from gateway.dev.sandbox import POLICIES, Federation, build_federation
+from gateway.errors import ConfigError
 from gateway.node.config import load_config
+from gateway.node.files import load_node_files
 from gateway.node.runtime import Node
 from gateway.policy.engine import PolicyError
 from tests.unit.conftest import NOW, repo_file
@@ -75,3 +81,61 @@ def test_a_reloaded_trust_list_is_in_force_for_every_core(node: Node) -> None:
     trust = node.outbound.trust
     assert trust is not before
     assert node.inbound.trust is trust and node.receipts.trust is trust
+
+
+Agencies = list[dict[str, Any]]
+
+
+def _reissue(fed: Federation, change: Callable[[Agencies], Agencies]) -> None:
+    """The federation's trust list with its agencies changed, as the next version, signed."""
+    assert fed.trust_file is not None and fed.authority is not None
+    data = yaml.safe_load(fed.trust_file.read_text(encoding="utf-8"))
+    data["version"] += 1
+    data["agencies"] = change(data["agencies"])
+    fed.trust_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    signature = sign_trust_list(fed.trust_file.read_bytes(), fed.authority)
+    Path(f"{fed.trust_file}.sig").write_bytes(signature)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            lambda agencies: [a for a in agencies if a["id"] != "NL-POL"],
+            "NL-POL is not on the trust list",
+        ),
+        (
+            lambda agencies: [
+                {**a, "keys": [k for k in a["keys"] if k["use"] != "sign"]}
+                if a["id"] == "NL-POL"
+                else a
+                for a in agencies
+            ],
+            "our signing key",
+        ),
+        (
+            lambda agencies: [
+                {**a, "contract_versions": ["1.0", "1.1"]} if a["id"] == "NL-POL" else a
+                for a in agencies
+            ],
+            r"reads contract version\(s\) 1\.1",
+        ),
+    ],
+    ids=["agency-dropped", "signing-key-dropped", "version-the-node-lacks"],
+)
+def test_a_trust_list_that_disowns_the_node_is_not_reloaded(
+    tmp_path: Path,
+    change: Callable[[Agencies], Agencies],
+    reason: str,
+) -> None:
+    """A new trust list is held to what the node checks at start: its agency listed, its
+    signing key valid, every version it says the agency reads in the node's contract."""
+    fed = build_federation(tmp_path / "fed", "127.0.0.1:1", now=NOW)
+    node = Node(load_config(fed.config("NL-POL")), now=lambda: NOW)
+    before = node.outbound.trust
+    _reissue(fed, change)
+    assert not node.reload({"trust"})
+    assert before is node.outbound.trust and before is node.inbound.trust
+    assert 1 == node.counters["reload_failed"]
+    with pytest.raises(ConfigError, match=reason):
+        load_node_files(node.config, NOW)
