@@ -160,19 +160,49 @@ def _node_trust(config: NodeConfig) -> TrustList:
     return load_trust_list(config.trust_file, pinned, now=datetime.now(UTC))
 
 
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    from gateway.policy.engine import load_policy
+def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, TrustList]:
+    """A node's contract, the version it speaks (as the node itself chooses it) and its trust
+    list.
 
-    registry = _registry(args.schemas)
+    :raises ConfigError: the trust list does not name the node's agency, or the node's
+        contract lacks a version the trust list says the agency reads.
+    """
+    from gateway.node.files import own_version
+
+    trust = _node_trust(config)
+    me = trust.agency(config.agency)
+    if me is None:
+        raise ConfigError(
+            f"this node's agency {config.agency} is not on the trust list",
+            file=str(config.trust_file),
+        )
+    contract = Contract.load(config.schemas_dir)
+    return contract, own_version(config, contract, me), trust
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy.engine import check_versions, load_policy
+
     trust = None
     if args.config:
         from gateway.node.config import load_config
 
-        trust = _node_trust(load_config(Path(args.config)))
+        config = load_config(Path(args.config))
+        contract, own, trust = _node_contract(config)
+        if args.schemas:
+            contract = Contract.load(Path(args.schemas))
+            own = contract.newest
+    else:
+        from gateway.node.config import DEFAULT_SCHEMAS
+
+        contract = Contract.load(Path(args.schemas) if args.schemas else DEFAULT_SCHEMAS)
+        own = contract.newest
+    others = {v.label: v.registry for v in contract if v is not own}
     failed = 0
     for name in args.files:
         try:
-            policy = load_policy(Path(name), registry)
+            policy = load_policy(Path(name), own.registry)
+            check_versions(policy, others)
             if trust is not None:
                 policy.check_against(trust)
         except ConfigError as exc:
@@ -467,7 +497,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     from gateway.node.config import load_config
 
     config = load_config(Path(args.config))
-    registry = newest_registry(config.schemas_dir)
+    registry = _node_contract(config)[1].registry  # the node parses events in its own version
     path = Path(args.file)
     try:
         lines = path.read_bytes().splitlines()

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.dev.demo import seizure_nl
 from gateway.dev.sandbox import Federation
+from tests.contracts import contract, retyped
 from tests.unit.conftest import repo_file
 from tests.unit.test_policy import BROKEN, _expectations
 
@@ -113,3 +114,18 @@ def test_explain_names_the_rule_and_every_field(
             line.split()[:2] == ["withheld", "case_reference"]
             for line in result.stdout.splitlines()
         )
+
+
+def test_check_holds_a_policy_to_every_version_of_the_contract(tmp_path: Path) -> None:
+    """A policy that passes against the newest version (1.1, family names optional) but
+    withholds a field version 1.0 requires fails ``policy check``, naming field and version:
+    peers reading 1.0 could never be served."""
+    edits = {"fxgw.Person": [retyped("family_name", "string")]}
+    root = contract(tmp_path / "c", {"1.0": edits, "1.1": {}})
+    policy = str(repo_file("policies", "nl-pol.yaml"))
+    result = _fxgw("policy", "check", "--schemas", str(root), policy)
+    assert 1 == result.returncode, result.stdout + result.stderr
+    assert "'persons[].family_name'" in result.stdout
+    assert "contract version 1.0 requires it" in result.stdout
+    alone = contract(tmp_path / "alone", {"1.1": {}})
+    assert 0 == _fxgw("policy", "check", "--schemas", str(alone), policy).returncode
