@@ -78,6 +78,10 @@ def fingerprints(folder: Path) -> dict[str, str]:
     return {s.full_name: s.fingerprint.hex() for s in SchemaRegistry.load(folder)}
 
 
+def definitions(folder: Path) -> dict[str, str]:
+    return {s.full_name: s.definition_digest for s in SchemaRegistry.load(folder)}
+
+
 def contract(
     root: Path, versions: dict[str, dict[str, list[Edit]]], *, draft: bool = False
 ) -> Path:
@@ -92,6 +96,8 @@ def contract(
             continue
         lines.append("    fingerprints:")
         lines.extend(f"      {n}: {f}" for n, f in sorted(fingerprints(folder).items()))
+        lines.append("    definitions:")
+        lines.extend(f"      {n}: {d}" for n, d in sorted(definitions(folder).items()))
     (root / "contract.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
 

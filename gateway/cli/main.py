@@ -308,9 +308,14 @@ def cmd_schema_check(args: argparse.Namespace) -> int:
                 optional = "optional" if info.nullable else "required"
                 _print(f"    {info.path}  {info.kind}  {optional}")
     if not working.released:
-        _print("fingerprints to record in the manifest when this version is released:")
-        for schema in sorted(registry, key=lambda s: s.full_name):
+        _print("fingerprints and definitions to record in the manifest when it is released:")
+        ordered = sorted(registry, key=lambda s: s.full_name)
+        _print("    fingerprints:")
+        for schema in ordered:
             _print(f"      {schema.full_name}: {schema.fingerprint.hex()}")
+        _print("    definitions:")
+        for schema in ordered:
+            _print(f"      {schema.full_name}: {schema.definition_digest}")
     broken = 0
     for kept in _kept_versions(contract, args.against):
         broken += _report_compatibility(working, kept)

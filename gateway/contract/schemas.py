@@ -251,6 +251,20 @@ class FieldNotFound(KeyError):
         return self.message
 
 
+def _without_docs(definition: object) -> object:
+    """A JSON definition with every ``doc`` string of a type or a field left out (a default
+    value is kept as it is, whatever keys it has)."""
+    if isinstance(definition, dict):
+        return {
+            k: v if k == "default" else _without_docs(v)
+            for k, v in definition.items()
+            if k != "doc"
+        }
+    if isinstance(definition, list):
+        return [_without_docs(item) for item in definition]
+    return definition
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Schema:
     """One named type of the contract, resolved and self-contained.
@@ -273,6 +287,12 @@ class Schema:
     tree: _Type = dataclasses.field(compare=False, repr=False)
     format: int = 1
     """The record's ``"fxgw.format"`` attribute (1 when absent)."""
+    definition_digest: str = ""
+    """SHA-256 (hex) of the file that defines the type, as JSON with sorted keys and without
+    its ``doc`` strings: unlike the fingerprint, it covers defaults, aliases, logical types,
+    ``order`` and the ``fxgw.*`` attributes, all that changes how a record is read or
+    exchanged, so that a released version is frozen in all of it. Taken from the file as
+    written (not from our resolved form), so a later gateway computes the same digest."""
 
     @property
     def fingerprint_hex(self) -> str:
@@ -476,12 +496,19 @@ def _parse_sources(
     tree = _Tree(origin)
     for name in origin:
         tree.named(name)
+    files = dict(sources)
     schemas: dict[str, Schema] = {}
     for full, node in tree.built.items():
         if isinstance(node, _Record):
             _check_defaults(node)
-        schemas[full] = _make_schema(node)
+        schemas[full] = _make_schema(node, _digest_of(files.get(node.source)))
     return schemas
+
+
+def _digest_of(definition: object) -> str:
+    """:attr:`Schema.definition_digest` of a file's JSON definition."""
+    text = json.dumps(_without_docs(definition), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _unsupported_logical(definition: object) -> str | None:
@@ -585,7 +612,7 @@ class _Tree:
         return node
 
 
-def _make_schema(node: _Named) -> Schema:
+def _make_schema(node: _Named, definition_digest: str) -> Schema:
     definition = _fastavro_definition(node, set())
     try:
         parsed = _avro.parse(definition)
@@ -610,6 +637,7 @@ def _make_schema(node: _Named) -> Schema:
         parsed=parsed,
         tree=node,
         format=wire_format,
+        definition_digest=definition_digest,
     )
 
 

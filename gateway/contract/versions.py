@@ -61,6 +61,7 @@ class _VersionModel(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", strict=True)
     version: str
     fingerprints: dict[str, str] | None = None
+    definitions: dict[str, str] | None = None
 
 
 class _ManifestModel(pydantic.BaseModel):
@@ -138,6 +139,7 @@ class Contract:
             registry = SchemaRegistry.load(folder)
             if entry.fingerprints is not None:
                 _check_frozen(entry.version, registry, entry.fingerprints, document, index)
+                _check_definitions(entry.version, registry, entry.definitions, document, index)
             versions.append(
                 ContractVersion(entry.version, folder, registry, entry.fingerprints is not None)
             )
@@ -292,6 +294,48 @@ def _check_frozen(
             f"{', '.join(missing)}; a released version never changes",
             file=str(manifest),
             line=document.line_of(("versions", index, "fingerprints")),
+        )
+
+
+def _check_definitions(
+    label: str,
+    registry: SchemaRegistry,
+    recorded: dict[str, str] | None,
+    document: YamlDocument,
+    index: int,
+) -> None:
+    """Every type of released version ``label`` has the definition digest the manifest
+    records: what the fingerprint leaves out (defaults, aliases, logical types, ``fxgw.*``
+    attributes) is frozen too; only ``doc`` strings may still be edited."""
+    at: tuple[str | int, ...] = ("versions", index, "fingerprints")
+    if recorded is None:
+        raise _error(
+            document,
+            at,
+            f"released version {label} records no definitions: add the 'definitions' that"
+            " `fxgw schema check` prints, so that defaults and attributes are frozen too",
+        )
+    for name in registry.names:
+        value = recorded.get(name)
+        actual = registry.get(name).definition_digest
+        if value == actual:
+            continue
+        at = ("versions", index, "definitions") + ((name,) if value is not None else ())
+        raise _error(
+            document,
+            at,
+            f"{name} in released version {label} has definition digest {actual}, the manifest"
+            f" records {value or 'none'}: a default, alias, logical type or fxgw attribute was"
+            f" changed (only docs may be); restore {document.path.parent / label} and put"
+            " changes into a new version",
+        )
+    extra = sorted(set(recorded) - set(registry.names))
+    if extra:
+        raise _error(
+            document,
+            ("versions", index, "definitions", extra[0]),
+            f"released version {label} has no type {extra[0]} any more: a released version"
+            " never changes; put changes into a new version",
         )
 
 

@@ -54,6 +54,57 @@ class TestManifest:
         assert error.line is not None and "fxgw.Firearm:" in manifest_lines[error.line - 1]
         assert "released version 1.0" in str(error) and "new version" in str(error)
 
+    @pytest.mark.parametrize(
+        "change",
+        ["default", "alias", "format", "order"],
+    )
+    def test_what_the_fingerprint_leaves_out_is_frozen_too(
+        self, tmp_path: Path, change: str
+    ) -> None:
+        """A default, an alias, an fxgw attribute or a sort order changed in a released
+        version leaves the fingerprint as it was, but changes how records are read or framed:
+        refused by the definition digest, naming the type and its manifest line."""
+        root = copy_released(tmp_path / "c")
+        name = {"format": "fxgw.Receipt", "default": "fxgw.FirearmType"}.get(change, "fxgw.Firearm")
+        path = root / "1.0" / f"{name}.avsc"
+        schema = json.loads(path.read_text())
+        if change == "default":  # what a reader takes for a symbol it does not know
+            assert "OTHER" == schema["default"]
+            schema["default"] = "UNKNOWN"
+        elif change == "alias":
+            schema["fields"][1]["aliases"] = ["old_name"]
+        elif change == "format":
+            schema["fxgw.format"] = 2
+        else:
+            schema["fields"][0]["order"] = "descending"
+        path.write_text(json.dumps(schema))
+        with pytest.raises(SchemaError, match="definition digest") as info:
+            Contract.load(root)
+        error = info.value
+        manifest_lines = (root / "contract.yaml").read_text().splitlines()
+        assert error.line is not None and f"{name}:" in manifest_lines[error.line - 1]
+        assert "definitions:" in "\n".join(manifest_lines[: error.line])
+        assert "released version 1.0" in str(error)
+
+    def test_docs_of_a_released_version_may_still_be_improved(self, tmp_path: Path) -> None:
+        """Doc strings take no part in reading or exchanging: editing them is allowed."""
+        root = copy_released(tmp_path / "c")
+        path = root / "1.0" / "fxgw.Firearm.avsc"
+        schema = json.loads(path.read_text())
+        schema["doc"] = "A firearm, as seized or traced (clearer wording)."
+        schema["fields"][0]["doc"] = "An id unique within the event."
+        path.write_text(json.dumps(schema, indent=4))
+        assert Contract.load(root).version("1.0").released
+
+    def test_a_released_version_without_definitions_is_refused(self, tmp_path: Path) -> None:
+        """Fingerprints alone do not freeze a version: the manifest must record both."""
+        root = copy_released(tmp_path / "c")
+        manifest = root / "contract.yaml"
+        text = manifest.read_text()
+        manifest.write_text(text[: text.index("    definitions:")])
+        with pytest.raises(SchemaError, match="records no definitions"):
+            Contract.load(root)
+
     def test_two_versions_and_a_draft(self, tmp_path: Path) -> None:
         """The newest version may be a draft; each keeps its own schemas."""
         root = contract(tmp_path / "c", {"1.0": {}, "1.1": V1_1_EDITS}, draft=True)
@@ -164,7 +215,14 @@ class TestSchemaCheckCommand:
         assert 0 == main(["schema", "check", str(root), "--against", "all"])
         out = capsys.readouterr().out
         assert "against 1.0" in out and "compatible" in out
-        assert "fingerprints to record" in out  # the draft's, for its release
+        # the draft's fingerprints and definitions, ready to paste into the manifest: pasted,
+        # the draft is a released version that loads
+        block = out.split("to record in the manifest when it is released:\n", 1)[1]
+        recorded = [line for line in block.splitlines() if line.startswith("    ")]
+        assert "    fingerprints:" in recorded and "    definitions:" in recorded
+        manifest = root / "contract.yaml"
+        manifest.write_text(manifest.read_text() + "\n".join(recorded) + "\n")
+        assert Contract.load(root).version("1.1").released
 
     @pytest.mark.parametrize(
         ("edit", "field"),
