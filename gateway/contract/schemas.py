@@ -1263,7 +1263,11 @@ def _to_json(node: _Type, value: object) -> object:
             except RecordInvalid:
                 continue
             return _to_json(branch, value)
-        raise AssertionError("unreachable: the value conformed to the union")
+        # a peer's bytes can hold what decodes but fits no branch as we check them: a number
+        # that is not finite (ValueError), an int beyond its range
+        if isinstance(value, float):
+            _finite(value)
+        raise RecordInvalid(f"{_describe(value)} fits no branch of the union")
     if isinstance(node, _Primitive):
         if isinstance(value, bytes):
             return base64.b64encode(value).decode("ascii")

@@ -7,6 +7,8 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import math
+import struct
 import uuid
 from pathlib import Path
 from typing import Any, cast
@@ -586,6 +588,27 @@ class TestRecordErrors:
 
 class TestDecodeErrors:
     """Bytes that are not a record of the schema raise RecordInvalid, never anything else."""
+
+    @pytest.mark.parametrize(
+        ("union", "body", "error"),
+        [
+            (["string", "double"], b"\x02" + struct.pack("<d", math.nan), ValueError),
+            (["null", "long", "double"], b"\x04" + struct.pack("<d", math.inf), ValueError),
+            (["null", "int", "string"], b"\x02\x80\x80\x80\x80\x80\x01", RecordInvalid),
+        ],
+        ids=["nan-in-string-or-double", "inf-in-three-types", "int-beyond-32-bits"],
+    )
+    def test_a_decoded_value_no_union_branch_takes_is_refused_for_json(
+        self, union: list[str], body: bytes, error: type[Exception]
+    ) -> None:
+        """A peer's bytes decode to a number no branch of a many-typed union accepts (not
+        finite, or beyond an int's range): its JSON form is refused with an error the inbound
+        core answers (ValueError: non_finite_number, RecordInvalid: schema_invalid), not an
+        assertion that would stop the consumer."""
+        registry = _registry(_record("U", [{"name": "u", "type": union}]))
+        record = registry.decode("t.U", body)
+        with pytest.raises(error):
+            registry.to_json_decoded("t.U", record)
 
     ENCODED = REGISTRY.encode("fxgw.SeizureEvent", _seizure())
 
