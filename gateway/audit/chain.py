@@ -83,7 +83,7 @@ _ENTRY_DOMAIN = b"fxgw.audit.v1\x00"
 _CHECKPOINT_DOMAIN = b"fxgw.audit.checkpoint.v1\x00"
 _KEYS = frozenset({"seq", "at", "kind", "data", "prev", "hash"})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 _KIND = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _SEGMENT = re.compile(r"audit-(\d{6,})\.jsonl")
 

@@ -82,7 +82,7 @@ def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegist
         try:
             # orjson: strict JSON (no NaN or Infinity, no lone surrogates, UTF-8 only, at most
             # 1024 levels deep), in a third of json's time
-            obj = orjson.loads(data)
+            obj = orjson.loads(data.removeprefix(b"\xef\xbb\xbf"))  # a UTF-8 byte order mark
         except orjson.JSONDecodeError as exc:
             raise RecordInvalid("the event is not valid JSON (JSONDecodeError)") from exc
     else:

@@ -652,6 +652,12 @@ class TestParsePlainEvent:
             parse_plain_event(data, registry)
         assert info.value.field is None
 
+    def test_a_byte_order_mark_is_no_fault(self, registry: SchemaRegistry) -> None:
+        """A file saved with a UTF-8 byte order mark still parses, from its first line on."""
+        data = json.dumps(seizure_nl()).encode()
+        event = parse_plain_event(b"\xef\xbb\xbf" + data, registry)
+        assert event == parse_plain_event(data, registry)
+
 
 class TestReceivingSideHandling:
     """The handling a sender set travels signed in the header; the receiver enforces it."""
