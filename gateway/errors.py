@@ -162,5 +162,15 @@ class AccessRefused(TransportError):
     fatal = True
 
 
+class Disowned(InfrastructureError):
+    """A newer trust list, validly signed, no longer fits this node (its agency or signing key
+    gone, or a contract version the node lacks listed for it): keeping the old list in force
+    would keep keys the federation may have revoked, and the new one cannot be served. The
+    node stops; on restart it refuses the list with the same message until the node is fixed."""
+
+    retriable = False
+    fatal = True
+
+
 class StorageError(InfrastructureError):
     """A local file (spool, dedup journal, audit) could not be written durably."""

@@ -188,10 +188,12 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         from gateway.node.config import load_config
 
         config = load_config(Path(args.config))
-        contract, own, trust = _node_contract(config)
-        if args.schemas:
+        if args.schemas:  # another contract (a draft, say), against the node's trust list
+            trust = _node_trust(config)
             contract = Contract.load(Path(args.schemas))
             own = contract.newest
+        else:
+            contract, own, trust = _node_contract(config)
     else:
         from gateway.node.config import DEFAULT_SCHEMAS
 

@@ -19,8 +19,8 @@ from gateway.contract.schemas import SchemaRegistry
 from gateway.core.inbound import InboundCore
 from gateway.core.outbound import OutboundCore
 from gateway.core.receipts import ReceiptsCore
-from gateway.crypto.trust import authority_keys, load_trust_list
-from gateway.errors import ConfigError, InfrastructureError
+from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
+from gateway.errors import ConfigError, Disowned, InfrastructureError
 from gateway.node.config import NodeConfig
 from gateway.node.files import (
     load_checked_policy,
@@ -116,6 +116,9 @@ class Watching:
         """Load the changed files (``policy``, ``trust``) and swap them in if all are valid.
 
         Returns True when the new versions are in force; on any error the old ones stay.
+
+        :raises Disowned: a newer, validly signed trust list no longer fits this node (see
+            :class:`~gateway.errors.Disowned`); audited before the node stops.
         """
         c = self.config
         try:
@@ -127,10 +130,7 @@ class Watching:
                     now=self._now(),
                     min_version=trust.version,
                 )
-                # listed, with a valid signing key, and every version it lists is here
-                if self.outbound.contract is not None:
-                    signing_key_id = self.outbound.keys.signing.key_id
-                    own_entry(c, trust, self.outbound.contract, signing_key_id, self._now())
+                self._check_own_entry(trust)
             policy = load_checked_policy(
                 c,
                 self.registry,
@@ -166,6 +166,40 @@ class Watching:
             trust_version=trust.version,
         )
         return True
+
+    def _check_own_entry(self, trust: TrustList) -> None:
+        """The new list has what start-up requires of it: the agency, a valid signing key, and
+        only versions the node has. A node that would speak another version after a restart
+        says so.
+
+        :raises Disowned: it has not (audited first).
+        """
+        contract = self.outbound.contract
+        if contract is None:
+            return
+        try:
+            own = own_entry(
+                self.config, trust, contract, self.outbound.keys.signing.key_id, self._now()
+            )
+        except ConfigError as exc:
+            error = Disowned(
+                f"trust list version {trust.version} no longer fits this node: {exc}; the node"
+                " stops rather than keep the list it replaces (whose keys may be revoked)"
+            )
+            self._log.error("trust_list_disowns_node", trust_version=trust.version, error=str(exc))
+            if self._audit_log is not None:
+                self._audit_log.append(
+                    "trust_disowned", {"trust_version": trust.version, "error": str(exc)[:512]}
+                )
+                with contextlib.suppress(InfrastructureError):
+                    self._audit_log.sync()
+            raise error from exc
+        if own is not self.outbound.own_version:
+            self._log.warning(
+                "contract_version_changes_on_restart",
+                running=self.outbound.own_version.label,
+                after_restart=own.label,
+            )
 
     async def _checkpoint_audit(self) -> None:
         self.audit.checkpoint()

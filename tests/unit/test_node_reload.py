@@ -12,7 +12,7 @@ import yaml
 
 from gateway.crypto.trust import sign_trust_list
 from gateway.dev.sandbox import POLICIES, Federation, build_federation
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Disowned
 from gateway.node.config import load_config
 from gateway.node.files import load_node_files
 from gateway.node.runtime import Node
@@ -123,19 +123,23 @@ def _reissue(fed: Federation, change: Callable[[Agencies], Agencies]) -> None:
     ],
     ids=["agency-dropped", "signing-key-dropped", "version-the-node-lacks"],
 )
-def test_a_trust_list_that_disowns_the_node_is_not_reloaded(
+def test_a_trust_list_that_disowns_the_node_stops_it(
     tmp_path: Path,
     change: Callable[[Agencies], Agencies],
     reason: str,
 ) -> None:
-    """A new trust list is held to what the node checks at start: its agency listed, its
-    signing key valid, every version it says the agency reads in the node's contract."""
+    """A newer, validly signed trust list is held to what the node checks at start: its
+    agency listed, its signing key valid, every version it says the agency reads in the
+    node's contract. One that fails stops the node (a fatal error) rather than leave the list
+    it replaces in force, whose keys the federation may have revoked; the node then refuses
+    it at start with the same reason."""
     fed = build_federation(tmp_path / "fed", "127.0.0.1:1", now=NOW)
     node = Node(load_config(fed.config("NL-POL")), now=lambda: NOW)
     before = node.outbound.trust
     _reissue(fed, change)
-    assert not node.reload({"trust"})
-    assert before is node.outbound.trust and before is node.inbound.trust
-    assert 1 == node.counters["reload_failed"]
+    with pytest.raises(Disowned, match=reason) as info:
+        node.reload({"trust"})
+    assert info.value.fatal and not info.value.retriable
+    assert before is node.outbound.trust and before is node.inbound.trust  # nothing swapped
     with pytest.raises(ConfigError, match=reason):
         load_node_files(node.config, NOW)
