@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +14,14 @@ import pytest
 import yaml
 
 from gateway.crypto.trust import sign_trust_list
-from gateway.dev.sandbox import POLICIES, Federation, build_federation
+from gateway.dev.sandbox import POLICIES, THREE_AGENCIES, Federation, build_federation
 from gateway.errors import ConfigError, Disowned
 from gateway.node.config import load_config
 from gateway.node.files import load_node_files
 from gateway.node.runtime import Node
 from gateway.policy.engine import PolicyError
+from gateway.types import AgencyId
+from tests.contracts import V1_1_EDITS, contract
 from tests.unit.conftest import NOW, repo_file
 
 
@@ -143,3 +148,29 @@ def test_a_trust_list_that_disowns_the_node_stops_it(
     assert before is node.outbound.trust and before is node.inbound.trust  # nothing swapped
     with pytest.raises(ConfigError, match=reason):
         load_node_files(node.config, NOW)
+
+
+def test_a_list_that_changes_the_nodes_version_after_restart_is_taken_with_a_warning(
+    tmp_path: Path, stream: io.StringIO
+) -> None:
+    """NL-POL runs 1.1 (the newest the list gives it); a new list gives it 1.0 only: the list
+    is in force at once (its keys matter now), and the node says that a restart would switch
+    it to 1.0."""
+    root = contract(tmp_path / "contract", {"1.0": {}, "1.1": V1_1_EDITS})
+    nl = dataclasses.replace(THREE_AGENCIES[0], schemas=root, contract_versions=("1.0", "1.1"))
+    agencies = (nl, *THREE_AGENCIES[1:])
+    fed = build_federation(tmp_path / "fed", "127.0.0.1:1", agencies=agencies, now=NOW)
+    node = Node(load_config(fed.config("NL-POL")), now=lambda: NOW)
+    assert "1.1" == node.outbound.own_version.label
+    _reissue(
+        fed,
+        lambda agencies: [
+            {**a, "contract_versions": ["1.0"]} if a["id"] == "NL-POL" else a for a in agencies
+        ],
+    )
+    assert node.reload({"trust"})
+    assert ("1.0",) == node.outbound.trust.agencies[AgencyId("NL-POL")].contract_versions
+    assert "1.1" == node.outbound.own_version.label  # until a restart
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    warned = [line for line in lines if line["event"] == "contract_version_changes_on_restart"]
+    assert [("1.1", "1.0")] == [(w["running"], w["after_restart"]) for w in warned]
