@@ -90,7 +90,7 @@ def avro_bytes(value: bytes) -> bytes:
     return bytes(prefix) + value
 
 
-def _readavro_bytes(data: bytes, start: int) -> tuple[bytes, int]:
+def _read_avro_bytes(data: bytes, start: int) -> tuple[bytes, int]:
     """The ``bytes`` value Avro encodes at ``start`` and the offset after it; only the canonical
     (shortest) length prefix is accepted.
 
@@ -452,8 +452,8 @@ def read_header(
     try:
         if concatenated:
             header_record, header_end = codec.decode_prefix(HEADER_TYPE, data)
-            ciphertext, end = _readavro_bytes(data, header_end)
-            signature, end = _readavro_bytes(data, end)
+            ciphertext, end = _read_avro_bytes(data, header_end)
+            signature, end = _read_avro_bytes(data, end)
             if end != len(data):
                 raise MalformedEnvelope(f"not an envelope: {len(data) - end} trailing bytes")
         else:
