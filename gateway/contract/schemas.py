@@ -1586,7 +1586,7 @@ class SchemaRegistry:
     Immutable after construction; safe to share between threads.
     """
 
-    __slots__ = ("_by_fingerprint", "_by_name", "_compiled")
+    __slots__ = ("_by_fingerprint", "_by_name", "_compiled", "_layouts")
 
     def __init__(self, schemas: Iterable[Schema]) -> None:
         """Index ``schemas`` (normally use :meth:`load`).
@@ -1596,6 +1596,7 @@ class SchemaRegistry:
         self._by_name: dict[str, Schema] = {}
         self._by_fingerprint: dict[bytes, Schema] = {}
         self._compiled: dict[str, _Compiled] = {}  # built on first use; the same each time
+        self._layouts: dict[str, tuple[tuple[str, str], ...]] = {}  # likewise
         for schema in schemas:
             if schema.full_name in self._by_name:
                 raise ValueError(f"two schemas are named {schema.full_name}")
@@ -1787,8 +1788,11 @@ class SchemaRegistry:
 
         :raises UnknownEventType: no record type of that name.
         """
-        _, node = self._record(name)
-        return tuple((f.name, _type_name(f.type)) for f in node.fields)
+        layout = self._layouts.get(name)
+        if layout is None:
+            _, node = self._record(name)
+            layout = self._layouts[name] = tuple((f.name, _type_name(f.type)) for f in node.fields)
+        return layout
 
     @staticmethod
     def _checked(node: _Record, compiled: _Compiled, datum: object) -> dict[str, object]:
