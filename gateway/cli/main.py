@@ -167,15 +167,10 @@ def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, Trust
     :raises ConfigError: the trust list does not name the node's agency, or the node's
         contract lacks a version the trust list says the agency reads.
     """
-    from gateway.node.files import own_version
+    from gateway.node.files import own_agency, own_version
 
     trust = _node_trust(config)
-    me = trust.agency(config.agency)
-    if me is None:
-        raise ConfigError(
-            f"this node's agency {config.agency} is not on the trust list",
-            file=str(config.trust_file),
-        )
+    me = own_agency(config, trust)
     contract = Contract.load(config.schemas_dir)
     return contract, own_version(config, contract, me), trust
 

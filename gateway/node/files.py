@@ -148,6 +148,20 @@ def spool_batches(path: Path, max_line: int) -> Iterator[list[bytes]]:
         yield batch
 
 
+def own_agency(config: NodeConfig, trust: TrustList) -> Agency:
+    """The trust list's entry for this node's agency.
+
+    :raises TrustError: the agency is not on the list.
+    """
+    me = trust.agency(config.agency)
+    if me is None:
+        raise TrustError(
+            f"this node's agency {config.agency} is not on the trust list",
+            file=str(config.trust_file),
+        )
+    return me
+
+
 def own_entry(
     config: NodeConfig, trust: TrustList, contract: Contract, signing_key_id: str, now: datetime
 ) -> ContractVersion:
@@ -157,12 +171,7 @@ def own_entry(
     :raises ConfigError: the agency or its signing key is missing or not valid, or the
         versions do not fit (see :func:`own_version`).
     """
-    me = trust.agency(config.agency)
-    if me is None:
-        raise TrustError(
-            f"this node's agency {config.agency} is not on the trust list",
-            file=str(config.trust_file),
-        )
+    me = own_agency(config, trust)
     try:
         trust.signing_key(config.agency, signing_key_id, now)
     except PeerError as exc:
