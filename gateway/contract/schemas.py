@@ -368,86 +368,6 @@ def _check_defaults(record: _Record) -> None:
             ) from exc
 
 
-def _default_value(node: _Type, default: object) -> object:
-    """The Python form of a schema default (Avro JSON encoding of defaults).
-
-    :raises ValueError: the default does not fit the type (a union's default must fit its first
-        branch).
-    """
-    if isinstance(node, _Union):
-        if not node.branches:
-            raise ValueError("an empty union has no values")
-        first = node.branches[0]
-        try:
-            return _default_value(first, default)
-        except ValueError as exc:
-            raise ValueError(
-                f"a union's default must be a value of its first branch ({_expected(first)}); "
-                "for a nullable field put 'null' first and default to null"
-            ) from exc
-    if isinstance(node, _Primitive):
-        return _default_primitive(node.kind, default)
-    if isinstance(node, _Logical):
-        base = _default_primitive(node.base, default)
-        try:
-            return _from_json_logical(node, base, None)
-        except RecordInvalid as exc:
-            raise ValueError(str(exc)) from None
-    if isinstance(node, _Enum):
-        if not isinstance(default, str) or default not in node.symbols:
-            raise ValueError(f"expected one of {', '.join(node.symbols)}")
-        return default
-    if isinstance(node, _Fixed):
-        value = _default_primitive("bytes", default)
-        if not isinstance(value, bytes) or len(value) != node.size:
-            raise ValueError(f"expected {node.size} bytes")
-        return value
-    if isinstance(node, _Array):
-        items = _as_list(default)
-        if items is None:
-            raise ValueError("expected a list")
-        return [_default_value(node.items, item) for item in items]
-    if isinstance(node, _Map):
-        values = _as_object(default)
-        if values is None:
-            raise ValueError("expected an object")
-        return {key: _default_value(node.values, value) for key, value in values.items()}
-    body = _as_object(default)
-    if body is None:
-        raise ValueError(f"expected an object for record {node.name}")
-    out: dict[str, object] = {}
-    for field in node.fields:
-        if field.name in body:
-            out[field.name] = _default_value(field.type, body[field.name])
-        elif field.has_default:
-            out[field.name] = _default_value(field.type, field.default)
-        else:
-            raise ValueError(f"the default for record {node.name} lacks field {field.name}")
-    return out
-
-
-def _default_primitive(kind: str, default: object) -> object:
-    if kind == "null" and default is None:
-        return None
-    if kind == "boolean" and isinstance(default, bool):
-        return default
-    if kind in _INT_RANGE and isinstance(default, int) and not isinstance(default, bool):
-        low, high = _INT_RANGE[kind]
-        if low <= default <= high:
-            return default
-    if kind in ("float", "double") and _is_number(default):
-        return float(cast(int | float, default))
-    if kind == "string" and isinstance(default, str):
-        return default
-    if kind == "bytes" and isinstance(default, str):
-        # Avro writes a bytes default as a string of code points 0-255.
-        try:
-            return default.encode("latin-1")
-        except UnicodeEncodeError:
-            raise ValueError("a bytes default is a string of code points 0-255") from None
-    raise ValueError(f"expected {kind}, got {json.dumps(default)}")
-
-
 def _parse_sources(
     sources: list[tuple[str, object]],
     *,
@@ -797,10 +717,371 @@ def _details(
 
 
 # --- checking and converting records -------------------------------------------------------------
+# Each conversion (check the Python form, read the JSON form, write it, check the ints of decoded
+# data) is compiled once per record type from the type tree into nested closures, so a value costs
+# no dispatch on its node's kind and builds no path. A value that does not fit raises _Bad with the
+# message; every record, array and map on the way up adds its step, so that the error names the
+# field (``firearms[2].calibre``) while the values that fit pay nothing for it.
 
 
-def _join(path: str | None, name: str) -> str:
-    return f"{path}.{name}" if path else name
+class _Bad(Exception):
+    """A value that does not fit: the message, and the steps to it, innermost first. Never
+    leaves this module: the registry raises it as :class:`RecordInvalid`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.steps: list[str] = []
+
+    def at(self, step: str) -> _Bad:
+        self.steps.append(step)
+        return self
+
+    def invalid(self) -> RecordInvalid:
+        path = ""
+        for step in reversed(self.steps):  # ".name", "[2]" or "['key']"
+            path += step[1:] if not path and step.startswith(".") else step
+        return RecordInvalid(self.message, field=path if self.steps else None)
+
+
+_Convert = Callable[[object], object]
+_IMMUTABLE = (type(None), bool, int, float, str, bytes, dt.date, dt.time, uuid.UUID)
+
+
+def _same(value: object) -> object:
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Mode:
+    """One conversion. A *checking* mode (the Python form, the JSON form read) checks every
+    value, fills in defaults and refuses unknown and missing fields; a trusting one (the JSON
+    form written, the ints of decoded data) takes what a decode gave, and a part that it would
+    leave as it is compiles to None."""
+
+    leaf: Callable[[_Type, bool], _Convert | None]
+    """A primitive, logical, enum or fixed type's conversion (given whether null is allowed,
+    for the message), or None to keep the value."""
+    checking: bool
+    rebuild: bool = True
+    """Records come out as new dicts (else the value itself, only checked)."""
+
+
+def _compile(
+    node: _Type, mode: _Mode, records: dict[tuple[int, int], list[_Convert]], or_null: bool = False
+) -> _Convert | None:
+    """``node``'s conversion in ``mode``; ``records``: the record types under way, whose
+    recursive references go through the record's cell."""
+    if isinstance(node, _Union) and mode is _DEFAULT:
+        return _first_branch(node, mode, records)
+    if isinstance(node, _Union):
+        rest, nullable = _unwrap_nullable(node)
+        if isinstance(rest, _Union):
+            return _compile_union(node, rest, mode, records, nullable)
+        inner = _compile(rest, mode, records, or_null=nullable)
+        if inner is None or not nullable:
+            return inner
+        return lambda value: None if value is None else inner(value)
+    if isinstance(node, _Array | _Map):
+        items = _compile(node.items if isinstance(node, _Array) else node.values, mode, records)
+        if items is None and not mode.checking:
+            return None
+        return (_array if isinstance(node, _Array) else _map)(node, items or _same, or_null)
+    if isinstance(node, _Record):
+        return _compile_record(node, mode, records, or_null)
+    return mode.leaf(node, or_null)
+
+
+def _array(node: _Array | _Map, convert: _Convert, or_null: bool) -> _Convert:
+    def convert_array(value: object) -> object:
+        if not isinstance(value, list):
+            raise _mismatch(node, value, or_null)
+        items = cast("list[object]", value)
+        try:
+            return [convert(item) for item in items]
+        except _Bad:
+            for i, item in enumerate(items):  # once more, to find the first that does not fit
+                try:
+                    convert(item)
+                except _Bad as bad:
+                    raise bad.at(f"[{i}]") from None
+            raise
+
+    return convert_array
+
+
+def _map(node: _Array | _Map, convert: _Convert, or_null: bool) -> _Convert:
+    def convert_map(value: object) -> object:
+        if not isinstance(value, Mapping):
+            raise _mismatch(node, value, or_null)
+        out: dict[str, object] = {}
+        for key, item in cast("Mapping[object, object]", value).items():
+            if not isinstance(key, str):
+                raise _Bad(f"map keys must be strings, got {_describe(key)}")
+            try:
+                out[key] = convert(item)
+            except _Bad as bad:
+                raise bad.at(f"[{key!r}]") from None
+        return out
+
+    return convert_map
+
+
+def _compile_union(
+    node: _Union,
+    rest: _Union,
+    mode: _Mode,
+    records: dict[tuple[int, int], list[_Convert]],
+    or_null: bool,
+) -> _Convert | None:
+    """A union of several non-null types: checked, the first branch that takes the value; written
+    as JSON, the first whose check passes; in decoded data, not looked into (which branch a
+    value was written with is not known after decoding)."""
+    if mode is _INTS:
+        return None
+    test = _CONFORM if mode is _TO_JSON else mode
+    branches = [
+        (
+            _compile(b, test, records) or _same,
+            (_compile(b, mode, records) or _same) if mode is _TO_JSON else None,
+        )
+        for b in rest.branches
+    ]
+
+    def convert_union(value: object) -> object:
+        if value is None and or_null:
+            return None
+        for check, write in branches:
+            try:
+                checked = check(value)
+            except _Bad:
+                continue
+            return checked if write is None else write(value)
+        if mode is _TO_JSON and isinstance(value, float):
+            _finite(value)  # not a finite number: ValueError, as anywhere else in to_json
+        raise _mismatch(node, value, False)
+
+    return convert_union
+
+
+def _first_branch(
+    node: _Union, mode: _Mode, records: dict[tuple[int, int], list[_Convert]]
+) -> _Convert:
+    """A union's default: a value of its first branch (the Avro spec's rule)."""
+    if not node.branches:
+        return lambda value: _refuse(node, value, False)
+    convert = _compile(node.branches[0], mode, records) or _same
+
+    def convert_default(value: object) -> object:
+        try:
+            return convert(value)
+        except _Bad:
+            raise _Bad(
+                f"a union's default must be a value of its first branch "
+                f"({_expected(node.branches[0])}); for a nullable field put 'null' first and "
+                "default to null"
+            ) from None
+
+    return convert_default
+
+
+def _compile_record(
+    node: _Record, mode: _Mode, records: dict[tuple[int, int], list[_Convert]], or_null: bool
+) -> _Convert | None:
+    key = (id(node), id(mode))
+    under_way = records.get(key)
+    if under_way is not None:
+        return lambda value: under_way[0](value)
+    cell: list[_Convert] = [_same]
+    records[key] = cell
+    fields = [(field, _compile(field.type, mode, records)) for field in node.fields]
+    del records[key]
+    if not mode.checking:
+        if not mode.rebuild and all(convert is None for _, convert in fields):
+            return None
+        taken = [(field.name, convert or _same) for field, convert in fields]
+        cell[0] = functools.partial(_taken, taken, mode.rebuild)
+        return cell[0]
+    checked = [
+        (field.name, convert or _same, _default_of(field, mode), _expected(field.type))
+        for field, convert in fields
+    ]
+
+    def convert_record(value: object) -> object:
+        if not isinstance(value, dict) and not isinstance(value, Mapping):
+            raise _mismatch(node, value, or_null)
+        given = cast("Mapping[str, object]", value)
+        out: dict[str, object] = {}
+        found = 0
+        for name, convert, default, expected in checked:
+            if name in given:
+                try:
+                    out[name] = convert(given[name])
+                except _Bad as bad:
+                    raise bad.at("." + name) from None
+                found += 1
+            elif default is not None:
+                out[name] = default()
+            else:
+                raise _Bad(f"missing required field (expected {expected})").at("." + name)
+        if found != len(given):
+            unknown = next(str(key) for key in given if key not in out)
+            raise _Bad(f"unknown field: {node.name} has no such field").at("." + unknown)
+        return out
+
+    cell[0] = convert_record
+    return convert_record
+
+
+def _taken(fields: list[tuple[str, _Convert]], rebuild: bool, value: object) -> object:
+    """A record of decoded data, its fields converted (or only checked, without ``rebuild``)."""
+    record = cast("dict[str, object]", value)
+    out: dict[str, object] = {}
+    for name, convert in fields:
+        try:
+            out[name] = convert(record[name])
+        except _Bad as bad:
+            raise bad.at("." + name) from None
+    return out if rebuild else value
+
+
+def _default_of(field: _Field, mode: _Mode) -> Callable[[], object] | None:
+    """What fills in ``field`` when a record leaves it out (a fresh value each time where the
+    value could be changed), or None when it has no default. Computed once, except inside a
+    default itself, where it waits until needed (a recursive type's default may hold itself)."""
+    if not field.has_default:
+        return None
+    if mode is not _DEFAULT:
+        value = _default_value(field.type, field.default)
+        if isinstance(value, _IMMUTABLE):
+            return lambda: value
+    return functools.partial(_default_value, field.type, field.default)
+
+
+def _default_value(node: _Type, default: object) -> object:
+    """The Python form of a schema default, given in Avro's JSON encoding of defaults (bytes as
+    code points 0-255, dates as days, a union's value of its first branch).
+
+    :raises ValueError: the default does not fit the type.
+    """
+    try:
+        return (_compile(node, _DEFAULT, {}) or _same)(default)
+    except _Bad as bad:
+        raise ValueError(str(bad.invalid())) from None
+
+
+# --- the leaves of each conversion ---------------------------------------------------------------
+
+
+def _conform_leaf(node: _Type, or_null: bool) -> _Convert:
+    """The Python form's check of a primitive, logical, enum or fixed type."""
+    if isinstance(node, _Primitive):
+        kind = node.kind
+        if kind == "string":
+            return lambda value: (
+                value
+                if type(value) is str and value.isascii()
+                else _check_text(value)
+                if isinstance(value, str)
+                else _refuse(node, value, or_null)
+            )
+        if kind in _INT_RANGE:
+            low, high = _INT_RANGE[kind]
+            return lambda value: (
+                value
+                if type(value) is int and low <= value <= high
+                else _check_range(kind, cast(int, value))
+                if _is_int(value)
+                else _refuse(node, value, or_null)
+            )
+        if kind in ("float", "double"):
+            return lambda value: (
+                _check_float(kind, cast(float, value))
+                if _is_number(value)
+                else _refuse(node, value, or_null)
+            )
+        if kind == "bytes":
+            return lambda value: (
+                bytes(value)
+                if isinstance(value, bytes | bytearray)
+                else _refuse(node, value, or_null)
+            )
+        plain = bool if kind == "boolean" else type(None)
+        return lambda value: value if type(value) is plain else _refuse(node, value, or_null)
+    if isinstance(node, _Logical):
+        return lambda value: _conform_logical(node, value, or_null)
+    if isinstance(node, _Enum):
+        symbols = frozenset(node.symbols)
+        return lambda value: (
+            value
+            if type(value) is str and value in symbols
+            else _not_a_symbol(node, value, or_null)
+        )
+    assert isinstance(node, _Fixed)
+    size = node.size
+    return lambda value: (
+        bytes(value)
+        if isinstance(value, bytes | bytearray) and len(value) == size
+        else _refuse(node, value, or_null)
+    )
+
+
+def _from_json_leaf(node: _Type, or_null: bool) -> _Convert:
+    """The JSON form's reading of a primitive, logical, enum or fixed type."""
+    if isinstance(node, _Primitive) and node.kind in ("float", "double"):
+        to_float = _round_float32 if node.kind == "float" else float
+        check = _conform_leaf(node, or_null)
+        # a float field holds 32 bits: rounded now, so that the record round-trips
+        return lambda value: to_float(cast(float, check(value)))
+    if (isinstance(node, _Primitive) and node.kind == "bytes") or isinstance(node, _Fixed):
+        return lambda value: _from_base64(node, value, or_null)
+    if isinstance(node, _Logical):
+        return lambda value: _from_json_logical(node, value, or_null)
+    return _conform_leaf(node, or_null)
+
+
+def _default_leaf(node: _Type, or_null: bool) -> _Convert:
+    """A schema default's reading, of a primitive, logical, enum or fixed type."""
+    if isinstance(node, _Fixed) or (isinstance(node, _Primitive) and node.kind == "bytes"):
+        return lambda value: _from_code_points(node, value, or_null)
+    if isinstance(node, _Logical):
+        base = _conform_leaf(_Primitive(node.base), or_null)
+        return lambda value: _from_json_logical(node, base(value), or_null)
+    return _from_json_leaf(node, or_null)
+
+
+def _to_json_leaf(node: _Type, or_null: bool) -> _Convert | None:
+    """The JSON form written, of a primitive, logical, enum or fixed type (None: as it is)."""
+    if isinstance(node, _Fixed) or (isinstance(node, _Primitive) and node.kind == "bytes"):
+        return lambda value: base64.b64encode(cast(bytes, value)).decode("ascii")
+    if isinstance(node, _Primitive):
+        return _finite if node.kind in ("float", "double") else None
+    if isinstance(node, _Logical):
+        kind = node.kind
+        return lambda value: _to_json_logical(kind, value)
+    return None
+
+
+def _int_leaf(node: _Type, or_null: bool) -> _Convert | None:
+    """A plain ``int`` in decoded data: fastavro reads an Avro int as a long, so bytes may carry
+    one that encode and to_json would refuse (the logical types built on int fail to decode
+    when out of range instead)."""
+    if isinstance(node, _Primitive) and node.kind == "int":
+        low, high = _INT_RANGE["int"]
+        return lambda value: (
+            value if low <= cast(int, value) <= high else _check_range("int", cast(int, value))
+        )
+    return None
+
+
+_CONFORM = _Mode(_conform_leaf, checking=True)
+_FROM_JSON = _Mode(_from_json_leaf, checking=True)
+_TO_JSON = _Mode(_to_json_leaf, checking=False)
+_INTS = _Mode(_int_leaf, checking=False, rebuild=False)
+_DEFAULT = _Mode(_default_leaf, checking=True)
+
+
+# --- what the leaves check, and their messages ---------------------------------------------------
 
 
 def _expected(node: _Type) -> str:
@@ -847,9 +1128,22 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-def _mismatch(node: _Type, value: object, path: str | None, or_null: bool) -> RecordInvalid:
+def _mismatch(node: _Type, value: object, or_null: bool) -> _Bad:
     expected = _expected(node) + (" or null" if or_null else "")
-    return RecordInvalid(f"expected {expected}, got {_describe(value)}", field=path)
+    return _Bad(f"expected {expected}, got {_describe(value)}")
+
+
+def _refuse(node: _Type, value: object, or_null: bool) -> NoReturn:
+    raise _mismatch(node, value, or_null)
+
+
+def _not_a_symbol(node: _Enum, value: object, or_null: bool) -> NoReturn:
+    if isinstance(value, str):
+        null = ", or null" if or_null else ""
+        raise _Bad(
+            f"expected one of {', '.join(node.symbols)}{null} ({node.name}), got another string"
+        )
+    raise _mismatch(node, value, or_null)
 
 
 def _is_int(value: object) -> bool:
@@ -860,193 +1154,37 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_range(kind: str, value: int, path: str | None) -> int:
+def _check_range(kind: str, value: int) -> int:
     low, high = _INT_RANGE[kind]
     if not low <= value <= high:
         bits = 32 if kind == "int" else 64
-        raise RecordInvalid(f"expected {kind}, got an int outside the {bits}-bit range", field=path)
+        raise _Bad(f"expected {kind}, got an int outside the {bits}-bit range")
     return value
 
 
-def _holds_int(node: _Type, outer: frozenset[int] = frozenset()) -> bool:
-    """True when a value of ``node`` may hold a plain Avro ``int`` somewhere (the logical types
-    built on int, ``date`` and ``time-millis``, fail to decode when out of range instead).
-    ``outer``: the records being looked into, where a recursive type stops."""
-    if isinstance(node, _Primitive):
-        return node.kind == "int"
-    if isinstance(node, _Array):
-        return _holds_int(node.items, outer)
-    if isinstance(node, _Map):
-        return _holds_int(node.values, outer)
-    if isinstance(node, _Union):
-        return any(_holds_int(branch, outer) for branch in node.branches)
-    if isinstance(node, _Record) and id(node) not in outer:
-        return any(_holds_int(field.type, outer | {id(node)}) for field in node.fields)
-    return False
-
-
-@functools.cache
-def _int_fields(record: _Record) -> tuple[tuple[str, _Type], ...]:
-    """The fields of ``record`` that may hold an ``int``, each with its type (a nullable union
-    unwrapped); computed once per record."""
-    return tuple(
-        (field.name, _unwrap_nullable(field.type)[0])
-        for field in record.fields
-        if _holds_int(field.type)
-    )
-
-
-def _check_decoded_ints(node: _Type, value: object, path: str | None) -> None:
-    """Refuse an ``int`` beyond 32 bits in decoded data: fastavro reads an Avro int as a long,
-    so bytes may carry one that encode and to_json would refuse. Looks only where an int may
-    be (not into a list of strings, say), so it costs little.
-
-    A union of several non-null types is not looked into: which branch a value was written
-    with is not known after decoding.
-
-    :raises RecordInvalid: naming the field.
-    """
-    if value is None:
-        return
-    if isinstance(node, _Record) and isinstance(value, dict):
-        record = cast("dict[str, object]", value)
-        for name, kind in _int_fields(node):
-            _check_decoded_ints(kind, record.get(name), _join(path, name))
-    elif isinstance(node, _Primitive) and node.kind == "int" and isinstance(value, int):
-        _check_range("int", value, path)
-    elif isinstance(node, _Union):
-        rest, _ = _unwrap_nullable(node)
-        if not isinstance(rest, _Union):
-            _check_decoded_ints(rest, value, path)
-    elif isinstance(node, _Array) and isinstance(value, list) and _holds_int(node.items):
-        items = cast("list[object]", value)
-        for i, item in enumerate(items):
-            _check_decoded_ints(node.items, item, f"{path}[{i}]")
-    elif isinstance(node, _Map) and isinstance(value, dict) and _holds_int(node.values):
-        entries = cast("dict[str, object]", value)
-        for key, item in entries.items():
-            _check_decoded_ints(node.values, item, f"{path}[{key!r}]")
-
-
-def _check_float(kind: str, value: int | float, path: str | None) -> None:
+def _check_float(kind: str, value: int | float) -> int | float:
     try:
         as_float = float(value)
     except OverflowError:
-        raise RecordInvalid(f"expected {kind}, got an int too large for it", field=path) from None
+        raise _Bad(f"expected {kind}, got an int too large for it") from None
     if not math.isfinite(as_float):
-        raise RecordInvalid("not a finite number", field=path)
+        raise _Bad("not a finite number")
     if kind == "float" and abs(as_float) > _FLOAT32_MAX:
-        raise RecordInvalid("expected float, got a number beyond 32-bit float range", field=path)
+        raise _Bad("expected float, got a number beyond 32-bit float range")
+    return value
 
 
-def _check_text(value: str, path: str | None) -> str:
+def _check_text(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise RecordInvalid(
-            "expected string, got a string that is not valid Unicode (lone surrogate)", field=path
+        raise _Bad(
+            "expected string, got a string that is not valid Unicode (lone surrogate)"
         ) from None
     return value
 
 
-def _conform(node: _Type, value: object, path: str | None, or_null: bool = False) -> object:
-    """Check ``value`` against ``node``; return it with record defaults filled in.
-
-    :raises RecordInvalid: at the first value that does not conform, naming its path.
-    """
-    if isinstance(node, _Union):
-        rest, nullable = _unwrap_nullable(node)
-        if value is None and nullable:
-            return None
-        if not isinstance(rest, _Union):
-            return _conform(rest, value, path, or_null=nullable)
-        for branch in rest.branches:
-            try:
-                return _conform(branch, value, path)
-            except RecordInvalid:
-                continue
-        raise _mismatch(node, value, path, False)
-    if isinstance(node, _Primitive):
-        return _conform_primitive(node, value, path, or_null)
-    if isinstance(node, _Logical):
-        return _conform_logical(node, value, path, or_null)
-    if isinstance(node, _Enum):
-        if isinstance(value, str) and value in node.symbols:
-            return value
-        if isinstance(value, str):
-            null = ", or null" if or_null else ""
-            raise RecordInvalid(
-                f"expected one of {', '.join(node.symbols)}{null} ({node.name}), got another "
-                "string",
-                field=path,
-            )
-        raise _mismatch(node, value, path, or_null)
-    if isinstance(node, _Fixed):
-        if isinstance(value, bytes | bytearray) and len(value) == node.size:
-            return bytes(value)
-        raise _mismatch(node, value, path, or_null)
-    if isinstance(node, _Array):
-        if not isinstance(value, list):
-            raise _mismatch(node, value, path, or_null)
-        items = cast("list[object]", value)
-        return [_conform(node.items, item, f"{path}[{i}]") for i, item in enumerate(items)]
-    if isinstance(node, _Map):
-        if not isinstance(value, Mapping):
-            raise _mismatch(node, value, path, or_null)
-        mapping = cast("Mapping[object, object]", value)
-        out: dict[str, object] = {}
-        for key, item in mapping.items():
-            if not isinstance(key, str):
-                raise RecordInvalid(f"map keys must be strings, got {_describe(key)}", field=path)
-            out[key] = _conform(node.values, item, f"{path}[{key!r}]")
-        return out
-    return _conform_record(node, value, path, or_null)
-
-
-def _conform_record(
-    node: _Record, value: object, path: str | None, or_null: bool
-) -> dict[str, object]:
-    if not isinstance(value, Mapping):
-        raise _mismatch(node, value, path, or_null)
-    mapping = cast("Mapping[object, object]", value)
-    out: dict[str, object] = {}
-    for field in node.fields:
-        child = _join(path, field.name)
-        if field.name in mapping:
-            out[field.name] = _conform(field.type, mapping[field.name], child)
-        elif field.has_default:
-            out[field.name] = _default_value(field.type, field.default)
-        else:
-            raise RecordInvalid(
-                f"missing required field (expected {_expected(field.type)})", field=child
-            )
-    for key in mapping:
-        if key not in out:
-            raise RecordInvalid(
-                f"unknown field: {node.name} has no such field", field=_join(path, str(key))
-            )
-    return out
-
-
-def _conform_primitive(node: _Primitive, value: object, path: str | None, or_null: bool) -> object:
-    kind = node.kind
-    if kind == "null" and value is None:
-        return None
-    if kind == "boolean" and isinstance(value, bool):
-        return value
-    if kind in _INT_RANGE and isinstance(value, int) and not isinstance(value, bool):
-        return _check_range(kind, value, path)
-    if kind in ("float", "double") and _is_number(value):
-        _check_float(kind, cast(int | float, value), path)
-        return value
-    if kind == "string" and isinstance(value, str):
-        return _check_text(value, path)
-    if kind == "bytes" and isinstance(value, bytes | bytearray):
-        return bytes(value)
-    raise _mismatch(node, value, path, or_null)
-
-
-def _conform_logical(node: _Logical, value: object, path: str | None, or_null: bool) -> object:
+def _conform_logical(node: _Logical, value: object, or_null: bool) -> object:
     kind = node.kind
     if kind == "date":
         if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
@@ -1056,116 +1194,51 @@ def _conform_logical(node: _Logical, value: object, path: str | None, or_null: b
             try:
                 value.astimezone(dt.UTC)
             except OverflowError:
-                raise RecordInvalid(
-                    f"expected {kind}, got a datetime out of range", field=path
-                ) from None
-            return _check_precision(kind, value, value.microsecond, path)
+                raise _Bad(f"expected {kind}, got a datetime out of range") from None
+            return _check_precision(kind, value, value.microsecond)
         if isinstance(value, dt.datetime):
-            raise RecordInvalid(
-                f"expected {kind} (a timezone-aware datetime), got a naive datetime", field=path
-            )
+            raise _Bad(f"expected {kind} (a timezone-aware datetime), got a naive datetime")
     elif kind in ("local-timestamp-millis", "local-timestamp-micros"):
         if isinstance(value, dt.datetime) and value.utcoffset() is None:
-            return _check_precision(kind, value, value.microsecond, path)
+            return _check_precision(kind, value, value.microsecond)
     elif kind in ("time-millis", "time-micros"):
         if isinstance(value, dt.time) and value.utcoffset() is None:
-            return _check_precision(kind, value, value.microsecond, path)
+            return _check_precision(kind, value, value.microsecond)
     elif isinstance(value, uuid.UUID):  # uuid
         return value
-    raise _mismatch(node, value, path, or_null)
+    raise _mismatch(node, value, or_null)
 
 
-def _check_precision(kind: str, value: object, microsecond: int, path: str | None) -> object:
+def _check_precision(kind: str, value: object, microsecond: int) -> object:
     if kind.endswith("-millis") and microsecond % 1000:
-        raise RecordInvalid(
-            f"expected {kind}, got a value with sub-millisecond digits (truncate them)", field=path
-        )
+        raise _Bad(f"expected {kind}, got a value with sub-millisecond digits (truncate them)")
     return value
 
 
-def _from_json(node: _Type, value: object, path: str | None, or_null: bool = False) -> object:
-    """Convert the JSON form of ``value`` to the Python form, filling record defaults.
-
-    :raises RecordInvalid: at the first value that does not fit, naming its path.
-    """
-    if isinstance(node, _Union):
-        rest, nullable = _unwrap_nullable(node)
-        if value is None and nullable:
-            return None
-        if not isinstance(rest, _Union):
-            return _from_json(rest, value, path, or_null=nullable)
-        for branch in rest.branches:
-            try:
-                return _from_json(branch, value, path)
-            except RecordInvalid:
-                continue
-        raise _mismatch(node, value, path, False)
-    if isinstance(node, _Primitive):
-        if node.kind in ("float", "double") and _is_number(value):
-            number = cast(int | float, value)
-            _check_float(node.kind, number, path)
-            # A float field holds 32 bits: round now so that the converted record round-trips.
-            return _round_float32(float(number)) if node.kind == "float" else float(number)
-        if node.kind == "bytes":
-            return _from_base64(node, value, path, or_null)
-        return _conform_primitive(node, value, path, or_null)
-    if isinstance(node, _Logical):
-        return _from_json_logical(node, value, path, or_null)
-    if isinstance(node, _Enum):
-        return _conform(node, value, path, or_null)
-    if isinstance(node, _Fixed):
-        data = _from_base64(node, value, path, or_null)
-        if len(data) != node.size:
-            raise RecordInvalid(
-                f"expected {_expected(node)} as base64, got {len(data)} bytes", field=path
-            )
-        return data
-    if isinstance(node, _Array):
-        items = _as_list(value)
-        if items is None:
-            raise _mismatch(node, value, path, or_null)
-        return [_from_json(node.items, item, f"{path}[{i}]") for i, item in enumerate(items)]
-    if isinstance(node, _Map):
-        if not isinstance(value, Mapping):
-            raise _mismatch(node, value, path, or_null)
-        mapping = cast("Mapping[object, object]", value)
-        out: dict[str, object] = {}
-        for key, item in mapping.items():
-            if not isinstance(key, str):
-                raise RecordInvalid(f"map keys must be strings, got {_describe(key)}", field=path)
-            out[key] = _from_json(node.values, item, f"{path}[{key!r}]")
-        return out
-    if not isinstance(value, Mapping):
-        raise _mismatch(node, value, path, or_null)
-    mapping = cast("Mapping[object, object]", value)
-    record: dict[str, object] = {}
-    for field in node.fields:
-        child = _join(path, field.name)
-        if field.name in mapping:
-            record[field.name] = _from_json(field.type, mapping[field.name], child)
-        elif field.has_default:
-            record[field.name] = _default_value(field.type, field.default)
-        else:
-            raise RecordInvalid(
-                f"missing required field (expected {_expected(field.type)})", field=child
-            )
-    for key in mapping:
-        if key not in record:
-            raise RecordInvalid(
-                f"unknown field: {node.name} has no such field", field=_join(path, str(key))
-            )
-    return record
-
-
-def _from_base64(node: _Type, value: object, path: str | None, or_null: bool) -> bytes:
+def _from_base64(node: _Type, value: object, or_null: bool) -> bytes:
     if not isinstance(value, str):
-        raise _mismatch(node, value, path, or_null)
+        raise _mismatch(node, value, or_null)
     try:
-        return base64.b64decode(value, validate=True)
+        data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise RecordInvalid(
-            f"expected {_expected(node)} as base64, got a string that is not base64", field=path
+        raise _Bad(
+            f"expected {_expected(node)} as base64, got a string that is not base64"
         ) from None
+    if isinstance(node, _Fixed) and len(data) != node.size:
+        raise _Bad(f"expected {_expected(node)} as base64, got {len(data)} bytes")
+    return data
+
+
+def _from_code_points(node: _Type, value: object, or_null: bool) -> bytes:
+    if not isinstance(value, str):
+        raise _mismatch(node, value, or_null)
+    try:
+        data = value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise _Bad("a bytes default is a string of code points 0-255") from None
+    if isinstance(node, _Fixed) and len(data) != node.size:
+        raise _Bad(f"expected {_expected(node)}, got {len(data)} bytes")
+    return data
 
 
 def _round_float32(value: float) -> float:
@@ -1175,9 +1248,7 @@ def _round_float32(value: float) -> float:
 _UNITS = {"millis": 1000, "micros": 1}  # microseconds per unit
 
 
-def _from_json_logical(
-    node: _Logical, value: object, path: str | None, or_null: bool = False
-) -> object:
+def _from_json_logical(node: _Logical, value: object, or_null: bool = False) -> object:
     kind = node.kind
     try:
         if kind == "date":
@@ -1211,13 +1282,11 @@ def _from_json_logical(
                     parsed = parsed.astimezone(dt.UTC)
                 return _truncate(parsed, unit)
     except (ValueError, OverflowError):
-        raise RecordInvalid(
-            f"expected {_json_expected(kind)}, got an invalid or out-of-range value", field=path
+        raise _Bad(
+            f"expected {_json_expected(kind)}, got an invalid or out-of-range value"
         ) from None
     null = " or null" if or_null else ""
-    raise RecordInvalid(
-        f"expected {_json_expected(kind)}{null}, got {_describe(value)}", field=path
-    )
+    raise _Bad(f"expected {_json_expected(kind)}{null}, got {_describe(value)}")
 
 
 def _json_expected(kind: str) -> str:
@@ -1247,44 +1316,6 @@ def _finite(value: object) -> object:
     if not math.isfinite(cast(float, value)):
         raise ValueError("not a finite number")
     return value
-
-
-def _to_json(node: _Type, value: object) -> object:
-    """The JSON form of a value that :func:`_conform` accepted."""
-    if isinstance(node, _Union):
-        rest, nullable = _unwrap_nullable(node)
-        if value is None and nullable:
-            return None
-        if not isinstance(rest, _Union):
-            return _to_json(rest, value)
-        for branch in rest.branches:
-            try:
-                _conform(branch, value, None)
-            except RecordInvalid:
-                continue
-            return _to_json(branch, value)
-        # a peer's bytes can hold what decodes but fits no branch as we check them: a number
-        # that is not finite (ValueError), an int beyond its range
-        if isinstance(value, float):
-            _finite(value)
-        raise RecordInvalid(f"{_describe(value)} fits no branch of the union")
-    if isinstance(node, _Primitive):
-        if isinstance(value, bytes):
-            return base64.b64encode(value).decode("ascii")
-        return _finite(value) if node.kind in ("float", "double") else value
-    if isinstance(node, _Fixed):
-        return base64.b64encode(cast(bytes, value)).decode("ascii")
-    if isinstance(node, _Logical):
-        return _to_json_logical(node.kind, value)
-    if isinstance(node, _Enum):
-        return value
-    if isinstance(node, _Array):
-        return [_to_json(node.items, item) for item in cast("list[object]", value)]
-    if isinstance(node, _Map):
-        mapping = cast("dict[str, object]", value)
-        return {key: _to_json(node.values, item) for key, item in mapping.items()}
-    record = cast("dict[str, object]", value)
-    return {field.name: _to_json(field.type, record[field.name]) for field in node.fields}
 
 
 def _to_json_logical(kind: str, value: object) -> object:
@@ -1349,232 +1380,23 @@ def _put_default(value: object, steps: tuple[_Step, ...], field: _Field) -> None
         _put_default(value[step], rest, field)
 
 
-# --- compiled conversions ------------------------------------------------------------------------
-# The JSON conversions above walk the type tree for every value, dispatching on the node's kind
-# and building each value's path as they go: most of the CPU a node spends on an event. The
-# functions below are built once per record type from the same tree and do the same work without
-# either. On anything unusual they raise (any exception), and the caller runs the tree walk
-# instead, which either gives the precise error (with the field's path) or converts what the
-# compiled form was too strict for; so the compiled form only decides how fast, never what.
-
-_Convert = Callable[[object], object]
-
-
-class _Unusual(Exception):
-    """A value the compiled form leaves to the tree walk (never escapes this module)."""
-
-
-def _unusual() -> NoReturn:
-    raise _Unusual
-
-
-_MISSING = object()
-_IMMUTABLE = (type(None), bool, int, float, str, bytes, dt.date, dt.time, uuid.UUID)
-
-
-def _compile_from_json(node: _Type, records: dict[int, list[_Convert]]) -> _Convert:
-    """The compiled :func:`_from_json` of ``node``; ``records`` holds the record types under
-    way (a recursive reference goes through its cell)."""
-    if isinstance(node, _Union):
-        rest, nullable = _unwrap_nullable(node)
-        if isinstance(rest, _Union):  # several non-null branches: the walk picks one
-            return lambda value: _from_json(node, value, None)
-        inner = _compile_from_json(rest, records)
-        if not nullable:
-            return inner
-        return lambda value: None if value is None else inner(value)
-    if isinstance(node, _Primitive):
-        return _compile_primitive_from_json(node)
-    if isinstance(node, _Logical):
-        return lambda value: _from_json_logical(node, value, None)
-    if isinstance(node, _Enum):
-        symbols = frozenset(node.symbols)
-        return lambda value: value if type(value) is str and value in symbols else _unusual()
-    if isinstance(node, _Array):
-        item = _compile_from_json(node.items, records)
-        return lambda value: [item(v) for v in value] if type(value) is list else _unusual()
-    if isinstance(node, _Map):
-        values = _compile_from_json(node.values, records)
-
-        def convert_map(value: object) -> object:
-            if type(value) is not dict:
-                _unusual()
-            out: dict[str, object] = {}
-            for key, item in cast("dict[object, object]", value).items():
-                if type(key) is not str:
-                    _unusual()
-                out[key] = values(item)
-            return out
-
-        return convert_map
-    if isinstance(node, _Record):
-        return _compile_record(node, records, _compile_from_json, defaults=True)
-    return lambda value: _from_json(node, value, None)  # fixed
-
-
-def _compile_primitive_from_json(node: _Primitive) -> _Convert:
-    kind = node.kind
-    if kind == "string":
-        return lambda value: (
-            value
-            if type(value) is str and (value.isascii() or _check_text(value, None) is value)
-            else _unusual()
-        )
-    if kind in _INT_RANGE:
-        low, high = _INT_RANGE[kind]
-        return lambda value: value if type(value) is int and low <= value <= high else _unusual()
-    if kind == "boolean":
-        return lambda value: value if type(value) is bool else _unusual()
-    if kind == "null":
-        return lambda value: None if value is None else _unusual()
-    return lambda value: _from_json(node, value, None)  # float, double, bytes
-
-
-def _compile_record(
-    node: _Record,
-    records: dict[int, list[_Convert]],
-    compile_field: Callable[[_Type, dict[int, list[_Convert]]], _Convert | None],
-    *,
-    defaults: bool,
-) -> _Convert:
-    """A record's compiled conversion: each field converted by ``compile_field``'s function
-    (None: taken as it is); with ``defaults``, a missing field with a default is filled in and an
-    unknown field is unusual, otherwise every field must be there."""
-    under_way = records.get(id(node))
-    if under_way is not None:  # a recursive reference: convert through the record's cell
-        return lambda value: under_way[0](value)
-    cell: list[_Convert] = [lambda value: _unusual()]
-    records[id(node)] = cell
-    fields = [
-        (
-            field.name,
-            compile_field(field.type, records),
-            field.has_default,
-            field.type,
-            field.default,
-        )
-        for field in node.fields
-    ]
-    fixed_defaults = {
-        field.name: value
-        for field in node.fields
-        if field.has_default
-        and isinstance(value := _default_value(field.type, field.default), _IMMUTABLE)
-    }
-
-    def convert_record(value: object) -> object:
-        if type(value) is not dict:
-            _unusual()
-        given = cast("dict[str, object]", value)
-        out: dict[str, object] = {}
-        found = 0
-        for name, convert, has_default, kind, default in fields:
-            if name in given:
-                item = given[name]
-                out[name] = item if convert is None else convert(item)
-                found += 1
-            elif defaults and has_default:
-                fixed = fixed_defaults.get(name, _MISSING)
-                out[name] = _default_value(kind, default) if fixed is _MISSING else fixed
-            else:
-                _unusual()
-        if found != len(given):
-            _unusual()
-        return out
-
-    cell[0] = convert_record
-    del records[id(node)]
-    return convert_record
-
-
-def _compile_to_json(node: _Type, records: dict[int, list[_Convert]]) -> _Convert | None:
-    """The compiled :func:`_to_json` of ``node``, or None when a value is its own JSON form."""
-    if isinstance(node, _Union):
-        rest, nullable = _unwrap_nullable(node)
-        if isinstance(rest, _Union):
-            return lambda value: _to_json(node, value)
-        inner = _compile_to_json(rest, records)
-        if inner is None:
-            return None
-        return (lambda value: None if value is None else inner(value)) if nullable else inner
-    if isinstance(node, _Primitive | _Fixed):
-        if isinstance(node, _Fixed) or node.kind == "bytes":
-            return lambda value: base64.b64encode(cast(bytes, value)).decode("ascii")
-        return _finite if node.kind in ("float", "double") else None
-    if isinstance(node, _Logical):
-        kind = node.kind
-        return lambda value: _to_json_logical(kind, value)
-    if isinstance(node, _Enum):
-        return None
-    if isinstance(node, _Array):
-        item = _compile_to_json(node.items, records)
-        if item is None:
-            return lambda value: list(cast("list[object]", value))
-        return lambda value: [item(v) for v in cast("list[object]", value)]
-    if isinstance(node, _Map):
-        values = _compile_to_json(node.values, records)
-        if values is None:
-            return lambda value: dict(cast("dict[str, object]", value))
-        return lambda value: {k: values(v) for k, v in cast("dict[str, object]", value).items()}
-    return _compile_record(node, records, _compile_to_json, defaults=False)
-
-
-def _compile_int_check(node: _Type, records: dict[int, list[_Convert]]) -> _Convert | None:
-    """The compiled :func:`_check_decoded_ints` of ``node`` (it raises, and the caller runs the
-    walk for the error), or None when no plain ``int`` can be inside."""
-    if not _holds_int(node):
-        return None
-    if isinstance(node, _Union):
-        rest, _ = _unwrap_nullable(node)
-        if isinstance(rest, _Union):
-            return None  # the walk does not look into these either
-        inner = _compile_int_check(rest, records)
-        return None if inner is None else lambda value: None if value is None else inner(value)
-    if isinstance(node, _Primitive):  # an int: the one kind _holds_int finds
-        low, high = _INT_RANGE["int"]
-        return lambda value: value if low <= cast(int, value) <= high else _unusual()
-    if isinstance(node, _Array):
-        item = _compile_int_check(node.items, records)
-        assert item is not None  # _holds_int found one
-        return lambda value: [item(v) for v in cast("list[object]", value)]
-    if isinstance(node, _Map):
-        values = _compile_int_check(node.values, records)
-        assert values is not None
-        return lambda value: [values(v) for v in cast("dict[str, object]", value).values()]
-    assert isinstance(node, _Record)
-    under_way = records.get(id(node))
-    if under_way is not None:
-        return lambda value: under_way[0](value)
-    cell: list[_Convert] = [lambda value: _unusual()]
-    records[id(node)] = cell
-    checks = [
-        (field.name, check)
-        for field in node.fields
-        if (check := _compile_int_check(field.type, records)) is not None
-    ]
-
-    def check_record(value: object) -> object:
-        record = cast("dict[str, object]", value)
-        for name, check in checks:
-            check(record[name])
-        return value
-
-    cell[0] = check_record
-    del records[id(node)]
-    return check_record
-
-
 class _Compiled:
-    """A record type's compiled conversions and checks, built on first use."""
+    """A record type's conversions, compiled on first use."""
 
-    __slots__ = ("check_ints", "from_json", "to_json")
+    __slots__ = ("check_ints", "conform", "from_json", "to_json")
 
     def __init__(self, node: _Record) -> None:
-        self.check_ints = _compile_int_check(node, {})
-        self.from_json = _compile_from_json(node, {})
-        to_json = _compile_to_json(node, {})
-        assert to_json is not None  # a record is never its own JSON form
-        self.to_json = to_json
+        self.conform = cast(_Convert, _compile(node, _CONFORM, {}))
+        self.from_json = cast(_Convert, _compile(node, _FROM_JSON, {}))
+        self.to_json = cast(_Convert, _compile(node, _TO_JSON, {}))
+        self.check_ints = _compile(node, _INTS, {})
+
+
+def _run(convert: _Convert, value: object) -> dict[str, object]:
+    try:
+        return cast("dict[str, object]", convert(value))
+    except _Bad as bad:
+        raise bad.invalid() from None
 
 
 # --- the registry --------------------------------------------------------------------------------
@@ -1704,12 +1526,12 @@ class SchemaRegistry:
                 f"no schema in the contract has fingerprint {fingerprint.hex()}"
             ) from None
 
-    def _compiled_for(self, name: str) -> tuple[_Record, _Compiled]:
-        _, node = self._record(name)
+    def _compiled_for(self, name: str) -> _Compiled:
         compiled = self._compiled.get(name)
         if compiled is None:
+            _, node = self._record(name)
             compiled = self._compiled[name] = _Compiled(node)
-        return node, compiled
+        return compiled
 
     def _record(self, name: str) -> tuple[Schema, _Record]:
         schema = self.get(name)
@@ -1723,8 +1545,7 @@ class SchemaRegistry:
         :raises UnknownEventType: no record type of that name.
         :raises RecordInvalid: the record does not conform; ``field`` names the first bad field.
         """
-        _, node = self._record(name)
-        return _conform_record(node, record, None, False)
+        return _run(self._compiled_for(name).conform, record)
 
     def encode(self, name: str, record: Mapping[str, object]) -> bytes:
         """Validate ``record`` and encode it with Avro's binary encoding (no framing, no header).
@@ -1733,8 +1554,7 @@ class SchemaRegistry:
         :raises RecordInvalid: the record does not conform; ``field`` names the first bad field
             (``firearms[2].calibre``), the message what was expected.
         """
-        schema, node = self._record(name)
-        return _avro.write(schema.parsed, _conform_record(node, record, None, False))
+        return _avro.write(self.get(name).parsed, self.validate(name, record))
 
     def write(self, name: str, record: Mapping[str, object]) -> bytes:
         """Encode a record that conforms already (just decoded, or built by our own code from
@@ -1757,17 +1577,17 @@ class SchemaRegistry:
             carry an ``int`` beyond 32 bits (reason ``schema_invalid``).
         """
         schema = self.get(name)
-        node, compiled = self._compiled_for(name)
+        compiled = self._compiled_for(name)
         if writer is not None and writer.fingerprint != schema.fingerprint:
             datum = _avro.read(writer.parsed, data, schema.parsed)
             if isinstance(writer.tree, _Record) and isinstance(datum, dict):
                 # fastavro fills a field the writer lacks with the default as written in the
                 # schema (JSON); ours is the Python form
-                for steps, field in _filled_in(node, writer.tree):
+                for steps, field in _filled_in(cast(_Record, schema.tree), writer.tree):
                     _put_default(datum, steps, field)
         else:
             datum = _avro.read(schema.parsed, data)
-        return self._checked(node, compiled, datum)
+        return self._checked(compiled, datum)
 
     def decode_prefix(self, name: str, data: bytes) -> tuple[dict[str, object], int]:
         """Decode a record of this registry's type from the start of ``data``, as :meth:`decode`
@@ -1777,10 +1597,9 @@ class SchemaRegistry:
         :raises RecordInvalid: the bytes are truncated, do not decode, or carry an ``int``
             beyond 32 bits.
         """
-        schema = self.get(name)
-        node, compiled = self._compiled_for(name)
-        datum, end = _avro.read_prefix(schema.parsed, data)
-        return self._checked(node, compiled, datum), end
+        compiled = self._compiled_for(name)
+        datum, end = _avro.read_prefix(self.get(name).parsed, data)
+        return self._checked(compiled, datum), end
 
     def layout(self, name: str) -> tuple[tuple[str, str], ...]:
         """The fields of record type ``name`` in order, each with its type: the full name of a
@@ -1795,14 +1614,11 @@ class SchemaRegistry:
         return layout
 
     @staticmethod
-    def _checked(node: _Record, compiled: _Compiled, datum: object) -> dict[str, object]:
+    def _checked(compiled: _Compiled, datum: object) -> dict[str, object]:
         if not isinstance(datum, dict):
             raise RecordInvalid(f"bytes decode to {_describe(datum)}, not a record")
         if compiled.check_ints is not None:
-            try:
-                compiled.check_ints(datum)
-            except Exception:  # the walk names the field
-                _check_decoded_ints(node, datum, None)
+            _run(compiled.check_ints, datum)
         return cast("dict[str, object]", datum)
 
     def from_json(self, name: str, obj: Mapping[str, object]) -> dict[str, object]:
@@ -1814,11 +1630,7 @@ class SchemaRegistry:
         :raises RecordInvalid: a value does not fit its field (wrong type, bad date string, enum
             symbol unknown, unknown or missing field); ``field`` names it.
         """
-        node, compiled = self._compiled_for(name)
-        try:
-            return cast("dict[str, object]", compiled.from_json(obj))
-        except Exception:  # the tree walk names the fault (or takes what was merely unusual)
-            return cast("dict[str, object]", _from_json(node, obj, None))
+        return _run(self._compiled_for(name).from_json, obj)
 
     def to_json(self, name: str, record: Mapping[str, object]) -> dict[str, object]:
         """The JSON form of a record (json.dumps can write it): ISO dates, UTC ``Z`` timestamps,
@@ -1835,8 +1647,4 @@ class SchemaRegistry:
 
         :raises UnknownEventType: no record type of that name.
         """
-        node, compiled = self._compiled_for(name)
-        try:
-            return cast("dict[str, object]", compiled.to_json(record))
-        except Exception:  # not as decoded after all: the tree walk says what is wrong
-            return cast("dict[str, object]", _to_json(node, record))
+        return _run(self._compiled_for(name).to_json, record)
