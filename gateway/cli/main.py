@@ -519,7 +519,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         good.append(line)
     if good:
         if config.outbound_topic:
-            asyncio.run(_send_to_topic(config.local_bootstrap, config.outbound_topic, good))
+            asyncio.run(_send_to_topic(config, config.outbound_topic, good))
             where = f"topic {config.outbound_topic}"
         elif config.spool_outbound:
             from gateway.node.sinks import write_atomically
@@ -539,11 +539,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_REJECTED if rejected else EXIT_OK
 
 
-async def _send_to_topic(bootstrap: str, topic: str, lines: Sequence[bytes]) -> None:
-    from gateway.node.transport import Producer, TopicSpec, ensure_topics
+async def _send_to_topic(config: NodeConfig, topic: str, lines: Sequence[bytes]) -> None:
+    from gateway.node.config import topic_spec
+    from gateway.node.transport import Producer, ensure_topics
 
-    await ensure_topics(bootstrap, [TopicSpec(topic)])
-    producer = Producer(bootstrap, "fxgw-send")
+    await ensure_topics(config.local, [topic_spec(topic, config.local_topics)])
+    producer = Producer(config.local, "fxgw-send")
     await producer.start()
     try:
         await producer.send_many([(topic, line, None, ()) for line in lines])

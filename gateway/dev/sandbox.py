@@ -156,8 +156,14 @@ def build_federation(
     agencies: Sequence[AgencySpec] = THREE_AGENCIES,
     policies: Path = POLICIES,
     now: datetime | None = None,
+    replication: int = 1,
 ) -> Federation:
-    """Write keys, a signed trust list and node configs for ``agencies`` under ``root``."""
+    """Write keys, a signed trust list and node configs for ``agencies`` under ``root``.
+
+    The nodes run in development mode: one plaintext cluster (``bootstrap``) serves as both
+    exchange and local cluster, and topics are created with ``replication`` replicas (with
+    ``min.insync.replicas`` one less, at least 1).
+    """
     now = now or datetime.now(UTC)
     fed = Federation(root, prefix, bootstrap)
     authority_dir = root / "authority"
@@ -199,6 +205,7 @@ def build_federation(
     trust_file.write_text(yaml.safe_dump(trust, sort_keys=False), encoding="utf-8")
     Path(f"{trust_file}.sig").write_bytes(sign_trust_list(trust_file.read_bytes(), fed.authority))
     fed.trust_file = trust_file
+    topics = {"replication": replication, "min_insync_replicas": max(1, replication - 1)}
     for spec in agencies:
         agency = AgencyId(spec.agency)
         node = {
@@ -220,12 +227,16 @@ def build_federation(
             "policy": str(policies / f"{agency.lower()}.yaml"),
             **({"schemas": str(spec.schemas)} if spec.schemas else {}),
             "state_dir": "state",
+            "development": True,
             "exchange": {
                 "bootstrap_servers": bootstrap,
+                "topics": dict(topics),
                 "topic_prefix": prefix,
                 "provision_inboxes": True,
             },
             "local": {
+                "bootstrap_servers": bootstrap,
+                "topics": dict(topics),
                 "outbound_topic": fed.local_topic(agency, "outbound"),
                 "inbound_topic": fed.local_topic(agency, "inbound"),
                 "quarantine_topic": fed.local_topic(agency, "quarantine"),

@@ -7,8 +7,11 @@ keys and state can move together.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import socket
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +23,7 @@ from gateway._yamlfile import load_model, read_yaml
 from gateway.core.effects import MIB, Limits
 from gateway.core.routing import Route
 from gateway.errors import ConfigError
+from gateway.node.transport import Cluster, TopicSpec
 from gateway.types import AgencyId
 
 DEFAULT_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "avro"
@@ -45,15 +49,87 @@ class TrustModel(_Strict):
     authority_keys: list[AuthorityKeyModel] = Field(min_length=1)
 
 
+class TlsModel(_Strict):
+    ca_file: str | None = None
+    check_hostname: bool = True
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password_file: str | None = None
+    key_password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsModel:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS); set both or neither")
+        if self.key_password_file is not None and self.key_password_env is not None:
+            raise ValueError("set key_password_file or key_password_env, not both")
+        return self
+
+
+class SaslModel(_Strict):
+    mechanism: Literal["PLAIN", "SCRAM-SHA-512"]
+    username: str = Field(min_length=1)
+    password_file: str | None = None
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _one_password(self) -> SaslModel:
+        if (self.password_file is None) == (self.password_env is None):
+            raise ValueError(
+                "set exactly one of password_file and password_env (a password is never written"
+                " in the node config)"
+            )
+        return self
+
+
+class SecurityModel(_Strict):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+    tls: TlsModel | None = None
+    sasl: SaslModel | None = None
+
+    @model_validator(mode="after")
+    def _fits_protocol(self) -> SecurityModel:
+        if self.protocol.startswith("SASL_") and self.sasl is None:
+            raise ValueError(f"protocol {self.protocol} needs a sasl block")
+        if not self.protocol.startswith("SASL_") and self.sasl is not None:
+            raise ValueError(f"a sasl block needs protocol SASL_SSL, not {self.protocol}")
+        if self.protocol not in ("SSL", "SASL_SSL") and self.tls is not None:
+            raise ValueError(f"a tls block needs protocol SSL or SASL_SSL, not {self.protocol}")
+        return self
+
+
+class TopicsModel(_Strict):
+    """Settings of the topics the node creates, and the least it accepts of existing ones."""
+
+    replication: int = Field(default=3, ge=1)
+    min_insync_replicas: int = Field(default=2, ge=1)
+    partitions: int = Field(default=1, ge=1)
+    retention_hours: float = Field(default=168, gt=0)
+    max_message_bytes: int = Field(default=MIB, ge=64 * 1024, le=64 * MIB)
+
+    @model_validator(mode="after")
+    def _isr_fits(self) -> TopicsModel:
+        if self.min_insync_replicas > self.replication:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) is more than replication"
+                f" ({self.replication}): no write could ever be acknowledged"
+            )
+        return self
+
+
 class ExchangeModel(_Strict):
-    bootstrap_servers: str
+    bootstrap_servers: str = Field(min_length=1)
+    security: SecurityModel | None = None
+    topics: TopicsModel = TopicsModel()
     topic_prefix: str = Field(default="fx", pattern=r"^[A-Za-z0-9._-]+$")
     provision_inboxes: bool = False
     receipt_timeout_seconds: float = Field(default=300, gt=0)
 
 
 class LocalModel(_Strict):
-    bootstrap_servers: str | None = None
+    bootstrap_servers: str = Field(min_length=1)
+    security: SecurityModel | None = None
+    topics: TopicsModel = TopicsModel()
     outbound_topic: str | None = None
     inbound_topic: str | None = None
     quarantine_topic: str
@@ -124,6 +200,9 @@ class NodeModel(_Strict):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # Kafka allows these characters in a group.instance.id, up to 249 of them, not "." or ".."
     instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
+    development: bool = False
+    """Development mode: a plaintext exchange, local topics on the exchange cluster and
+    under-replicated topics are warned about instead of refused. Never in production."""
 
     @model_validator(mode="after")
     def _sink_has_a_target(self) -> NodeModel:
@@ -132,6 +211,45 @@ class NodeModel(_Strict):
         if self.delivery.sink == "spool" and not self.spool.inbound_dir:
             raise ValueError("delivery.sink is 'spool' but spool.inbound_dir is not set")
         return self
+
+    @model_validator(mode="after")
+    def _limits_fit_topics(self) -> NodeModel:
+        room = 64 * 1024  # a record's key, headers and batch framing
+        for limit, size, topics in (
+            ("max_envelope_bytes", self.limits.max_envelope_bytes, "exchange"),
+            ("max_delivery_bytes", self.limits.max_delivery_bytes, "local"),
+        ):
+            allowed = getattr(self, topics).topics.max_message_bytes
+            if size + room > allowed:
+                raise ValueError(
+                    f"limits.{limit} ({size}) plus 64 KiB for headers does not fit"
+                    f" {topics}.topics.max_message_bytes ({allowed}); lower the one or raise"
+                    " the other"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _production_safe(self) -> NodeModel:
+        if self.development:
+            return self
+        protocol = self.exchange.security.protocol if self.exchange.security else "PLAINTEXT"
+        if protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(
+                f"exchange.security.protocol is {protocol}: the exchange cluster is shared between"
+                " agencies, so the node reaches it over TLS (SSL with a client certificate, or"
+                " SASL_SSL); set exchange.security, or development: true for a test cluster"
+            )
+        if _servers(self.local.bootstrap_servers) & _servers(self.exchange.bootstrap_servers):
+            raise ValueError(
+                "local.bootstrap_servers names a broker of the exchange cluster: the local topics"
+                " (plaintext events and deliveries, quarantine) must stay on the agency's own"
+                " cluster; point local.bootstrap_servers at it, or set development: true"
+            )
+        return self
+
+
+def _servers(bootstrap: str) -> set[str]:
+    return {s.strip().lower() for s in bootstrap.split(",") if s.strip()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +269,16 @@ class NodeConfig:
     """The contract version of the national system's events and deliveries (None: the newest
     the trust list lists for this agency)."""
     state_dir: Path
-    exchange_bootstrap: str
+    exchange: Cluster
+    """The exchange cluster, shared by the federation: inboxes and receipts."""
+    exchange_topics: TopicsModel
     topic_prefix: str
     provision_inboxes: bool
     receipt_timeout: timedelta
     """A released message with no receipt after this long is reported overdue."""
-    local_bootstrap: str
+    local: Cluster
+    """The agency's own cluster: the national system's events, deliveries, quarantine."""
+    local_topics: TopicsModel
     outbound_topic: str | None
     inbound_topic: str | None
     quarantine_topic: str
@@ -175,6 +297,7 @@ class NodeConfig:
     ``group.instance.id``): a node restarted under the same id gets its partitions back at once.
     Each replica of an agency needs its own."""
     limits: Limits = field(default_factory=Limits)
+    development: bool = False
 
     def inbox_topic(self, agency: str) -> str:
         """The exchange topic an agency reads its envelopes from."""
@@ -235,11 +358,13 @@ def load_config(path: Path) -> NodeConfig:
         schemas_dir=resolve(model.schemas) if model.schemas else DEFAULT_SCHEMAS,
         contract_version=model.contract_version,
         state_dir=resolve(model.state_dir),
-        exchange_bootstrap=model.exchange.bootstrap_servers,
+        exchange=_cluster(model.exchange, "exchange", resolve, path),
+        exchange_topics=model.exchange.topics,
         topic_prefix=model.exchange.topic_prefix,
         provision_inboxes=model.exchange.provision_inboxes,
         receipt_timeout=timedelta(seconds=model.exchange.receipt_timeout_seconds),
-        local_bootstrap=model.local.bootstrap_servers or model.exchange.bootstrap_servers,
+        local=_cluster(model.local, "local", resolve, path),
+        local_topics=model.local.topics,
         outbound_topic=model.local.outbound_topic,
         inbound_topic=model.local.inbound_topic,
         quarantine_topic=model.local.quarantine_topic,
@@ -256,7 +381,110 @@ def load_config(path: Path) -> NodeConfig:
         instance_id=model.instance_id
         or default_instance_id(model.agency, resolve(model.state_dir)),
         limits=Limits(**model.limits.model_dump()),
+        development=model.development,
     )
+
+
+def _cluster(
+    model: ExchangeModel | LocalModel, where: str, resolve: Callable[[str], Path], path: Path
+) -> Cluster:
+    """The cluster ``model`` describes, with its secrets read from their files or variables.
+
+    :raises ConfigError: a secret's file or variable is missing, or a private file is readable
+        by others; naming the config file and the field.
+    """
+    security = model.security
+    if security is None:
+        return Cluster(model.bootstrap_servers)
+    tls = security.tls or TlsModel()
+    sasl = security.sasl
+    key_password = None
+    if tls.key_password_file or tls.key_password_env:
+        key_password = _secret(
+            tls.key_password_file, tls.key_password_env, f"{where}.security.tls", resolve, path
+        )
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(tls, name)
+        if value is not None and not resolve(value).is_file():
+            raise ConfigError(
+                f"{where}.security.tls.{name}: no file at {resolve(value)}", file=str(path)
+            )
+    if tls.key_file is not None:
+        _private(resolve(tls.key_file), f"{where}.security.tls.key_file", path)
+    return Cluster(
+        model.bootstrap_servers,
+        protocol=security.protocol,
+        ca_file=resolve(tls.ca_file) if tls.ca_file else None,
+        check_hostname=tls.check_hostname,
+        cert_file=resolve(tls.cert_file) if tls.cert_file else None,
+        key_file=resolve(tls.key_file) if tls.key_file else None,
+        key_password=key_password,
+        sasl_mechanism=sasl.mechanism if sasl else None,
+        username=sasl.username if sasl else None,
+        password=(
+            _secret(sasl.password_file, sasl.password_env, f"{where}.security.sasl", resolve, path)
+            if sasl
+            else None
+        ),
+    )
+
+
+def _secret(
+    file: str | None, env: str | None, where: str, resolve: Callable[[str], Path], path: Path
+) -> str:
+    """A secret from its file (first line, which must be private to the node's user) or from
+    an environment variable."""
+    if env is not None:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(
+                f"{where}: the environment variable {env} (password_env) is not set or empty",
+                file=str(path),
+            )
+        return value
+    assert file is not None  # the models ask for one of the two
+    secret_file = resolve(file)
+    _private(secret_file, where, path)
+    try:
+        lines = secret_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read {secret_file}: {exc}", file=str(path)) from exc
+    if not lines or not lines[0]:
+        raise ConfigError(f"{where}: {secret_file} is empty", file=str(path))
+    return lines[0]
+
+
+def _private(secret_file: Path, where: str, path: Path) -> None:
+    try:
+        mode = secret_file.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{where}: no file at {secret_file}", file=str(path)) from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{where}: {secret_file} is accessible to others (mode {stat.S_IMODE(mode):04o});"
+            f" run 'chmod 600 {secret_file}'",
+            file=str(path),
+        )
+
+
+def topic_spec(name: str, settings: TopicsModel) -> TopicSpec:
+    """The spec of a topic on a cluster with these settings."""
+    retention_ms = round(settings.retention_hours * 3_600_000)
+    return TopicSpec(
+        name,
+        partitions=settings.partitions,
+        replication=settings.replication,
+        min_insync_replicas=settings.min_insync_replicas,
+        max_message_bytes=settings.max_message_bytes,
+        configs=(("retention.ms", str(retention_ms)),),
+    )
+
+
+def exchange_topic_specs(config: NodeConfig, agencies: Iterable[str]) -> list[TopicSpec]:
+    """The inbox and receipts topics of ``agencies`` on the exchange cluster."""
+    agencies = list(agencies)
+    names = [config.inbox_topic(a) for a in agencies] + [config.receipts_topic(a) for a in agencies]
+    return [topic_spec(n, config.exchange_topics) for n in names]
 
 
 def default_instance_id(agency: str, state_dir: Path, host: str | None = None) -> str:

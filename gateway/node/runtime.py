@@ -26,8 +26,8 @@ from gateway.core.inbound import InboundCore
 from gateway.core.outbound import OutboundCore, ReceivedEvent
 from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.envelope import DataKeyRing
-from gateway.errors import InfrastructureError
-from gateway.node.config import NodeConfig
+from gateway.errors import ConfigError, InfrastructureError
+from gateway.node.config import NodeConfig, exchange_topic_specs, topic_spec
 from gateway.node.files import load_node_files, spool_batches
 from gateway.node.journals import DeliveredJournal, Journals
 from gateway.node.loop import (
@@ -41,7 +41,15 @@ from gateway.node.loop import (
 )
 from gateway.node.parked import Parked
 from gateway.node.sinks import KafkaSink, Sink, SpoolSink
-from gateway.node.transport import Consumer, Message, Producer, TopicSpec, ensure_topics
+from gateway.node.transport import (
+    Cluster,
+    Consumer,
+    Message,
+    Producer,
+    TopicSpec,
+    cluster_id,
+    ensure_topics,
+)
 from gateway.node.watch import Watching
 
 log = structlog.get_logger("fxgw.node")
@@ -106,13 +114,12 @@ class Node(Watching):
         every listed agency's too. In production the federation operator creates them."""
         c = self.config
         agencies = sorted(self.outbound.trust.agencies) if c.provision_inboxes else [c.agency]
-        names = [c.inbox_topic(a) for a in agencies] + [c.receipts_topic(a) for a in agencies]
-        return [TopicSpec(n) for n in names]
+        return exchange_topic_specs(c, agencies)
 
     def _local_topics(self) -> list[TopicSpec]:
         c = self.config
         names = [c.quarantine_topic] + [t for t in (c.outbound_topic, c.inbound_topic) if t]
-        return [TopicSpec(n) for n in names]
+        return [topic_spec(n, c.local_topics) for n in names]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then finish the batch in hand and close.
@@ -132,20 +139,19 @@ class Node(Watching):
     ) -> tuple[Sink, DeliveredJournal]:
         """Connect, open the journals and the audit trail, each closed by ``stack``."""
         c = self.config
-        await ensure_topics(c.exchange_bootstrap, self._exchange_topics())
-        await ensure_topics(c.local_bootstrap, self._local_topics())
-        exchange = Producer(c.exchange_bootstrap, f"fxgw-{c.agency}-exchange")
+        await self._check_clusters()
+        exchange = Producer(c.exchange, f"fxgw-{c.agency}-exchange")
         await exchange.start()
         stack.push_async_callback(exchange.stop)
         local = exchange
-        if c.local_bootstrap != c.exchange_bootstrap:
-            local = Producer(c.local_bootstrap, f"fxgw-{c.agency}-local")
+        if c.local != c.exchange:
+            local = Producer(c.local, f"fxgw-{c.agency}-local")
             await local.start()
             stack.push_async_callback(local.stop)
         sink: Sink
         if c.sink == "kafka":
             assert c.inbound_topic is not None  # checked by the config model
-            sink = KafkaSink(local, c.local_bootstrap, c.inbound_topic)
+            sink = KafkaSink(local, c.local, c.inbound_topic)
         else:
             assert c.spool_inbound is not None  # checked by the config model
             sink = SpoolSink(c.spool_inbound)
@@ -178,6 +184,39 @@ class Node(Watching):
         )
         return sink, journal
 
+    async def _check_clusters(self) -> None:
+        """Create the node's topics, and refuse to start (warn only in development mode) when
+        existing ones are under-replicated or the local topics would share the exchange
+        cluster.
+
+        :raises ConfigError: outside development mode, naming each problem and the fix.
+        """
+        c = self.config
+        problems = await ensure_topics(c.exchange, self._exchange_topics())
+        problems += await ensure_topics(c.local, self._local_topics())
+        if c.local.bootstrap_servers != c.exchange.bootstrap_servers:
+            local_id, exchange_id = await cluster_id(c.local), await cluster_id(c.exchange)
+            if local_id == exchange_id:
+                problems.append(
+                    f"local.bootstrap_servers and exchange.bootstrap_servers reach one cluster"
+                    f" ({local_id}): the local topics must stay on the agency's own cluster"
+                )
+        else:
+            problems.append("the local topics are on the exchange cluster (one bootstrap list)")
+        if not problems:
+            return
+        if c.development:
+            self._log.warning("development_mode_shortcuts", problems=problems[:20])
+            return
+        raise ConfigError(
+            "the node's Kafka topics are not what its config asks for: "
+            + "; ".join(problems)
+            + ". Raise the topics' replication and min.insync.replicas (or create them with"
+            " 'fxgw topics provision'), or lower exchange.topics / local.topics;"
+            " development: true only warns",
+            file=str(c.path),
+        )
+
     def _stopped(self) -> None:
         executor: Executor | None = getattr(self, "_executor", None)  # None: start-up failed
         if executor is not None:
@@ -191,7 +230,7 @@ class Node(Watching):
             "inbound": self._consume(
                 stop,
                 "inbox",
-                c.exchange_bootstrap,
+                c.exchange,
                 c.inbox_topic(c.agency),
                 partial(self._take_envelopes, pending),
                 ready=True,
@@ -199,7 +238,7 @@ class Node(Watching):
             "receipts": self._consume(
                 stop,
                 "receipts",
-                c.exchange_bootstrap,
+                c.exchange,
                 c.receipts_topic(c.agency),
                 self._take_receipts,
                 gather_ms=250,  # on no event's path: a few large batches, not many small ones
@@ -209,7 +248,7 @@ class Node(Watching):
         }
         if c.outbound_topic:
             loops["outbound"] = self._consume(
-                stop, "outbound", c.local_bootstrap, c.outbound_topic, self._take_events
+                stop, "outbound", c.local, c.outbound_topic, self._take_events
             )
         if c.spool_outbound:
             loops["spool"] = self._spool_loop(stop)
@@ -235,7 +274,7 @@ class Node(Watching):
         self,
         stop: asyncio.Event,
         name: str,
-        bootstrap: str,
+        cluster: Cluster,
         topic: str,
         handle: Callable[[Sequence[Message]], Batch],
         *,
@@ -245,7 +284,7 @@ class Node(Watching):
         c = self.config
         consumer = Consumer(
             [topic],
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=cluster,
             group_id=c.group_id(name),
             client_id=f"fxgw-{c.agency}-{name}",
             instance_id=c.instance_id,

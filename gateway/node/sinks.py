@@ -27,7 +27,7 @@ from typing import Protocol
 
 from gateway.core.effects import Deliver, DeliveredEntry, Remember
 from gateway.errors import StorageError, TransportError
-from gateway.node.transport import Producer, read_topic
+from gateway.node.transport import Cluster, Producer, read_topic
 
 Recovered = tuple[DeliveredEntry | None, Remember | None]
 """What a sink knows of a delivery the journal missed: its journal entry and received event."""
@@ -67,7 +67,7 @@ class KafkaSink:
 
     journal_first = False
 
-    def __init__(self, producer: Producer, bootstrap: str, topic: str) -> None:
+    def __init__(self, producer: Producer, bootstrap: Cluster, topic: str) -> None:
         self._producer = producer
         self._bootstrap = bootstrap
         self.topic = topic

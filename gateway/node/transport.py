@@ -4,7 +4,10 @@
   durably in the cluster (all in-sync replicas have it).
 - :class:`Consumer`: a consumer-group member with auto-commit off; the node commits an offset
   only after the sink and the dedup journal hold what came before it.
-- :func:`ensure_topics`: create the topics a node needs, if missing.
+- :func:`ensure_topics`: create the topics a node needs, if missing, and check the ones that
+  exist against the node's replication, ``min.insync.replicas`` and message size.
+- :class:`Cluster`: where a cluster is and how to authenticate to it (TLS, mutual TLS, SASL
+  PLAIN or SCRAM-SHA-512); every client takes one, or a plain bootstrap list (plaintext).
 
 Every aiokafka exception is translated to :class:`~gateway.errors.TransportError` here, with the
 original chained, and ``retriable`` taken from aiokafka's own flag.
@@ -14,16 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import aiokafka
 import aiokafka.codec as codec_module
 import aiokafka.errors
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import TopicPartition
@@ -73,14 +81,84 @@ class Message:
         return None
 
 
+Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """One Kafka cluster: its bootstrap servers and how a client proves who it is.
+
+    Secrets (the SASL password, the client key's password) are read by the config loader from
+    files or the environment; they are held here with ``repr=False``, so that no log line or
+    traceback that shows a Cluster shows them.
+    """
+
+    bootstrap_servers: str
+    protocol: Protocol = "PLAINTEXT"
+    ca_file: Path | None = None
+    """PEM bundle of the CAs the brokers' certificates chain to (None: the system's)."""
+    check_hostname: bool = True
+    cert_file: Path | None = None
+    """PEM client certificate, for mutual TLS (with ``key_file``)."""
+    key_file: Path | None = None
+    key_password: str | None = field(default=None, repr=False)
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-512"] | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def client_options(self) -> dict[str, object]:
+        """The aiokafka client arguments for this cluster.
+
+        :raises TransportError: a certificate or key file cannot be read (retrying cannot help).
+        """
+        options: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.protocol,
+        }
+        if self.encrypted:
+            try:
+                context = create_ssl_context(
+                    cafile=self.ca_file,
+                    certfile=self.cert_file,
+                    keyfile=self.key_file,
+                    # never None: OpenSSL would prompt on the terminal for an encrypted key
+                    password=self.key_password or "",
+                )
+            except (OSError, ssl.SSLError) as exc:
+                error = TransportError(f"TLS set-up: {type(exc).__name__}: {exc.strerror or exc}")
+                error.retriable = False
+                raise error from exc
+            context.check_hostname = self.check_hostname
+            options["ssl_context"] = context
+        if self.sasl_mechanism is not None:
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.username,
+                sasl_plain_password=self.password,
+            )
+        return options
+
+
+def _options(cluster: Cluster | str) -> dict[str, object]:
+    return (cluster if isinstance(cluster, Cluster) else Cluster(cluster)).client_options()
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """A topic to create: name, partitions, replication factor, topic configs."""
+    """A topic to create (or to check, if it exists): name, partitions, replication factor,
+    the least ``min.insync.replicas`` it must have, and further topic configs."""
 
     name: str
     partitions: int = 1
     replication: int = 1
     configs: tuple[tuple[str, str], ...] = ()
+    min_insync_replicas: int | None = None
+    max_message_bytes: int | None = None
+    """The least ``max.message.bytes`` the topic must allow (and is created with)."""
 
 
 _RECORD_TIED = (
@@ -173,7 +251,7 @@ class Producer:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: Cluster | str,
         client_id: str,
         *,
         metadata_wait_s: float = 5.0,
@@ -184,7 +262,7 @@ class Producer:
         self._held: dict[str, float] = {}
         """Topics refused lately, until when (monotonic seconds)."""
         self._producer = aiokafka.AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **_options(bootstrap_servers),
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
@@ -350,7 +428,7 @@ class Consumer:
         self,
         topics: Iterable[str],
         *,
-        bootstrap_servers: str,
+        bootstrap_servers: Cluster | str,
         group_id: str | None,
         client_id: str,
         max_poll_records: int = 500,
@@ -367,7 +445,7 @@ class Consumer:
             else {"fetch_max_wait_ms": gather_ms, "fetch_min_bytes": 1 << 20}
         )
         self._consumer = aiokafka.AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
+            **_options(bootstrap_servers),
             group_id=group_id,
             group_instance_id=instance_id if group_id is not None else None,
             client_id=client_id,
@@ -647,36 +725,100 @@ def _decompress(codec: int, data: bytes) -> bytes:
     return bytes(decoders[codec](data))
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Iterable[TopicSpec]) -> None:
-    """Create every topic that does not exist yet (existing ones are left as they are).
+async def ensure_topics(bootstrap_servers: Cluster | str, topics: Iterable[TopicSpec]) -> list[str]:
+    """Create every topic that does not exist yet; check the ones that do.
+
+    A topic is created with its partitions, replication factor, ``min.insync.replicas``,
+    ``max.message.bytes`` and further configs. An existing topic is left as it is, and each way
+    it falls short of its spec (fewer replicas, a lower ``min.insync.replicas``, a smaller
+    ``max.message.bytes``) is returned, one line per topic and shortfall: whether that refuses
+    the start is the caller's call.
 
     :raises TransportError: the cluster cannot be reached or refuses.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="fxgw-admin")
+    specs = {t.name: t for t in topics}
+    admin = AIOKafkaAdminClient(**_options(bootstrap_servers), client_id="fxgw-admin")
     async with _translated("topic administration"):
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            missing = [
-                NewTopic(
-                    name=t.name,
-                    num_partitions=t.partitions,
-                    replication_factor=t.replication,
-                    topic_configs=dict(t.configs),
-                )
-                for t in topics
-                if t.name not in existing
-            ]
+            missing = [_new_topic(t) for name, t in specs.items() if name not in existing]
             if missing:
                 # another replica may create it between our listing and our request
                 with contextlib.suppress(aiokafka.errors.TopicAlreadyExistsError):
                     await admin.create_topics(missing)
+            present = sorted(name for name in specs if name in existing)
+            return await _shortfalls(admin, [specs[n] for n in present]) if present else []
         finally:
             await admin.close()
 
 
+async def cluster_id(cluster: Cluster | str) -> str:
+    """The id of the cluster ``cluster`` reaches (two bootstrap lists may reach one cluster).
+
+    :raises TransportError: the cluster cannot be reached or refuses.
+    """
+    admin = AIOKafkaAdminClient(**_options(cluster), client_id="fxgw-admin")
+    async with _translated("describe cluster"):
+        await admin.start()
+        try:
+            return str((await admin.describe_cluster())["cluster_id"])
+        finally:
+            await admin.close()
+
+
+def _new_topic(spec: TopicSpec) -> NewTopic:
+    configs = dict(spec.configs)
+    if spec.min_insync_replicas is not None:
+        configs["min.insync.replicas"] = str(spec.min_insync_replicas)
+    if spec.max_message_bytes is not None:
+        configs["max.message.bytes"] = str(spec.max_message_bytes)
+    return NewTopic(
+        name=spec.name,
+        num_partitions=spec.partitions,
+        replication_factor=spec.replication,
+        topic_configs=configs,
+    )
+
+
+async def _shortfalls(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> list[str]:
+    """How existing topics fall short of their specs (empty: they do not)."""
+    problems: list[str] = []
+    described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in specs])}
+    for spec in specs:
+        partitions = described.get(spec.name, {}).get("partitions", [])
+        replicas = min((len(p["replicas"]) for p in partitions), default=0)
+        if replicas < spec.replication:
+            problems.append(
+                f"topic {spec.name} has {replicas} replica(s) per partition, the node's config asks"
+                f" for {spec.replication}"
+            )
+    resources = [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+    configs: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for _code, _message, _type, name, entries in response.resources:
+            configs[name] = {entry[0]: entry[1] for entry in entries}
+    for spec in specs:
+        actual = configs.get(spec.name, {})
+        for key, wanted in (
+            ("min.insync.replicas", spec.min_insync_replicas),
+            ("max.message.bytes", spec.max_message_bytes),
+        ):
+            value = actual.get(key)
+            if wanted is not None and value is not None and int(value) < wanted:
+                problems.append(
+                    f"topic {spec.name} has {key}={value}, the node's config asks for at least"
+                    f" {wanted}"
+                )
+    return problems
+
+
 async def read_topic(
-    bootstrap_servers: str, topic: str, *, since_ms: int | None = None, timeout_s: float = 30.0
+    bootstrap_servers: Cluster | str,
+    topic: str,
+    *,
+    since_ms: int | None = None,
+    timeout_s: float = 30.0,
 ) -> list[Message]:
     """Every record of ``topic`` (from ``since_ms`` on, if given) up to its current end,
     read without a consumer group. For recovery scans, tools and tests.
@@ -685,7 +827,7 @@ async def read_topic(
     """
     consumer = aiokafka.AIOKafkaConsumer(
         topic,  # subscribing (without a group) makes the client load the topic's metadata
-        bootstrap_servers=bootstrap_servers,
+        **_options(bootstrap_servers),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",

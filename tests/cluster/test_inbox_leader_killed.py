@@ -73,7 +73,7 @@ class TestInboxLeaderKilled:
         figures = Figures("inbox-leader-sigkill")
         bootstrap = cluster.bootstrap_servers
         fed = build_federation(
-            tmp_path / "fed", bootstrap, prefix="fx3", agencies=two_agencies("kafka")
+            tmp_path / "fed", bootstrap, prefix="fx3", agencies=two_agencies("kafka"), replication=3
         )
         configs = {a: load_config(fed.config(a)) for a in ("NL-POL", "BE-FPJ")}
         names = [

@@ -21,6 +21,12 @@ from gateway.node.logs import configure
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
+@pytest.fixture(autouse=True)
+def _exchange_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SASL password the example node config (tests.unit.test_config.BASE) names."""
+    monkeypatch.setenv("FXGW_TEST_PASSWORD", "not-a-real-password")
+
+
 @pytest.fixture(scope="session")
 def registry() -> SchemaRegistry:
     """The federation's schemas from schemas/avro."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway._yamlfile import describe_loc, read_yaml
+from gateway.core.effects import MIB
 from gateway.core.routing import Route
 from gateway.dev.sandbox import POLICIES, Federation
 from gateway.errors import ConfigError, PolicyError
@@ -26,8 +27,12 @@ trust:
 policy: ../policies/nl-pol.yaml
 state_dir: state
 exchange:
-  bootstrap_servers: "127.0.0.1:9092"
+  bootstrap_servers: "exchange.example:9093"
+  security:
+    protocol: SASL_SSL
+    sasl: {mechanism: SCRAM-SHA-512, username: nl-pol, password_env: FXGW_TEST_PASSWORD}
 local:
+  bootstrap_servers: "127.0.0.1:9092"
   inbound_topic: nl.inbound
   quarantine_topic: nl.quarantine
 envelope:
@@ -149,7 +154,15 @@ class TestLoadConfig:
         assert isinstance(config, NodeConfig)
         assert DEFAULT_SCHEMAS == config.schemas_dir
         assert "fx" == config.topic_prefix
-        assert "127.0.0.1:9092" == config.local_bootstrap
+        assert "127.0.0.1:9092" == config.local.bootstrap_servers
+        assert "PLAINTEXT" == config.local.protocol
+        assert "SASL_SSL" == config.exchange.protocol
+        assert (3, 2, 1) == (
+            config.exchange_topics.replication,
+            config.exchange_topics.min_insync_replicas,
+            config.exchange_topics.partitions,
+        )
+        assert not config.development
         assert "kafka" == config.sink
         assert config.outbound_topic is None
         assert config.spool_inbound is None
@@ -186,20 +199,20 @@ class TestConfigErrors:
     def test_unknown_nested_key(self, tmp_path: Path) -> None:
         """A misspelt key inside a route names its dotted path and line."""
         error, _ = _error(tmp_path, _edit("to: {groups: [EU]}", "to: {group: [EU]}"))
-        assert 20 == error.line
+        assert 24 == error.line
         assert "'routes[0].to.group'" in error.message
 
     def test_wrong_type(self, tmp_path: Path) -> None:
         """A value of the wrong type names the field and its line."""
         error, _ = _error(tmp_path, _edit("ttl_hours: 24", "ttl_hours: a week"))
-        assert 17 == error.line
+        assert 21 == error.line
         assert "'envelope.ttl_hours'" in error.message
         assert "number" in error.message
 
     def test_out_of_range(self, tmp_path: Path) -> None:
         """A value outside its range names the field."""
         error, _ = _error(tmp_path, _edit("ttl_hours: 24", "ttl_hours: 0"))
-        assert 17 == error.line
+        assert 21 == error.line
         assert "'envelope.ttl_hours'" in error.message
 
     def test_bad_agency_id(self, tmp_path: Path) -> None:
@@ -245,7 +258,7 @@ class TestConfigErrors:
         """An unclosed flow list is reported at or just after its line."""
         error, _ = _error(tmp_path, _edit("ttl_hours: 24", "ttl_hours: [24"))
         assert "not valid YAML" in error.message
-        assert error.line in (17, 18)
+        assert error.line in (21, 22)
 
     def test_not_a_mapping(self, tmp_path: Path) -> None:
         """A file that is not a mapping says so at the top level."""
@@ -331,3 +344,134 @@ class TestDescribeLoc:
     def test_describe_loc(self, loc: tuple[str | int, ...], expected: str) -> None:
         """Names join with dots, indexes in brackets; nothing is the top level."""
         assert expected == describe_loc(loc)
+
+
+class TestKafkaConnections:
+    """Each cluster's security, the production defaults, and development mode."""
+
+    def test_plaintext_exchange_refused_outside_development(self, tmp_path: Path) -> None:
+        """An exchange without TLS is refused, naming the field and both ways out."""
+        text = _edit(
+            "  security:\n    protocol: SASL_SSL\n    sasl: {mechanism: SCRAM-SHA-512, username:"
+            " nl-pol, password_env: FXGW_TEST_PASSWORD}\n",
+            "",
+        )
+        error, _ = _error(tmp_path, text)
+        assert "exchange.security.protocol is PLAINTEXT" in error.message
+        assert "development: true" in error.message
+        config = load_config(_write(tmp_path, text + "development: true\n"))
+        assert "PLAINTEXT" == config.exchange.protocol
+        assert config.development
+
+    def test_local_topics_on_the_exchange_cluster_refused(self, tmp_path: Path) -> None:
+        """A local bootstrap list that names an exchange broker is refused."""
+        text = _edit(
+            'bootstrap_servers: "127.0.0.1:9092"',
+            'bootstrap_servers: "127.0.0.1:9092, Exchange.example:9093"',
+        )
+        error, _ = _error(tmp_path, text)
+        assert "local.bootstrap_servers names a broker of the exchange cluster" in error.message
+
+    def test_local_cluster_must_be_named(self, tmp_path: Path) -> None:
+        """local.bootstrap_servers has no fallback to the exchange's."""
+        error, _ = _error(tmp_path, _edit('  bootstrap_servers: "127.0.0.1:9092"\n', ""))
+        assert "'local.bootstrap_servers'" in error.message
+        assert "required" in error.message.lower()
+
+    def test_password_from_a_private_file(self, tmp_path: Path) -> None:
+        """The first line of password_file is the password; it never shows in a repr."""
+        secret = tmp_path / "node" / "exchange.password"
+        secret.parent.mkdir()
+        secret.write_text("s3cr3t-value\n")
+        secret.chmod(0o600)
+        config = load_config(
+            _write(
+                tmp_path,
+                _edit("password_env: FXGW_TEST_PASSWORD", "password_file: exchange.password"),
+            )
+        )
+        assert "s3cr3t-value" == config.exchange.password
+        assert "nl-pol" == config.exchange.username
+        assert "s3cr3t-value" not in repr(config)
+        secret.chmod(0o644)
+        error, _ = _error(
+            tmp_path, _edit("password_env: FXGW_TEST_PASSWORD", "password_file: exchange.password")
+        )
+        assert "accessible to others (mode 0644)" in error.message
+        assert "chmod 600" in error.message
+
+    def test_password_variable_must_be_set(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A named variable that is not set is an error naming it."""
+        monkeypatch.delenv("FXGW_TEST_PASSWORD")
+        error, _ = _error(tmp_path, BASE)
+        assert "FXGW_TEST_PASSWORD" in error.message
+        assert "exchange.security.sasl" in error.message
+
+    def test_password_in_the_config_refused(self, tmp_path: Path) -> None:
+        """A password written in node.yaml is an unknown key, not a secret."""
+        error, _ = _error(tmp_path, _edit("password_env: FXGW_TEST_PASSWORD", "password: hunter2"))
+        assert "hunter2" not in error.message
+        assert "exchange.security.sasl" in error.message
+
+    def test_tls_files(self, tmp_path: Path) -> None:
+        """A client certificate needs its key; named files must exist; the key is private."""
+        text = _edit(
+            "  security:\n    protocol: SASL_SSL\n    sasl: {mechanism: SCRAM-SHA-512, username:"
+            " nl-pol, password_env: FXGW_TEST_PASSWORD}\n",
+            "  security:\n    protocol: SSL\n    tls: {ca_file: ca.pem, cert_file: me.pem,"
+            " key_file: me.key}\n",
+        )
+        error, _ = _error(tmp_path, text)
+        assert "exchange.security.tls.ca_file: no file at" in error.message
+        folder = tmp_path / "node"
+        for name in ("ca.pem", "me.pem", "me.key"):
+            (folder / name).write_text("x")
+        (folder / "me.key").chmod(0o640)
+        error, _ = _error(tmp_path, text)
+        assert "exchange.security.tls.key_file" in error.message
+        assert "chmod 600" in error.message
+        (folder / "me.key").chmod(0o600)
+        config = load_config(_write(tmp_path, text))
+        assert (folder / "me.pem", folder / "me.key") == (
+            config.exchange.cert_file,
+            config.exchange.key_file,
+        )
+        error, _ = _error(tmp_path, text.replace(" key_file: me.key", " check_hostname: true"))
+        assert "cert_file and key_file go together" in error.message
+
+    def test_topic_settings(self, tmp_path: Path) -> None:
+        """Topic settings become topic specs; an impossible min ISR and limits that do not fit
+        the topics are refused."""
+        from gateway.node.config import topic_spec
+
+        config = load_config(
+            _write(tmp_path, BASE + "")  # defaults
+        )
+        spec = topic_spec("t", config.exchange_topics)
+        assert (3, 2, 1, MIB) == (
+            spec.replication,
+            spec.min_insync_replicas,
+            spec.partitions,
+            spec.max_message_bytes,
+        )
+        assert (("retention.ms", str(168 * 3_600_000)),) == spec.configs
+        error, _ = _error(
+            tmp_path,
+            _edit(
+                '  bootstrap_servers: "127.0.0.1:9092"\n',
+                '  bootstrap_servers: "127.0.0.1:9092"\n  topics: {replication: 1}\n',
+            ),
+        )
+        assert "min_insync_replicas (2) is more than replication (1)" in error.message
+        error, _ = _error(
+            tmp_path,
+            _edit(
+                '  bootstrap_servers: "exchange.example:9093"\n',
+                '  bootstrap_servers: "exchange.example:9093"\n'
+                "  topics: {max_message_bytes: 500000}\n",
+            ),
+        )
+        assert "limits.max_envelope_bytes" in error.message
+        assert "exchange.topics.max_message_bytes (500000)" in error.message
