@@ -582,6 +582,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_acls(args: argparse.Namespace) -> int:
+    from gateway.node.acls import script
+    from gateway.node.config import load_config
+
+    config = load_config(Path(args.config))
+    agencies = sorted(_node_trust(config).agencies)
+    bootstrap = args.bootstrap_server or config.exchange.bootstrap_servers
+    _print(script(agencies, config.topic_prefix, bootstrap, args.command_config).rstrip("\n"))
+    return EXIT_OK
+
+
+def cmd_topics_provision(args: argparse.Namespace) -> int:
+    from gateway.node.config import exchange_topic_specs, load_config
+    from gateway.node.transport import ensure_topics
+
+    config = load_config(Path(args.config))
+    agencies = sorted(_node_trust(config).agencies)
+    specs = exchange_topic_specs(config, agencies)
+    problems = asyncio.run(ensure_topics(config.exchange, specs))
+    for problem in problems:
+        _print(f"not as configured: {problem}")
+    settings = config.exchange_topics
+    _print(
+        f"{len(specs)} topics of {len(agencies)} agencies on {config.exchange.bootstrap_servers}:"
+        f" replication {settings.replication}, min.insync.replicas"
+        f" {settings.min_insync_replicas}, {len(problems)} not as configured"
+    )
+    return EXIT_REJECTED if problems else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.dev.demo import run_demo
 
@@ -759,6 +789,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep", action="store_true", help="keep the federation's folders")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "acls",
+        help="print the kafka-acls.sh script giving every agency of the trust list least privilege",
+    )
+    p.add_argument("-c", "--config", required=True, help="a node.yaml of the federation")
+    p.add_argument("--bootstrap-server", help="default: the config's exchange bootstrap servers")
+    p.add_argument("--command-config", help="kafka-acls.sh --command-config (admin credentials)")
+    p.set_defaults(func=cmd_acls)
+
+    topics = sub.add_parser("topics", help="the exchange cluster's topics")
+    tsub2 = topics.add_subparsers(dest="topics_command", required=True)
+    p = tsub2.add_parser(
+        "provision",
+        help="create every agency's inbox and receipts topics as the config's exchange.topics"
+        " says; report existing ones that fall short",
+    )
+    p.add_argument(
+        "-c", "--config", required=True, help="a node.yaml whose exchange credentials may create"
+    )
+    p.set_defaults(func=cmd_topics_provision)
 
     p = sub.add_parser("demo", help="three agencies on a local Kafka, end to end")
     p.add_argument("--dir", help="work folder (default: a new temporary folder)")

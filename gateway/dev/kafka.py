@@ -6,6 +6,13 @@ the resulting classpath is cached in ``~/.cache/fxgw/kafka/<version>/classpath.t
 ``KAFKA_HOME`` is set. Every node is a combined broker and controller with its own free ports and
 log directory; all nodes of a cluster share one cluster id and a static controller quorum.
 
+With ``secured`` given, every node also has an SSL listener (mutual TLS: the client certificate's
+common name is the principal) and a SASL_SSL listener (SCRAM-SHA-512 and PLAIN), the
+StandardAuthorizer denies what no ACL allows, and the SCRAM users are created when the storage is
+formatted. The PLAINTEXT listener stays, for the brokers, the controllers and the launcher's own
+tools: on 127.0.0.1 its anonymous principal is a super user (a development shortcut, named as
+such; a real cluster has no such listener). :meth:`LocalKafka.grant` runs Kafka's own AclCommand.
+
 This module is a development tool: standard library only, no asyncio, nothing imported from the
 rest of the gateway but its errors. Command line::
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
+import hashlib
 import json
 import os
 import re
@@ -40,6 +48,7 @@ from gateway.errors import ConfigError, InfrastructureError
 __all__ = [
     "DEFAULT_VERSION",
     "LocalKafka",
+    "Secured",
     "classpath_cache_file",
     "main",
     "new_cluster_id",
@@ -85,10 +94,12 @@ def new_cluster_id() -> str:
 
 
 def classpath_cache_file(version: str = DEFAULT_VERSION) -> Path:
-    """Return where the resolved classpath of Kafka ``version`` is cached."""
+    """Return where the resolved classpath of Kafka ``version`` is cached (per content of the
+    pom, so that a changed pom is resolved again)."""
     root = os.environ.get("FXGW_CACHE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "fxgw"
-    return base / "kafka" / version / "classpath.txt"
+    pom = hashlib.sha256(_POM.read_bytes()).hexdigest()[:12] if _POM.is_file() else "no-pom"
+    return base / "kafka" / version / pom / "classpath.txt"
 
 
 def resolve_classpath(version: str = DEFAULT_VERSION, *, refresh: bool = False) -> str:
@@ -185,6 +196,27 @@ def _maven_classpath(version: str, scratch: Path) -> str:
 # --- the cluster ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Secured:
+    """What a secured cluster needs: PEM files and the SASL users."""
+
+    ca_file: Path
+    """The CA bundle that client certificates must chain to."""
+    keystore_file: Path
+    """The brokers' private key and certificate (valid for 127.0.0.1), in one PEM file."""
+    users: tuple[tuple[str, str], ...] = ()
+    """SCRAM-SHA-512 and PLAIN users: (name, password). Names and passwords of letters,
+    digits, ``-`` and ``_``."""
+
+    def __post_init__(self) -> None:
+        for name, password in self.users:
+            if not (_TOKEN.fullmatch(name) and _TOKEN.fullmatch(password)):
+                raise ValueError("user names and passwords are letters, digits, - and _")
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
 @dataclass(slots=True)
 class _Node:
     """One combined broker+controller: its ports, files, and the running JVM if any."""
@@ -193,6 +225,8 @@ class _Node:
     port: int
     controller_port: int
     directory: Path
+    ssl_port: int = 0
+    sasl_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_offset: int = 0
 
@@ -229,6 +263,7 @@ class LocalKafka:
         workdir: Path | None = None,
         heap_mb: int = 512,
         version: str = DEFAULT_VERSION,
+        secured: Secured | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be at least 1, got {nodes}")
@@ -237,6 +272,7 @@ class LocalKafka:
         self.nodes = nodes
         self.heap_mb = heap_mb
         self.version = version
+        self.secured = secured
         self._workdir = workdir.resolve() if workdir is not None else None
         self._owns_workdir = False
         self._cluster_id = ""
@@ -264,6 +300,62 @@ class LocalKafka:
         """``127.0.0.1:port,...`` for every node, in node order."""
         self._require_started()
         return ",".join(f"{_HOST}:{node.port}" for node in self._members)
+
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        """The SSL (mutual TLS) listeners of a secured cluster."""
+        self._require_secured()
+        return ",".join(f"{_HOST}:{node.ssl_port}" for node in self._members)
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """The SASL_SSL listeners of a secured cluster."""
+        self._require_secured()
+        return ",".join(f"{_HOST}:{node.sasl_port}" for node in self._members)
+
+    def grant(self, arguments: Sequence[str], timeout: float = 60.0) -> str:
+        """Run Kafka's AclCommand (``kafka-acls.sh``) with ``arguments`` (``--add ...``) against
+        this cluster, as the super user of the PLAINTEXT listener; return what it printed.
+
+        :raises InfrastructureError: the command failed or timed out.
+        """
+        self._require_secured()
+        return self.run_tool(
+            "org.apache.kafka.tools.AclCommand",
+            ["--bootstrap-server", self.bootstrap_servers, *arguments],
+            timeout,
+        )
+
+    def run_tool(self, main_class: str, arguments: Sequence[str], timeout: float = 60.0) -> str:
+        """Run one of Kafka's command-line tools on this cluster's classpath.
+
+        :raises InfrastructureError: the tool failed or timed out; with its output.
+        """
+        self._require_started()
+        command = [
+            "java",
+            f"-Dlog4j2.configurationFile={_LOG_CONFIG}",
+            "-cp",
+            self._classpath,
+            main_class,
+            *arguments,
+        ]
+        try:
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise InfrastructureError(f"{main_class} timed out after {timeout} s") from exc
+        output = (done.stdout + done.stderr).decode("utf-8", "replace")
+        if done.returncode != 0:
+            raise InfrastructureError(
+                f"{main_class} failed (exit {done.returncode})\n{_tail_text(output)}"
+            )
+        return output
 
     def node_bootstrap(self, i: int) -> str:
         """``127.0.0.1:port`` of node ``i`` alone."""
@@ -304,13 +396,16 @@ class LocalKafka:
         if not _LOG_CONFIG.is_file():
             raise ConfigError("the Kafka launcher's log config is missing", file=str(_LOG_CONFIG))
         self._prepare_workdir()
-        ports = _free_ports(2 * self.nodes)
+        per_node = 4 if self.secured else 2
+        ports = _free_ports(per_node * self.nodes)
         self._members = [
             _Node(
                 index=i,
-                port=ports[2 * i],
-                controller_port=ports[2 * i + 1],
+                port=ports[per_node * i],
+                controller_port=ports[per_node * i + 1],
                 directory=self.workdir / f"node-{i}",
+                ssl_port=ports[per_node * i + 2] if self.secured else 0,
+                sasl_port=ports[per_node * i + 3] if self.secured else 0,
             )
             for i in range(self.nodes)
         ]
@@ -455,9 +550,46 @@ class LocalKafka:
             "broker.heartbeat.interval.ms": 500,
             "broker.session.timeout.ms": 3000,
         }
+        if self.secured is not None:
+            settings.update(self._secured_properties(node, self.secured))
         lines = [f"# Written by gateway.dev.kafka for node {node.index}; rewritten on each start."]
         lines += [f"{key}={value}" for key, value in settings.items()]
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _secured_properties(node: _Node, secured: Secured) -> dict[str, object]:
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in secured.users)
+        return {
+            "listeners": (
+                f"PLAINTEXT://{_HOST}:{node.port},CONTROLLER://{_HOST}:{node.controller_port},"
+                f"SSL://{_HOST}:{node.ssl_port},SASL_SSL://{_HOST}:{node.sasl_port}"
+            ),
+            "advertised.listeners": (
+                f"PLAINTEXT://{_HOST}:{node.port},SSL://{_HOST}:{node.ssl_port},"
+                f"SASL_SSL://{_HOST}:{node.sasl_port}"
+            ),
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL"
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # the brokers, controllers and launcher tools on the loopback PLAINTEXT listener
+            "super.users": "User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": secured.keystore_file,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": secured.ca_file,
+            "listener.name.ssl.ssl.client.auth": "required",
+            # the principal of a client certificate is its common name: User:NL-POL
+            "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512,PLAIN",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            ),
+        }
 
     def _format(self, members: Sequence[_Node], deadline: float) -> None:
         # One JVM per node, run side by side; --ignore-formatted makes a reused workdir fine.
@@ -478,6 +610,8 @@ class LocalKafka:
                     "-c",
                     str(node.properties_file),
                 ]
+                for name, password in self.secured.users if self.secured else ():
+                    command += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
                 process = _popen(command, node.directory, log)
                 running.append((node, process, log))
             for node, process, _ in running:
@@ -578,6 +712,11 @@ class LocalKafka:
             f"--- {node.stdout_log} ---\n{_tail_file(node.stdout_log)}\n"
             f"--- {node.kafka_log} ---\n{_tail_file(node.kafka_log)}"
         )
+
+    def _require_secured(self) -> None:
+        self._require_started()
+        if self.secured is None:
+            raise RuntimeError("this LocalKafka was started without secured=")
 
     def _require_started(self) -> None:
         if not self._members:
