@@ -5,6 +5,7 @@
 - :class:`Consumer`: a consumer-group member with auto-commit off; the node commits an offset
   only after the sink and the dedup journal hold what came before it.
 - :func:`ensure_topics`: create the topics a node needs, if missing.
+- :class:`ClusterProbe`: whether a cluster answers a metadata request now (for ``/readyz``).
 
 Every aiokafka exception is translated to :class:`~gateway.errors.TransportError` here, with the
 original chained, and ``retriable`` taken from aiokafka's own flag.
@@ -447,6 +448,19 @@ class Consumer:
             async with _translated("commit"):
                 await self._consumer.commit(offsets)
 
+    def lag(self) -> int | None:
+        """Records behind the high watermark, summed over the partitions assigned, as far as
+        known: a partition counts once a fetch has told its high watermark and a record of it
+        has been returned since it was assigned (None when no partition is known yet)."""
+        known = [
+            (hw, self._next[tp])
+            for tp in self._consumer.assignment()
+            if tp in self._next and (hw := self._consumer.highwater(tp)) is not None
+        ]
+        if not known:
+            return None
+        return sum(max(0, int(hw) - position) for hw, position in known)
+
     # --- stepping over what the client cannot parse ----------------------------------------------
     #
     # When aiokafka fails to parse a record, ``getmany`` raises and leaves this state behind
@@ -575,6 +589,44 @@ class Consumer:
                     decompress=_decompress,
                 )
         return []
+
+
+class ClusterProbe:
+    """Asks a cluster for its metadata over a client of its own, kept between probes."""
+
+    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._client: aiokafka.AIOKafkaClient | None = None
+
+    async def answers(self, timeout_s: float = 5.0) -> bool:
+        """Whether a broker of the cluster answered a metadata request within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self._client is None:
+                    client = aiokafka.AIOKafkaClient(
+                        bootstrap_servers=self._bootstrap,
+                        client_id=self._client_id,
+                        request_timeout_ms=int(timeout_s * 1000),
+                    )
+                    try:
+                        await client.bootstrap()
+                    except BaseException:
+                        with contextlib.suppress(TransportError):
+                            await _close("probe close", client.close())
+                        raise
+                    self._client = client
+                await self._client.fetch_all_metadata()
+            return True
+        except (aiokafka.errors.KafkaError, TimeoutError, OSError):
+            return False
+
+    async def close(self) -> None:
+        """Close the probe's client (a cluster that does not answer is given up in time)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(TransportError):
+                await _close("probe close", client.close())
 
 
 class _Forget(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
