@@ -143,6 +143,7 @@ class AuditLog:
         self._due_rotate = False
         self._due_head: Head | None = None
         self._ended = False
+        self._written = 0
         self._deferred: list[tuple[str, Mapping[str, object]]] = []
         """Entries appended while a rotation is half done (the old segment is closed, the new
         one not yet started): they go into the new segment once it is."""
@@ -310,6 +311,11 @@ class AuditLog:
         return self._last
 
     @property
+    def written(self) -> int:
+        """Entries written since the log was opened (checkpoints and segment starts included)."""
+        return self._written
+
+    @property
     def segment(self) -> Path:
         """The segment being written."""
         return self._folder / segment_name(self._number)
@@ -444,6 +450,7 @@ class AuditLog:
         self._pending += entry.to_line()
         self._last = entry
         self._lines += 1
+        self._written += 1
         self._since_checkpoint += 1
         return entry
 

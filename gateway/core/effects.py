@@ -136,6 +136,8 @@ class Deliver:
     document: bytes
     entry: DeliveredEntry
     remember: Remember
+    created_ms: int = 0
+    """When the sender created the envelope (its clock), for the delivery latency metric."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -365,6 +365,7 @@ class InboundCore:
             remember=Remember(
                 h.event_id, h.sender, h.handling.code, h.handling.onward_transfer, _ms(until)
             ),
+            created_ms=_ms(h.created_at),
         )
         data = {
             **_inbound_data(h, result.digest, None),

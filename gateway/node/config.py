@@ -198,6 +198,8 @@ class NodeModel(_Strict):
     limits: LimitsModel = LimitsModel()
     routes: list[RouteModel] = []
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_address: str = Field(default="127.0.0.1", min_length=1)
+    expiry_warning_days: float = Field(default=14, ge=0)
     # Kafka allows these characters in a group.instance.id, up to 249 of them, not "." or ".."
     instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
     development: bool = False
@@ -292,12 +294,19 @@ class NodeConfig:
     data_key_max_uses: int
     routes: tuple[Route, ...]
     metrics_port: int | None
+    """Where ``/metrics``, ``/healthz`` and ``/readyz`` are served (0: a free port; None: not
+    served)."""
     instance_id: str
     """This node's static member id in every consumer group it joins (Kafka's
     ``group.instance.id``): a node restarted under the same id gets its partitions back at once.
     Each replica of an agency needs its own."""
     limits: Limits = field(default_factory=Limits)
     development: bool = False
+    metrics_address: str = "127.0.0.1"
+    """The address the metrics port is bound to (loopback unless set)."""
+    expiry_warning: timedelta = timedelta(days=14)
+    """Warn (log and ``fxgw_expires_soon``) when the trust list or an own key expires within
+    this long."""
 
     def inbox_topic(self, agency: str) -> str:
         """The exchange topic an agency reads its envelopes from."""
@@ -382,6 +391,8 @@ def load_config(path: Path) -> NodeConfig:
         or default_instance_id(model.agency, resolve(model.state_dir)),
         limits=Limits(**model.limits.model_dump()),
         development=model.development,
+        metrics_address=model.metrics_address,
+        expiry_warning=timedelta(days=model.expiry_warning_days),
     )
 
 

@@ -245,6 +245,7 @@ def configure(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,  # as the libraries' records have it
             structlog.processors.add_log_level,
             timestamper,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,

@@ -54,6 +54,7 @@ from gateway.errors import (
     TransportError,
 )
 from gateway.node.journals import DeliveredJournal, ReceivedEvents
+from gateway.node.metrics import Metrics
 from gateway.node.parked import Parked, ParkedRecord
 from gateway.node.sinks import Sink
 from gateway.node.transport import Producer
@@ -161,6 +162,10 @@ class Executor:
     refuse: Callable[[Deliver, str], Effects] | None = None
     """What answers a delivery the local cluster refused (the inbound core decides)."""
     bound: structlog.stdlib.BoundLogger = field(default_factory=lambda: log)
+    metrics: Metrics | None = None
+    """Fed with every decision recorded, the audit fsync times and delivery latencies."""
+    audit_failing: Callable[[bool], None] = lambda failing: None
+    """Told after each audit fsync whether it failed (for the readiness check)."""
     clock: Callable[[], float] = time.monotonic
     routine_every_s: float = ROUTINE_LOG_EVERY_S
     _routine: Counter[str] = field(default_factory=Counter)
@@ -198,6 +203,8 @@ class Executor:
             else:
                 (self.bound.warning if entry.warn else self.bound.info)(entry.log_event, **fields)
             self.audit.append(entry.kind, entry.data)
+        if self.metrics is not None:
+            self.metrics.observe(entries)
         for event in [e for e in self._routine if self._routine_due(e, now)]:
             self.bound.info(event, count=self._routine.pop(event))
             self._routine_logged[event] = now
@@ -218,7 +225,15 @@ class Executor:
 
     async def sync_audit(self) -> None:
         """Make the audit trail durable."""
-        self.audit.sync()
+        started = time.perf_counter()
+        try:
+            self.audit.sync()
+        except BaseException:
+            self.audit_failing(True)
+            raise
+        self.audit_failing(False)
+        if self.metrics is not None:
+            self.metrics.audit_fsync.observe(time.perf_counter() - started)
 
     async def _sync_journals(self) -> None:
         assert self.delivered is not None
@@ -270,6 +285,10 @@ class Executor:
             self._refused_delivery(batch, d, error)
         if not sink.journal_first:
             await self._journal([d for d in items if d.message_id not in gone])
+        if self.metrics is not None:
+            self.metrics.delivered_at(
+                d.created_ms for d in items if d.created_ms and d.message_id not in gone
+            )
 
     def _refused_delivery(self, batch: Batch, d: Deliver, error: TransportError) -> None:
         """The local cluster refused one delivery as a record: the core decides what answers it

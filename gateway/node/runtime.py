@@ -5,7 +5,8 @@ one generic loop: poll a batch -> hand each record to its core (:mod:`gateway.co
 the effects and make them durable (:class:`~gateway.node.loop.Executor`) -> commit the offsets.
 Nothing is committed before its effects are durable. Records for a topic that refuses them are
 parked and offered again by their own task; hot reload and housekeeping are in
-:mod:`gateway.node.watch`; the files a node loads, in :mod:`gateway.node.files`.
+:mod:`gateway.node.watch`; the files a node loads, in :mod:`gateway.node.files`; metrics,
+health and expiry warnings in :mod:`gateway.node.metrics` and :mod:`gateway.node.health`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from gateway.crypto.envelope import DataKeyRing
 from gateway.errors import ConfigError, InfrastructureError
 from gateway.node.config import NodeConfig, exchange_topic_specs, topic_spec
 from gateway.node.files import load_node_files, spool_batches
+from gateway.node.health import MetricsServer, Readiness
 from gateway.node.journals import DeliveredJournal, Journals
 from gateway.node.loop import (
     Executor,
@@ -39,10 +41,12 @@ from gateway.node.loop import (
     offer_parked,
     unless_stopped,
 )
+from gateway.node.metrics import Metrics, expiries, warn_expiring
 from gateway.node.parked import Parked
 from gateway.node.sinks import KafkaSink, Sink, SpoolSink
 from gateway.node.transport import (
     Cluster,
+    ClusterProbe,
     Consumer,
     Message,
     Producer,
@@ -72,6 +76,11 @@ def _ms(moment: datetime) -> int:
 
 class Node(Watching):
     """One agency's gateway node: wiring of cores, Kafka, sinks, journals and loops."""
+
+    probe_every_s = 2.0
+    """How often the metrics refresh and, while the metrics port is served, Kafka is probed."""
+    expiry_check_every_s = 3600.0
+    """How often expiry warnings are logged (as well as at start)."""
 
     def __init__(self, config: NodeConfig, *, now: Callable[[], datetime] = _now) -> None:
         self.config = config
@@ -106,6 +115,19 @@ class Node(Watching):
         self.ready = asyncio.Event()
         self._audit_log: AuditLog | None = None
         self._log = log.bind(agency=config.agency)
+        self.metrics = Metrics(
+            self.counters,
+            lambda: self.outbound.trust.agencies,
+            receipt_timeout=config.receipt_timeout,
+        )
+        self.readiness = Readiness(now=now, trust_expires_at=lambda: self.outbound.trust.expires_at)
+        self._server: MetricsServer | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics``, ``/healthz`` and ``/readyz`` are served on while the node runs
+        (the one the system picked, when the config says 0); None when not served."""
+        return self._server.port if self._server is not None else None
 
     # --- wiring ----------------------------------------------------------------------------------
 
@@ -128,6 +150,21 @@ class Node(Watching):
             side (refused credentials, lost audit storage) that retrying cannot mend.
         """
         async with contextlib.AsyncExitStack() as stack:
+            self._check_expiry(warn=True)
+            if self.config.metrics_port is not None:
+                server = MetricsServer(
+                    self.metrics,
+                    self.readiness,
+                    asyncio.get_running_loop(),
+                    address=self.config.metrics_address,
+                    port=self.config.metrics_port,
+                )
+                server.start()
+                self._server = server
+                stack.callback(self._close_server)
+                self._log.info(
+                    "metrics_serving", address=self.config.metrics_address, port=server.port
+                )
             sink, journal = await self._open(stack, stop)
             await self._executor.retry(
                 "recover deliveries", partial(self._recover_deliveries, journal, sink)
@@ -158,6 +195,10 @@ class Node(Watching):
         # the audit trail first: it holds the state folder's lock (one node per folder)
         self._audit_log = AuditLog.open(c.audit_dir, self.outbound.keys.signing, now=self._now)
         stack.callback(self._audit_log.close)
+        audit = self._audit_log
+        self.metrics.audit_written = lambda: audit.written
+        self.readiness.audit_dir = c.audit_dir
+        stack.callback(setattr, self.readiness, "audit_dir", None)
         journals = Journals(c.state_dir, _ms(self._now()))
         stack.callback(_close_quietly, journals)
         journal, self.received = journals.delivered, journals.received
@@ -181,6 +222,8 @@ class Node(Watching):
                 d, detail, self._now(), self.limits
             ),
             bound=self._log,
+            metrics=self.metrics,
+            audit_failing=partial(setattr, self.readiness, "audit_failing"),
         )
         return sink, journal
 
@@ -244,6 +287,7 @@ class Node(Watching):
                 gather_ms=250,  # on no event's path: a few large batches, not many small ones
             ),
             "watch": self._watch_loop(stop, sink),
+            "observe": self._observe_loop(stop),
             "parked": offer_parked(self._executor, stop),
         }
         if c.outbound_topic:
@@ -292,6 +336,7 @@ class Node(Watching):
         )
         retry = self._executor.retry
         committing: asyncio.Task[None] | None = None
+        self.readiness.starting(name)
         try:
             # joining can wait on a cluster that is gone for as long as it is gone; a stop
             # request does not wait with it
@@ -303,6 +348,8 @@ class Node(Watching):
                 messages = await retry(
                     f"poll {name}", partial(consumer.poll, timeout_ms=300, max_records=500)
                 )
+                self.readiness.polled(name)
+                self.metrics.polled(name, topic, len(messages), consumer.lag())
                 if not messages:
                     continue
                 await self._executor.execute(handle(messages))
@@ -317,8 +364,57 @@ class Node(Watching):
             if committing is not None and not committing.done():
                 committing.cancel()  # failing or cancelled: the records are read again
                 await asyncio.gather(committing, return_exceptions=True)
+            self.readiness.stopped(name)
             with contextlib.suppress(InfrastructureError):
                 await consumer.stop()
+
+    # --- metrics, health and expiry warnings -----------------------------------------------------
+
+    def _close_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def _check_expiry(self, *, warn: bool) -> None:
+        """Set the expiry gauges of the trust list and the node's own keys; with ``warn``, log
+        a warning for each that expires within ``expiry_warning``."""
+        keys = self.outbound.keys
+        own = {keys.signing.key_id, *(k.key_id for k in keys.encryption)}
+        now = self._now()
+        soon = self.metrics.expiring(
+            expiries(self.outbound.trust, self.config.agency, own), self.config.expiry_warning, now
+        )
+        if warn:
+            warn_expiring(soon, now, self._log)
+
+    async def _observe_loop(self, stop: asyncio.Event) -> None:
+        """Refresh the gauges, re-check expiry (warnings at most every
+        :attr:`expiry_check_every_s`) and, while the metrics port is served, probe Kafka for
+        ``/readyz``: every cluster the node uses must answer a metadata request."""
+        c = self.config
+        clusters = [c.exchange] + ([c.local] if c.local != c.exchange else [])
+        probes = (
+            [ClusterProbe(cluster, f"fxgw-{c.agency}-probe") for cluster in clusters]
+            if self._server is not None
+            else []
+        )
+        loop = asyncio.get_running_loop()
+        warned = loop.time()  # at start, by run()
+        try:
+            while not stop.is_set():
+                due = loop.time() - warned >= self.expiry_check_every_s
+                if due:
+                    warned = loop.time()
+                self._check_expiry(warn=due)
+                if probes:
+                    answers = await asyncio.gather(*(p.answers() for p in probes))
+                    self.readiness.kafka = "ok" if all(answers) else "unreachable"
+                self.metrics.refresh()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.probe_every_s)
+        finally:
+            for probe in probes:
+                await probe.close()
 
     def _take(self, messages: Sequence[Message], core: Callable[[bytes], Effects]) -> Batch:
         """Each record's effects; a record the client could not parse is quarantined by where

@@ -8,6 +8,7 @@
   exist against the node's replication, ``min.insync.replicas`` and message size.
 - :class:`Cluster`: where a cluster is and how to authenticate to it (TLS, mutual TLS, SASL
   PLAIN or SCRAM-SHA-512); every client takes one, or a plain bootstrap list (plaintext).
+- :class:`ClusterProbe`: whether a cluster answers a metadata request now (for ``/readyz``).
 
 Every aiokafka exception is translated to :class:`~gateway.errors.TransportError` here, with the
 original chained, and ``retriable`` taken from aiokafka's own flag.
@@ -525,6 +526,19 @@ class Consumer:
             async with _translated("commit"):
                 await self._consumer.commit(offsets)
 
+    def lag(self) -> int | None:
+        """Records behind the high watermark, summed over the partitions assigned, as far as
+        known: a partition counts once a fetch has told its high watermark and a record of it
+        has been returned since it was assigned (None when no partition is known yet)."""
+        known = [
+            (hw, self._next[tp])
+            for tp in self._consumer.assignment()
+            if tp in self._next and (hw := self._consumer.highwater(tp)) is not None
+        ]
+        if not known:
+            return None
+        return sum(max(0, int(hw) - position) for hw, position in known)
+
     # --- stepping over what the client cannot parse ----------------------------------------------
     #
     # When aiokafka fails to parse a record, ``getmany`` raises and leaves this state behind
@@ -653,6 +667,44 @@ class Consumer:
                     decompress=_decompress,
                 )
         return []
+
+
+class ClusterProbe:
+    """Asks a cluster for its metadata over a client of its own, kept between probes."""
+
+    def __init__(self, bootstrap_servers: Cluster | str, client_id: str) -> None:
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._client: aiokafka.AIOKafkaClient | None = None
+
+    async def answers(self, timeout_s: float = 5.0) -> bool:
+        """Whether a broker of the cluster answered a metadata request within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self._client is None:
+                    client = aiokafka.AIOKafkaClient(
+                        **_options(self._bootstrap),
+                        client_id=self._client_id,
+                        request_timeout_ms=int(timeout_s * 1000),
+                    )
+                    try:
+                        await client.bootstrap()
+                    except BaseException:
+                        with contextlib.suppress(TransportError):
+                            await _close("probe close", client.close())
+                        raise
+                    self._client = client
+                await self._client.fetch_all_metadata()
+            return True
+        except (aiokafka.errors.KafkaError, TimeoutError, OSError):
+            return False
+
+    async def close(self) -> None:
+        """Close the probe's client (a cluster that does not answer is given up in time)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(TransportError):
+                await _close("probe close", client.close())
 
 
 class _Forget(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class

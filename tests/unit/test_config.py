@@ -171,6 +171,18 @@ class TestLoadConfig:
         assert timedelta(days=30) == config.max_lifetime
         assert 10_000 == config.data_key_max_uses
         assert (("FED/sign/1", "AAAA"),) == config.authority_keys
+        assert (None, "127.0.0.1") == (config.metrics_port, config.metrics_address)
+        assert timedelta(days=14) == config.expiry_warning
+
+    def test_metrics_settings(self, tmp_path: Path) -> None:
+        """The metrics port, its address and the expiry warning window are read."""
+        text = _edit(
+            "state_dir: state\n",
+            "state_dir: state\nmetrics_port: 0\nmetrics_address: '::1'\nexpiry_warning_days: 30\n",
+        )
+        config = load_config(_write(tmp_path, text))
+        assert (0, "::1") == (config.metrics_port, config.metrics_address)
+        assert timedelta(days=30) == config.expiry_warning
 
     def test_spool_sink_with_a_folder(self, tmp_path: Path) -> None:
         """A spool sink with spool.inbound_dir needs no inbound topic."""

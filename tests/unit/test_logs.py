@@ -207,6 +207,26 @@ class TestConfiguredLogging:
         assert str(ours["detail"]).endswith("[cut: 100000 chars]")
         assert str(theirs["event"]).endswith("[cut: 100005 chars]")
 
+    def test_library_tracebacks_are_rendered_in_the_json_line(self, stream: io.StringIO) -> None:
+        """A library's ``logger.exception`` comes out as one JSON line, traceback in a field."""
+        try:
+            raise ConnectionRefusedError("refused")
+        except ConnectionRefusedError:
+            logging.getLogger("aiokafka.conn").exception("Unable connect to %s", "node-1")
+        (line,) = _lines(stream)
+        assert {"logger": "aiokafka.conn", "level": "error"}.items() <= line.items()
+        assert "Unable connect to node-1" == line["event"]
+        assert str(line["exception"]).startswith("Traceback (most recent call last):")
+        assert str(line["exception"]).endswith("ConnectionRefusedError: refused")
+
+    def test_ours_and_theirs_have_the_same_shape(self, stream: io.StringIO) -> None:
+        """Our events name their logger as library records do."""
+        structlog.get_logger("fxgw.node").warning("retrying")
+        logging.getLogger("aiokafka").warning("again")
+        ours, theirs = _lines(stream)
+        assert {"event", "logger", "level", "timestamp"} == set(ours) == set(theirs)
+        assert "fxgw.node" == ours["logger"]
+
     def test_our_debug_lines_follow_the_level(self, stream: io.StringIO) -> None:
         """At level info, our debug events are not written; library info records neither."""
         structlog.get_logger("fxgw.node").debug("detail")
