@@ -7,10 +7,8 @@ keys and state can move together.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import socket
-import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,7 +21,7 @@ from gateway._yamlfile import load_model, read_yaml
 from gateway.core.effects import MIB, Limits
 from gateway.core.routing import Route
 from gateway.errors import ConfigError
-from gateway.node.transport import Cluster, TopicSpec
+from gateway.node.transport import Cluster, Secret, TopicSpec
 from gateway.types import AgencyId
 
 DEFAULT_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "avro"
@@ -367,12 +365,12 @@ def load_config(path: Path) -> NodeConfig:
         schemas_dir=resolve(model.schemas) if model.schemas else DEFAULT_SCHEMAS,
         contract_version=model.contract_version,
         state_dir=resolve(model.state_dir),
-        exchange=_cluster(model.exchange, "exchange", resolve, path),
+        exchange=_cluster(model.exchange, "exchange", resolve),
         exchange_topics=model.exchange.topics,
         topic_prefix=model.exchange.topic_prefix,
         provision_inboxes=model.exchange.provision_inboxes,
         receipt_timeout=timedelta(seconds=model.exchange.receipt_timeout_seconds),
-        local=_cluster(model.local, "local", resolve, path),
+        local=_cluster(model.local, "local", resolve),
         local_topics=model.local.topics,
         outbound_topic=model.local.outbound_topic,
         inbound_topic=model.local.inbound_topic,
@@ -397,31 +395,29 @@ def load_config(path: Path) -> NodeConfig:
 
 
 def _cluster(
-    model: ExchangeModel | LocalModel, where: str, resolve: Callable[[str], Path], path: Path
+    model: ExchangeModel | LocalModel, where: str, resolve: Callable[[str], Path]
 ) -> Cluster:
-    """The cluster ``model`` describes, with its secrets read from their files or variables.
-
-    :raises ConfigError: a secret's file or variable is missing, or a private file is readable
-        by others; naming the config file and the field.
-    """
+    """The cluster ``model`` describes. Its files and secrets are read when a client is made
+    (and checked by ``fxgw config check``), so a config loads where they are not mounted."""
     security = model.security
     if security is None:
-        return Cluster(model.bootstrap_servers)
+        return Cluster(model.bootstrap_servers, where=where)
     tls = security.tls or TlsModel()
     sasl = security.sasl
     key_password = None
     if tls.key_password_file or tls.key_password_env:
-        key_password = _secret(
-            tls.key_password_file, tls.key_password_env, f"{where}.security.tls", resolve, path
+        key_password = Secret(
+            f"{where}.security.tls.key_password",
+            resolve(tls.key_password_file) if tls.key_password_file else None,
+            tls.key_password_env,
         )
-    for name in ("ca_file", "cert_file", "key_file"):
-        value = getattr(tls, name)
-        if value is not None and not resolve(value).is_file():
-            raise ConfigError(
-                f"{where}.security.tls.{name}: no file at {resolve(value)}", file=str(path)
-            )
-    if tls.key_file is not None:
-        _private(resolve(tls.key_file), f"{where}.security.tls.key_file", path)
+    password = None
+    if sasl is not None:
+        password = Secret(
+            f"{where}.security.sasl.password",
+            resolve(sasl.password_file) if sasl.password_file else None,
+            sasl.password_env,
+        )
     return Cluster(
         model.bootstrap_servers,
         protocol=security.protocol,
@@ -432,50 +428,9 @@ def _cluster(
         key_password=key_password,
         sasl_mechanism=sasl.mechanism if sasl else None,
         username=sasl.username if sasl else None,
-        password=(
-            _secret(sasl.password_file, sasl.password_env, f"{where}.security.sasl", resolve, path)
-            if sasl
-            else None
-        ),
+        password=password,
+        where=where,
     )
-
-
-def _secret(
-    file: str | None, env: str | None, where: str, resolve: Callable[[str], Path], path: Path
-) -> str:
-    """A secret from its file (first line, which must be private to the node's user) or from
-    an environment variable."""
-    if env is not None:
-        value = os.environ.get(env)
-        if not value:
-            raise ConfigError(
-                f"{where}: the environment variable {env} (password_env) is not set or empty",
-                file=str(path),
-            )
-        return value
-    assert file is not None  # the models ask for one of the two
-    secret_file = resolve(file)
-    _private(secret_file, where, path)
-    try:
-        lines = secret_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read {secret_file}: {exc}", file=str(path)) from exc
-    if not lines or not lines[0]:
-        raise ConfigError(f"{where}: {secret_file} is empty", file=str(path))
-    return lines[0]
-
-
-def _private(secret_file: Path, where: str, path: Path) -> None:
-    try:
-        mode = secret_file.stat().st_mode
-    except OSError as exc:
-        raise ConfigError(f"{where}: no file at {secret_file}", file=str(path)) from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"{where}: {secret_file} is accessible to others (mode {stat.S_IMODE(mode):04o});"
-            f" run 'chmod 600 {secret_file}'",
-            file=str(path),
-        )
 
 
 def topic_spec(name: str, settings: TopicsModel) -> TopicSpec:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
+import stat
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +42,7 @@ from aiokafka.structs import TopicPartition
 from gateway.errors import (
     AccessRefused,
     CommitRefused,
+    ConfigError,
     RecordRefused,
     TopicRefused,
     TransportError,
@@ -86,12 +89,64 @@ Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
 
 @dataclass(frozen=True, slots=True)
+class Secret:
+    """Where a secret is: the first line of a file private to the node's user, or an
+    environment variable. Read when a client is made, never kept, never shown."""
+
+    field: str
+    """The config field that names it (``exchange.security.sasl.password_file``), for errors."""
+    file: Path | None = None
+    env: str | None = None
+
+    def problem(self) -> str | None:
+        """Why the secret cannot be read now (None: it can)."""
+        try:
+            self.read()
+        except ConfigError as exc:
+            return exc.message
+        return None
+
+    def read(self) -> str:
+        """:raises ConfigError: the variable is unset, or the file is missing, empty or
+        readable by others; naming the field and what to do."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ConfigError(f"{self.field}: the environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        private_file_problem = _private_file_problem(self.file)
+        if private_file_problem:
+            raise ConfigError(f"{self.field}: {private_file_problem}")
+        try:
+            lines = self.file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.field}: cannot read {self.file}: {exc}") from exc
+        if not lines or not lines[0]:
+            raise ConfigError(f"{self.field}: {self.file} is empty; its first line is the secret")
+        return lines[0]
+
+
+def _private_file_problem(path: Path) -> str | None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return f"no file at {path}"
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (
+            f"{path} is accessible to others (mode {stat.S_IMODE(mode):04o});"
+            f" run 'chmod 600 {path}'"
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     """One Kafka cluster: its bootstrap servers and how a client proves who it is.
 
-    Secrets (the SASL password, the client key's password) are read by the config loader from
-    files or the environment; they are held here with ``repr=False``, so that no log line or
-    traceback that shows a Cluster shows them.
+    Secrets (the SASL password, the client key's password) are :class:`Secret` references,
+    read each time a client is made: a rotated password is taken at the next connection, and
+    no Cluster holds one.
     """
 
     bootstrap_servers: str
@@ -102,20 +157,43 @@ class Cluster:
     cert_file: Path | None = None
     """PEM client certificate, for mutual TLS (with ``key_file``)."""
     key_file: Path | None = None
-    key_password: str | None = field(default=None, repr=False)
+    key_password: Secret | None = None
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-512"] | None = None
     username: str | None = None
-    password: str | None = field(default=None, repr=False)
+    password: Secret | None = None
+    where: str = "cluster"
+    """The config block (``exchange``, ``local``) that describes it, for errors."""
 
     @property
     def encrypted(self) -> bool:
         return self.protocol in ("SSL", "SASL_SSL")
 
+    def problems(self) -> list[str]:
+        """Every file or secret this cluster names that cannot be used now."""
+        found: list[str] = []
+        tls = f"{self.where}.security.tls"
+        for name, path in (("ca_file", self.ca_file), ("cert_file", self.cert_file)):
+            if path is not None and not path.is_file():
+                found.append(f"{tls}.{name}: no file at {path}")
+        if self.key_file is not None:
+            problem = _private_file_problem(self.key_file)
+            if problem:
+                found.append(f"{tls}.key_file: {problem}")
+        for secret in (self.key_password, self.password):
+            problem = secret.problem() if secret is not None else None
+            if problem:
+                found.append(problem)
+        return found
+
     def client_options(self) -> dict[str, object]:
         """The aiokafka client arguments for this cluster.
 
-        :raises TransportError: a certificate or key file cannot be read (retrying cannot help).
+        :raises ConfigError: a file or secret it names cannot be used (every problem named).
+        :raises TransportError: the TLS files are there but unusable (retrying cannot help).
         """
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
         options: dict[str, object] = {
             "bootstrap_servers": self.bootstrap_servers,
             "security_protocol": self.protocol,
@@ -127,10 +205,12 @@ class Cluster:
                     certfile=self.cert_file,
                     keyfile=self.key_file,
                     # never None: OpenSSL would prompt on the terminal for an encrypted key
-                    password=self.key_password or "",
+                    password=self.key_password.read() if self.key_password else "",
                 )
             except (OSError, ssl.SSLError) as exc:
-                error = TransportError(f"TLS set-up: {type(exc).__name__}: {exc.strerror or exc}")
+                error = TransportError(
+                    f"{self.where} TLS set-up: {type(exc).__name__}: {exc.strerror or exc}"
+                )
                 error.retriable = False
                 raise error from exc
             context.check_hostname = self.check_hostname
@@ -139,7 +219,7 @@ class Cluster:
             options.update(
                 sasl_mechanism=self.sasl_mechanism,
                 sasl_plain_username=self.username,
-                sasl_plain_password=self.password,
+                sasl_plain_password=self.password.read() if self.password else None,
             )
         return options
 

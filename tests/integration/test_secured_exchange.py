@@ -30,7 +30,7 @@ from gateway.dev.sandbox import Federation, build_federation
 from gateway.dev.tls import Issued, LocalCA
 from gateway.node.acls import Grant, agency_grants
 from gateway.node.config import exchange_topic_specs, load_config
-from gateway.node.transport import Cluster, ensure_topics
+from gateway.node.transport import Cluster, Secret, ensure_topics
 from tests.integration.conftest import delivered, national_send, quarantined, running, wait_until
 from tests.integration.test_parking import _states
 
@@ -49,6 +49,7 @@ class Exchange:
     ca_file: Path
     certs: dict[str, Issued]
     passwords: dict[str, str]
+    root: Path
 
     def security(self, agency: str, folder: Path) -> tuple[str, dict[str, object]]:
         """The bootstrap list and the ``security`` block of ``agency``'s node config; its
@@ -68,13 +69,16 @@ class Exchange:
 
     def cluster(self, agency: str) -> Cluster:
         """``agency``'s credentials, for a test's own client."""
+        secret = self.root / f"{agency}.password"
+        secret.write_text(self.passwords[agency])
+        secret.chmod(0o600)
         return Cluster(
             self.kafka.sasl_ssl_bootstrap_servers,
             protocol="SASL_SSL",
             ca_file=self.ca_file,
             sasl_mechanism="SCRAM-SHA-512",
             username=agency,
-            password=self.passwords[agency],
+            password=Secret("test", secret),
         )
 
 
@@ -88,7 +92,7 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
     passwords = {a: secrets.token_hex(16) for a in AGENCIES}
     secured = Secured(ca.ca_file, broker.keystore, tuple(passwords.items()))
     with LocalKafka(nodes=1, workdir=root / "kafka", secured=secured) as kafka:
-        yield Exchange(kafka, ca.ca_file, certs, passwords)
+        yield Exchange(kafka, ca.ca_file, certs, passwords, root)
 
 
 async def _federation(
