@@ -693,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="load the contract, print its versions and fingerprints, check compatibility",
     )
-    p.add_argument("dir", nargs="?", help="the contract (default: the repository's schemas/avro)")
+    p.add_argument("dir", nargs="?", help="the contract (default: the one shipped with fxgw)")
     p.add_argument(
         "--against",
         action="append",

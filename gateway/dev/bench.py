@@ -73,9 +73,10 @@ from aiokafka.structs import TopicPartition
 
 import gateway
 from gateway.dev.kafka import LocalKafka
-from gateway.dev.sandbox import REPO, build_federation, seizure_exchange
+from gateway.dev.sandbox import build_federation, seizure_exchange
 from gateway.errors import ConfigError, InfrastructureError
 from gateway.node.transport import Producer, TopicSpec, ensure_topics, read_topic
+from gateway.resources import EVENTS
 
 __all__ = [
     "EXIT_BELOW_FLOOR",
@@ -95,7 +96,7 @@ __all__ = [
 
 log = structlog.get_logger("fxgw.bench")
 
-TEMPLATE = REPO / "tests" / "data" / "events" / "seizure_nl_rotterdam_two_firearms.json"
+TEMPLATE = EVENTS / "seizure_nl_rotterdam_two_firearms.json"
 SENDER, RECEIVER = "NL-POL", "BE-FPJ"
 LOG_APPEND_TIME = (("message.timestamp.type", "LogAppendTime"),)
 SAMPLE_INTERVAL_S = 0.1
@@ -426,7 +427,8 @@ class SeizureEvents:
             document = json.loads(template.read_bytes())
         except OSError as exc:
             raise ConfigError(
-                "the benchmark's event template is missing; fxgw bench needs a source checkout",
+                "the benchmark's event template is missing (it ships as gateway/_data/events/);"
+                " reinstall fxgw",
                 file=str(template),
             ) from exc
         self._type = document["event_type"]

@@ -14,7 +14,7 @@ tools: on 127.0.0.1 its anonymous principal is a super user (a development short
 such; a real cluster has no such listener). :meth:`LocalKafka.grant` runs Kafka's own AclCommand.
 
 This module is a development tool: standard library only, no asyncio, nothing imported from the
-rest of the gateway but its errors. Command line::
+rest of the gateway but its errors and where the launcher files are. Command line::
 
     python -m gateway.dev.kafka start [--nodes N] [--dir D] [--heap-mb M] [--version V]
     python -m gateway.dev.kafka classpath [--version V]
@@ -44,6 +44,7 @@ from types import FrameType, TracebackType
 from typing import IO, Self
 
 from gateway.errors import ConfigError, InfrastructureError
+from gateway.resources import KAFKA_LAUNCHER
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -58,9 +59,8 @@ __all__ = [
 DEFAULT_VERSION = "4.1.1"
 
 _HOST = "127.0.0.1"
-_DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
-_POM = _DEPLOY_DIR / "pom.xml"
-_LOG_CONFIG = _DEPLOY_DIR / "log4j2.properties"
+_POM = KAFKA_LAUNCHER / "pom.xml"
+_LOG_CONFIG = KAFKA_LAUNCHER / "log4j2.properties"
 # Logged once by kafka.server.KafkaRaftServer when the broker is unfenced and serving clients.
 _STARTED_LINE = b"Kafka Server started"
 _MAVEN_TIMEOUT_S = 900.0
@@ -142,8 +142,8 @@ def resolve_classpath(version: str = DEFAULT_VERSION, *, refresh: bool = False) 
 def _maven_classpath(version: str, scratch: Path) -> str:
     if not _POM.is_file():
         raise ConfigError(
-            "the Kafka launcher's pom is missing; gateway.dev.kafka needs a source checkout"
-            " (pip install -e .) with deploy/kafka/pom.xml, or set KAFKA_HOME",
+            "the Kafka launcher's pom is missing (it ships in the package as"
+            " gateway/_data/kafka/pom.xml, from deploy/kafka/); reinstall fxgw, or set KAFKA_HOME",
             file=str(_POM),
         )
     mvn = shutil.which("mvn")

@@ -2,7 +2,8 @@
 
 Used by ``fxgw demo`` and by the integration tests, so both run exactly the files an operator
 would write: key files from :mod:`gateway.crypto.keys`, a trust list signed by an authority key, the
-release policies of ``policies/``, and one ``node.yaml`` per agency.
+release policies of ``policies/`` (as shipped, :data:`gateway.resources.POLICIES`), and one
+``node.yaml`` per agency.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Literal
 
 import yaml
 
+from gateway import resources
 from gateway.crypto import keys
 from gateway.crypto.trust import sign_trust_list
 from gateway.types import AgencyId
 
-REPO = Path(__file__).resolve().parents[2]
-POLICIES = REPO / "policies"
+POLICIES = resources.POLICIES
+"""The example release policies, as shipped with the package (``policies/`` of the repository)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +38,7 @@ class AgencySpec:
     sink: Literal["kafka", "spool"] = "kafka"
     routes: tuple[dict[str, object], ...] = ()
     schemas: Path | None = None
-    """The node's contract (default: the repository's)."""
+    """The node's contract (default: the one shipped with the package)."""
     contract_versions: tuple[str, ...] = ()
     """The contract versions the trust list says the agency reads (default: the list's)."""
 

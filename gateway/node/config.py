@@ -22,9 +22,11 @@ from gateway.core.effects import MIB, Limits
 from gateway.core.routing import Route
 from gateway.errors import ConfigError
 from gateway.node.transport import Cluster, Secret, TopicSpec
+from gateway.resources import SCHEMAS
 from gateway.types import AgencyId
 
-DEFAULT_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "avro"
+DEFAULT_SCHEMAS = SCHEMAS
+"""The contract a node loads when its config names no ``schemas`` folder: the one shipped."""
 
 
 class _Strict(BaseModel):
