@@ -146,7 +146,8 @@ class TestInstalledWheel:
         assert "US-ATF cannot open BE-FPJ's envelope: refused with 'not_for_us'" in out
         for agency in ("NL-POL", "BE-FPJ", "US-ATF"):
             assert re.search(rf"^audit trail of {agency}: intact, ", out, re.M), out
-        # resolved by Maven from the wheel's pom into this test's own cache, not a cached classpath
-        # one classpath, cached under the digest of the shipped pom
-    assert 1 == len(list((Path(env["FXGW_CACHE_DIR"]) / "kafka" / DEFAULT_VERSION).glob("*/classpath.txt")))
+        # resolved by Maven from the wheel's pom into this test's own cache, not a cached
+        # classpath: one classpath, under the digest of the shipped pom
+        cached = Path(env["FXGW_CACHE_DIR"]) / "kafka" / DEFAULT_VERSION
+        assert 1 == len(list(cached.glob("*/classpath.txt")))
         assert [] == [p.name for p in work.iterdir()]
