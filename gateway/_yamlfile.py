@@ -149,13 +149,20 @@ def describe_loc(loc: Sequence[str | int]) -> str:
     return text or "(top level)"
 
 
-def load_model(document: YamlDocument, model: type[M], what: str, error: type[ConfigError]) -> M:
-    """Validate ``document`` as ``model``.
+def load_model(
+    document: YamlDocument,
+    model: type[M],
+    what: str,
+    error: type[ConfigError],
+    *,
+    context: dict[str, object] | None = None,
+) -> M:
+    """Validate ``document`` as ``model`` (``context`` goes to its validators).
 
     :raises ConfigError: (of class ``error``) naming file, line and field of the first problem.
     """
     try:
-        return model.model_validate(document.data)
+        return model.model_validate(document.data, context=context)
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         # pydantic names the member of a union it tried (``literal['keep', ...]``, a model's

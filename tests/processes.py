@@ -365,8 +365,8 @@ async def check_receipts(bootstrap: str, config: Path) -> ReceiptCheck:
     trust list."""
     c = load_config(config)
     now = datetime.now(UTC)
-    trust = load_trust_list(c.trust_file, authority_keys(c.authority_keys), now=now)
-    registry = newest_registry(c.schemas_dir)
+    trust = load_trust_list(c.trust.file, authority_keys(c.trust.pinned), now=now)
+    registry = newest_registry(c.schemas)
     check = ReceiptCheck()
     for m in await read_topic(bootstrap, c.receipts_topic(c.agency), timeout_s=60):
         check.records += 1

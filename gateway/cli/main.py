@@ -127,8 +127,8 @@ def cmd_trust_verify(args: argparse.Namespace) -> int:
 
     if args.config:
         config = load_config(Path(args.config))
-        pinned = authority_keys(config.authority_keys)
-        path = Path(args.file) if args.file else config.trust_file
+        pinned = authority_keys(config.trust.pinned)
+        path = Path(args.file) if args.file else config.trust.file
     else:
         if not args.authority_key or not args.file:
             raise ConfigError("give -c NODE.yaml, or a FILE and --authority-key ID=BASE64")
@@ -156,8 +156,8 @@ def _node_trust(config: NodeConfig) -> TrustList:
     """The trust list a node's config names, verified against its pinned authority keys."""
     from gateway.crypto.trust import authority_keys, load_trust_list
 
-    pinned = authority_keys(config.authority_keys)
-    return load_trust_list(config.trust_file, pinned, now=datetime.now(UTC))
+    pinned = authority_keys(config.trust.pinned)
+    return load_trust_list(config.trust.file, pinned, now=datetime.now(UTC))
 
 
 def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, TrustList]:
@@ -171,7 +171,7 @@ def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, Trust
 
     trust = _node_trust(config)
     me = own_agency(config, trust)
-    contract = Contract.load(config.schemas_dir)
+    contract = Contract.load(config.schemas)
     return contract, own_version(config, contract, me), trust
 
 
@@ -399,7 +399,7 @@ def _node_audit_keys(config_path: str) -> tuple[Path, str, dict[str, bytes]]:
     except ConfigError as exc:
         errors.append(str(exc))
     try:
-        signing = load_signing_key(config.signing_key)
+        signing = load_signing_key(config.keys.signing)
         keys[signing.key_id] = signing.public
     except ConfigError as exc:
         errors.append(str(exc))
@@ -484,12 +484,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     view = build_view(entries)
     now = datetime.now(UTC)
     if args.json:
-        rows = to_json(view, now, config.receipt_timeout)
+        rows = to_json(view, now, config.exchange.receipt_timeout)
         if args.event:
             rows = [r for r in rows if r["event_id"] == args.event]
         _print(json.dumps(rows, ensure_ascii=False, indent=1))
     else:
-        text = render(view, now, config.receipt_timeout, event_id=args.event, limit=args.limit)
+        text = render(
+            view, now, config.exchange.receipt_timeout, event_id=args.event, limit=args.limit
+        )
         _print(text.rstrip("\n"))
     return EXIT_OK
 
@@ -518,16 +520,16 @@ def cmd_send(args: argparse.Namespace) -> int:
             continue
         good.append(line)
     if good:
-        if config.outbound_topic:
-            asyncio.run(_send_to_topic(config, config.outbound_topic, good))
-            where = f"topic {config.outbound_topic}"
-        elif config.spool_outbound:
+        if config.local.outbound_topic:
+            asyncio.run(_send_to_topic(config, config.local.outbound_topic, good))
+            where = f"topic {config.local.outbound_topic}"
+        elif config.spool.outbound_dir:
             from gateway.node.sinks import write_atomically
 
-            config.spool_outbound.mkdir(parents=True, exist_ok=True)
+            config.spool.outbound_dir.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-            write_atomically(config.spool_outbound / f"{stamp}.jsonl", b"\n".join(good) + b"\n")
-            where = f"spool {config.spool_outbound}"
+            write_atomically(config.spool.outbound_dir / f"{stamp}.jsonl", b"\n".join(good) + b"\n")
+            where = f"spool {config.spool.outbound_dir}"
         else:
             raise ConfigError(
                 "the node has neither local.outbound_topic nor spool.outbound_dir",
@@ -543,8 +545,8 @@ async def _send_to_topic(config: NodeConfig, topic: str, lines: Sequence[bytes])
     from gateway.node.config import topic_spec
     from gateway.node.transport import Producer, ensure_topics
 
-    await ensure_topics(config.local, [topic_spec(topic, config.local_topics)])
-    producer = Producer(config.local, "fxgw-send")
+    await ensure_topics(config.local.cluster, [topic_spec(topic, config.local.topics)])
+    producer = Producer(config.local.cluster, "fxgw-send")
     await producer.start()
     try:
         await producer.send_many([(topic, line, None, ()) for line in lines])
@@ -589,7 +591,9 @@ def cmd_acls(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     agencies = sorted(_node_trust(config).agencies)
     bootstrap = args.bootstrap_server or config.exchange.bootstrap_servers
-    _print(script(agencies, config.topic_prefix, bootstrap, args.command_config).rstrip("\n"))
+    _print(
+        script(agencies, config.exchange.topic_prefix, bootstrap, args.command_config).rstrip("\n")
+    )
     return EXIT_OK
 
 
@@ -600,10 +604,10 @@ def cmd_topics_provision(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     agencies = sorted(_node_trust(config).agencies)
     specs = exchange_topic_specs(config, agencies)
-    problems = asyncio.run(ensure_topics(config.exchange, specs))
+    problems = asyncio.run(ensure_topics(config.exchange.cluster, specs))
     for problem in problems:
         _print(f"not as configured: {problem}")
-    settings = config.exchange_topics
+    settings = config.exchange.topics
     _print(
         f"{len(specs)} topics of {len(agencies)} agencies on {config.exchange.bootstrap_servers}:"
         f" replication {settings.replication}, min.insync.replicas"

@@ -219,11 +219,11 @@ async def _national_send(
 async def _received(fed: Federation, agency: str) -> list[dict[str, object]]:
     """What the national system of ``agency`` has been handed so far."""
     config = load_config(fed.config(agency))
-    if config.sink == "spool":
-        assert config.spool_inbound is not None
-        if not config.spool_inbound.exists():
+    if config.delivery.sink == "spool":
+        assert config.spool.inbound_dir is not None
+        if not config.spool.inbound_dir.exists():
             return []
-        return [json.loads(p.read_text()) for p in sorted(config.spool_inbound.glob("*.json"))]
+        return [json.loads(p.read_text()) for p in sorted(config.spool.inbound_dir.glob("*.json"))]
     messages = await read_topic(fed.bootstrap, fed.local_topic(agency, "inbound"))
     return [json.loads(m.value) for m in messages]
 
@@ -354,7 +354,7 @@ async def _play(fed: Federation) -> int:
 async def _report(fed: Federation, nodes: dict[str, Node], tamper_lines: list[str]) -> None:
     for agency in AGENCIES:
         node = nodes[agency]
-        _out(f"== {agency} ({node.config.sink} sink)")
+        _out(f"== {agency} ({node.config.delivery.sink} sink)")
         for recipient in AGENCIES:
             if recipient == agency:
                 continue
@@ -385,7 +385,7 @@ async def _report(fed: Federation, nodes: dict[str, Node], tamper_lines: list[st
             )
             _out(f"    present: {', '.join(present[:12])}{' ...' if len(present) > 12 else ''}")
         view = build_view((e.kind, e.at, e.data) for e in read_entries(node.config.audit_dir))
-        counts = view.counts(datetime.now(UTC), node.config.receipt_timeout)
+        counts = view.counts(datetime.now(UTC), node.config.exchange.receipt_timeout)
         states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         _out(f"  signed receipts back for its releases: {states or 'none released'}")
         quarantine = await read_topic(fed.bootstrap, fed.local_topic(agency, "quarantine"))
@@ -414,7 +414,7 @@ def run_demo(workdir: Path | None = None, *, keep: bool = False) -> int:
     _out("Kafka stopped.\n")
     for agency in AGENCIES:
         config = load_config(fed.config(agency))
-        public = load_signing_key(config.signing_key)
+        public = load_signing_key(config.keys.signing)
         report = verify_folder(config.audit_dir, {public.key_id: public.public})
         verdict = "intact" if report.ok else "NOT INTACT"
         _out(

@@ -1,7 +1,13 @@
 """The node config file (``node.yaml``): who this node is, its keys, files, topics and routes.
 
-Relative paths in the file are resolved against the file's own folder, so a node's config,
-keys and state can move together.
+:class:`NodeConfig` is the pydantic model of the file itself: what the node uses is what the
+file says, validated, with relative paths resolved against the file's own folder (so a node's
+config, keys and state can move together). A few properties derive what the file states in
+other units (``ttl`` from ``ttl_hours``, the Kafka :class:`~gateway.node.transport.Cluster` of
+a ``security`` block); nothing is copied into a second class.
+
+Secrets never appear in the file: a password or key password is named by ``*_file`` (first
+line of a 0600 file) or ``*_env`` (an environment variable), and read when a client is made.
 """
 
 from __future__ import annotations
@@ -9,13 +15,20 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    model_validator,
+)
 
 from gateway._yamlfile import load_model, read_yaml
 from gateway.core.effects import MIB, Limits
@@ -29,14 +42,25 @@ DEFAULT_SCHEMAS = SCHEMAS
 """The contract a node loads when its config names no ``schemas`` folder: the one shipped."""
 
 
+def _resolved(value: Path, info: ValidationInfo) -> Path:
+    """``value`` with ``~`` expanded and, if relative, taken from the config file's folder."""
+    value = value.expanduser()
+    base = (info.context or {}).get("base")
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+FilePath = Annotated[Path, AfterValidator(_resolved)]
+"""A path in the file: resolved against the file's folder."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class KeysModel(_Strict):
-    signing: str
-    encryption: list[str] = Field(min_length=1)
-    pseudonym: str | None = None
+    signing: FilePath
+    encryption: tuple[FilePath, ...] = Field(min_length=1)
+    pseudonym: FilePath | None = None
 
 
 class AuthorityKeyModel(_Strict):
@@ -45,16 +69,21 @@ class AuthorityKeyModel(_Strict):
 
 
 class TrustModel(_Strict):
-    file: str
+    file: FilePath
     authority_keys: list[AuthorityKeyModel] = Field(min_length=1)
+
+    @property
+    def pinned(self) -> tuple[tuple[str, str], ...]:
+        """The authority keys as (key id, base64 public key) pairs."""
+        return tuple((k.id, k.public) for k in self.authority_keys)
 
 
 class TlsModel(_Strict):
-    ca_file: str | None = None
+    ca_file: FilePath | None = None
     check_hostname: bool = True
-    cert_file: str | None = None
-    key_file: str | None = None
-    key_password_file: str | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    key_password_file: FilePath | None = None
     key_password_env: str | None = None
 
     @model_validator(mode="after")
@@ -69,7 +98,7 @@ class TlsModel(_Strict):
 class SaslModel(_Strict):
     mechanism: Literal["PLAIN", "SCRAM-SHA-512"]
     username: str = Field(min_length=1)
-    password_file: str | None = None
+    password_file: FilePath | None = None
     password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @model_validator(mode="after")
@@ -117,27 +146,72 @@ class TopicsModel(_Strict):
         return self
 
 
-class ExchangeModel(_Strict):
+class _ClusterModel(_Strict):
     bootstrap_servers: str = Field(min_length=1)
     security: SecurityModel | None = None
     topics: TopicsModel = TopicsModel()
+
+    def _cluster(self, where: str) -> Cluster:
+        security = self.security
+        if security is None:
+            return Cluster(self.bootstrap_servers, where=where)
+        tls = security.tls or TlsModel()
+        sasl = security.sasl
+        key_password = None
+        if tls.key_password_file or tls.key_password_env:
+            key_password = Secret(
+                f"{where}.security.tls.key_password", tls.key_password_file, tls.key_password_env
+            )
+        return Cluster(
+            self.bootstrap_servers,
+            protocol=security.protocol,
+            ca_file=tls.ca_file,
+            check_hostname=tls.check_hostname,
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            key_password=key_password,
+            sasl_mechanism=sasl.mechanism if sasl else None,
+            username=sasl.username if sasl else None,
+            password=(
+                Secret(f"{where}.security.sasl.password", sasl.password_file, sasl.password_env)
+                if sasl
+                else None
+            ),
+            where=where,
+        )
+
+
+class ExchangeModel(_ClusterModel):
     topic_prefix: str = Field(default="fx", pattern=r"^[A-Za-z0-9._-]+$")
     provision_inboxes: bool = False
     receipt_timeout_seconds: float = Field(default=300, gt=0)
 
+    @property
+    def cluster(self) -> Cluster:
+        """The exchange cluster, shared by the federation: inboxes and receipts. Its files
+        and secrets are read when a client is made (and checked by ``fxgw config check``)."""
+        return self._cluster("exchange")
 
-class LocalModel(_Strict):
-    bootstrap_servers: str = Field(min_length=1)
-    security: SecurityModel | None = None
-    topics: TopicsModel = TopicsModel()
+    @property
+    def receipt_timeout(self) -> timedelta:
+        """A released message with no receipt after this long is reported overdue."""
+        return timedelta(seconds=self.receipt_timeout_seconds)
+
+
+class LocalModel(_ClusterModel):
     outbound_topic: str | None = None
     inbound_topic: str | None = None
     quarantine_topic: str
 
+    @property
+    def cluster(self) -> Cluster:
+        """The agency's own cluster: the national system's events, deliveries, quarantine."""
+        return self._cluster("local")
+
 
 class SpoolModel(_Strict):
-    outbound_dir: str | None = None
-    inbound_dir: str | None = None
+    outbound_dir: FilePath | None = None
+    inbound_dir: FilePath | None = None
 
 
 class DeliveryModel(_Strict):
@@ -150,6 +224,22 @@ class EnvelopeModel(_Strict):
     max_lifetime_days: float = Field(default=30, gt=0)
     data_key_max_age_minutes: float = Field(default=60, gt=0)
     data_key_max_uses: int = Field(default=10_000, ge=1)
+
+    @property
+    def ttl(self) -> timedelta:
+        return timedelta(hours=self.ttl_hours)
+
+    @property
+    def max_skew(self) -> timedelta:
+        return timedelta(seconds=self.max_skew_seconds)
+
+    @property
+    def max_lifetime(self) -> timedelta:
+        return timedelta(days=self.max_lifetime_days)
+
+    @property
+    def data_key_max_age(self) -> timedelta:
+        return timedelta(minutes=self.data_key_max_age_minutes)
 
 
 _LIMITS = Limits()
@@ -167,6 +257,11 @@ class LimitsModel(_Strict):
     detail_chars: int = Field(default=_LIMITS.detail_chars, ge=64, le=65536)
     max_parked_bytes: int = Field(default=_LIMITS.max_parked_bytes, ge=0, le=64 * 1024 * MIB)
 
+    @property
+    def sizes(self) -> Limits:
+        """These limits in the form the cores take."""
+        return Limits(**self.model_dump())
+
 
 class RouteToModel(_Strict):
     agencies: list[str] = []
@@ -181,15 +276,32 @@ class RouteModel(_Strict):
     event: str
     to: RouteToModel
 
+    @property
+    def route(self) -> Route:
+        to = self.to
+        return Route(
+            event_type=self.event,
+            agencies=tuple(to.agencies),
+            groups=tuple(to.groups),
+            countries=tuple(to.countries),
+            agencies_from=tuple(to.agencies_from),
+            countries_from=tuple(to.countries_from),
+            role=to.role,
+        )
 
-class NodeModel(_Strict):
-    agency: str = Field(pattern=r"^[A-Z]{2}-[A-Z0-9-]+$")
+
+class NodeConfig(_Strict):
+    """A node's ``node.yaml``, validated, with paths resolved (see :func:`load_config`)."""
+
+    agency: AgencyId = Field(pattern=r"^[A-Z]{2}-[A-Z0-9-]+$")
     keys: KeysModel
     trust: TrustModel
-    policy: str
-    schemas: str | None = None
+    policy: FilePath
+    schemas: FilePath = DEFAULT_SCHEMAS
     contract_version: str | None = None
-    state_dir: str
+    """The contract version of the national system's events and deliveries (None: the newest
+    the trust list lists for this agency)."""
+    state_dir: FilePath
     exchange: ExchangeModel
     local: LocalModel
     spool: SpoolModel = SpoolModel()
@@ -202,12 +314,58 @@ class NodeModel(_Strict):
     expiry_warning_days: float = Field(default=14, ge=0)
     # Kafka allows these characters in a group.instance.id, up to 249 of them, not "." or ".."
     instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
+    """This node's static member id in every consumer group it joins (Kafka's
+    ``group.instance.id``; unset: :func:`default_instance_id`): a node restarted under the same
+    id gets its partitions back at once. Each replica of an agency needs its own."""
     development: bool = False
     """Development mode: a plaintext exchange, local topics on the exchange cluster and
     under-replicated topics are warned about instead of refused. Never in production."""
+    _path: Path = PrivateAttr(default=Path("node.yaml"))
+
+    @property
+    def path(self) -> Path:
+        """The file this config was read from."""
+        return self._path
+
+    @property
+    def member_id(self) -> str:
+        """``instance_id``, or the default for this host and state folder."""
+        return self.instance_id or default_instance_id(self.agency, self.state_dir)
+
+    @property
+    def expiry_warning(self) -> timedelta:
+        """Warn (log and ``fxgw_expires_soon``) when the trust list or an own key expires
+        within this long."""
+        return timedelta(days=self.expiry_warning_days)
+
+    @property
+    def routes_in_force(self) -> tuple[Route, ...]:
+        return tuple(r.route for r in self.routes)
+
+    def inbox_topic(self, agency: str) -> str:
+        """The exchange topic an agency reads its envelopes from."""
+        return f"{self.exchange.topic_prefix}.inbox.{agency}"
+
+    def receipts_topic(self, agency: str) -> str:
+        """The exchange topic an agency reads receipts from."""
+        return f"{self.exchange.topic_prefix}.receipts.{agency}"
+
+    def group_id(self, loop: str) -> str:
+        """The consumer group of one of the node's loops (``inbox``, ``receipts``,
+        ``outbound``): ``fxgw.<agency>.<loop>``, with the topic prefix after ``fxgw.`` when it
+        is not the default ``fx``, so that two exchanges on one cluster never share a group (a
+        static member of the one would hold up the other's rebalances for a session timeout)."""
+        prefix = self.exchange.topic_prefix
+        scope = "" if prefix == "fx" else f"{prefix}."
+        return f"fxgw.{scope}{self.agency}.{loop}"
+
+    @property
+    def audit_dir(self) -> Path:
+        """The node's audit trail: segments and checkpoints under the state folder."""
+        return self.state_dir / "audit"
 
     @model_validator(mode="after")
-    def _sink_has_a_target(self) -> NodeModel:
+    def _sink_has_a_target(self) -> NodeConfig:
         if self.delivery.sink == "kafka" and not self.local.inbound_topic:
             raise ValueError("delivery.sink is 'kafka' but local.inbound_topic is not set")
         if self.delivery.sink == "spool" and not self.spool.inbound_dir:
@@ -215,7 +373,7 @@ class NodeModel(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _limits_fit_topics(self) -> NodeModel:
+    def _limits_fit_topics(self) -> NodeConfig:
         room = 64 * 1024  # a record's key, headers and batch framing
         for limit, size, topics in (
             ("max_envelope_bytes", self.limits.max_envelope_bytes, "exchange"),
@@ -231,7 +389,7 @@ class NodeModel(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _production_safe(self) -> NodeModel:
+    def _production_safe(self) -> NodeConfig:
         if self.development:
             return self
         protocol = self.exchange.security.protocol if self.exchange.security else "PLAINTEXT"
@@ -254,185 +412,17 @@ def _servers(bootstrap: str) -> set[str]:
     return {s.strip().lower() for s in bootstrap.split(",") if s.strip()}
 
 
-@dataclass(frozen=True, slots=True)
-class NodeConfig:
-    """A validated node config with paths resolved."""
-
-    path: Path
-    agency: AgencyId
-    signing_key: Path
-    encryption_keys: tuple[Path, ...]
-    pseudonym_key: Path | None
-    trust_file: Path
-    authority_keys: tuple[tuple[str, str], ...]
-    policy_file: Path
-    schemas_dir: Path
-    contract_version: str | None
-    """The contract version of the national system's events and deliveries (None: the newest
-    the trust list lists for this agency)."""
-    state_dir: Path
-    exchange: Cluster
-    """The exchange cluster, shared by the federation: inboxes and receipts."""
-    exchange_topics: TopicsModel
-    topic_prefix: str
-    provision_inboxes: bool
-    receipt_timeout: timedelta
-    """A released message with no receipt after this long is reported overdue."""
-    local: Cluster
-    """The agency's own cluster: the national system's events, deliveries, quarantine."""
-    local_topics: TopicsModel
-    outbound_topic: str | None
-    inbound_topic: str | None
-    quarantine_topic: str
-    spool_outbound: Path | None
-    spool_inbound: Path | None
-    sink: Literal["kafka", "spool"]
-    ttl: timedelta
-    max_skew: timedelta
-    max_lifetime: timedelta
-    data_key_max_age: timedelta
-    data_key_max_uses: int
-    routes: tuple[Route, ...]
-    metrics_port: int | None
-    """Where ``/metrics``, ``/healthz`` and ``/readyz`` are served (0: a free port; None: not
-    served)."""
-    instance_id: str
-    """This node's static member id in every consumer group it joins (Kafka's
-    ``group.instance.id``): a node restarted under the same id gets its partitions back at once.
-    Each replica of an agency needs its own."""
-    limits: Limits = field(default_factory=Limits)
-    development: bool = False
-    metrics_address: str = "127.0.0.1"
-    """The address the metrics port is bound to (loopback unless set)."""
-    expiry_warning: timedelta = timedelta(days=14)
-    """Warn (log and ``fxgw_expires_soon``) when the trust list or an own key expires within
-    this long."""
-
-    def inbox_topic(self, agency: str) -> str:
-        """The exchange topic an agency reads its envelopes from."""
-        return f"{self.topic_prefix}.inbox.{agency}"
-
-    def receipts_topic(self, agency: str) -> str:
-        """The exchange topic an agency reads receipts from."""
-        return f"{self.topic_prefix}.receipts.{agency}"
-
-    def group_id(self, loop: str) -> str:
-        """The consumer group of one of the node's loops (``inbox``, ``receipts``,
-        ``outbound``): ``fxgw.<agency>.<loop>``, with the topic prefix after ``fxgw.`` when it
-        is not the default ``fx``, so that two exchanges on one cluster never share a group (a
-        static member of the one would hold up the other's rebalances for a session timeout)."""
-        scope = "" if self.topic_prefix == "fx" else f"{self.topic_prefix}."
-        return f"fxgw.{scope}{self.agency}.{loop}"
-
-    @property
-    def audit_dir(self) -> Path:
-        """The node's audit trail: segments and checkpoints under the state folder."""
-        return self.state_dir / "audit"
-
-
 def load_config(path: Path) -> NodeConfig:
     """Read and validate ``node.yaml``.
 
     :raises ConfigError: naming file, line and field.
     """
     document = read_yaml(path, "node config")
-    model = load_model(document, NodeModel, "node config", ConfigError)
-    base = path.resolve().parent
-
-    def resolve(value: str) -> Path:
-        candidate = Path(value).expanduser()
-        return candidate if candidate.is_absolute() else base / candidate
-
-    routes = tuple(
-        Route(
-            event_type=r.event,
-            agencies=tuple(r.to.agencies),
-            groups=tuple(r.to.groups),
-            countries=tuple(r.to.countries),
-            agencies_from=tuple(r.to.agencies_from),
-            countries_from=tuple(r.to.countries_from),
-            role=r.to.role,
-        )
-        for r in model.routes
+    config = load_model(
+        document, NodeConfig, "node config", ConfigError, context={"base": path.resolve().parent}
     )
-    return NodeConfig(
-        path=path,
-        agency=AgencyId(model.agency),
-        signing_key=resolve(model.keys.signing),
-        encryption_keys=tuple(resolve(p) for p in model.keys.encryption),
-        pseudonym_key=resolve(model.keys.pseudonym) if model.keys.pseudonym else None,
-        trust_file=resolve(model.trust.file),
-        authority_keys=tuple((k.id, k.public) for k in model.trust.authority_keys),
-        policy_file=resolve(model.policy),
-        schemas_dir=resolve(model.schemas) if model.schemas else DEFAULT_SCHEMAS,
-        contract_version=model.contract_version,
-        state_dir=resolve(model.state_dir),
-        exchange=_cluster(model.exchange, "exchange", resolve),
-        exchange_topics=model.exchange.topics,
-        topic_prefix=model.exchange.topic_prefix,
-        provision_inboxes=model.exchange.provision_inboxes,
-        receipt_timeout=timedelta(seconds=model.exchange.receipt_timeout_seconds),
-        local=_cluster(model.local, "local", resolve),
-        local_topics=model.local.topics,
-        outbound_topic=model.local.outbound_topic,
-        inbound_topic=model.local.inbound_topic,
-        quarantine_topic=model.local.quarantine_topic,
-        spool_outbound=resolve(model.spool.outbound_dir) if model.spool.outbound_dir else None,
-        spool_inbound=resolve(model.spool.inbound_dir) if model.spool.inbound_dir else None,
-        sink=model.delivery.sink,
-        ttl=timedelta(hours=model.envelope.ttl_hours),
-        max_skew=timedelta(seconds=model.envelope.max_skew_seconds),
-        max_lifetime=timedelta(days=model.envelope.max_lifetime_days),
-        data_key_max_age=timedelta(minutes=model.envelope.data_key_max_age_minutes),
-        data_key_max_uses=model.envelope.data_key_max_uses,
-        routes=routes,
-        metrics_port=model.metrics_port,
-        instance_id=model.instance_id
-        or default_instance_id(model.agency, resolve(model.state_dir)),
-        limits=Limits(**model.limits.model_dump()),
-        development=model.development,
-        metrics_address=model.metrics_address,
-        expiry_warning=timedelta(days=model.expiry_warning_days),
-    )
-
-
-def _cluster(
-    model: ExchangeModel | LocalModel, where: str, resolve: Callable[[str], Path]
-) -> Cluster:
-    """The cluster ``model`` describes. Its files and secrets are read when a client is made
-    (and checked by ``fxgw config check``), so a config loads where they are not mounted."""
-    security = model.security
-    if security is None:
-        return Cluster(model.bootstrap_servers, where=where)
-    tls = security.tls or TlsModel()
-    sasl = security.sasl
-    key_password = None
-    if tls.key_password_file or tls.key_password_env:
-        key_password = Secret(
-            f"{where}.security.tls.key_password",
-            resolve(tls.key_password_file) if tls.key_password_file else None,
-            tls.key_password_env,
-        )
-    password = None
-    if sasl is not None:
-        password = Secret(
-            f"{where}.security.sasl.password",
-            resolve(sasl.password_file) if sasl.password_file else None,
-            sasl.password_env,
-        )
-    return Cluster(
-        model.bootstrap_servers,
-        protocol=security.protocol,
-        ca_file=resolve(tls.ca_file) if tls.ca_file else None,
-        check_hostname=tls.check_hostname,
-        cert_file=resolve(tls.cert_file) if tls.cert_file else None,
-        key_file=resolve(tls.key_file) if tls.key_file else None,
-        key_password=key_password,
-        sasl_mechanism=sasl.mechanism if sasl else None,
-        username=sasl.username if sasl else None,
-        password=password,
-        where=where,
-    )
+    config._path = path
+    return config
 
 
 def topic_spec(name: str, settings: TopicsModel) -> TopicSpec:
@@ -452,7 +442,7 @@ def exchange_topic_specs(config: NodeConfig, agencies: Iterable[str]) -> list[To
     """The inbox and receipts topics of ``agencies`` on the exchange cluster."""
     agencies = list(agencies)
     names = [config.inbox_topic(a) for a in agencies] + [config.receipts_topic(a) for a in agencies]
-    return [topic_spec(n, config.exchange_topics) for n in names]
+    return [topic_spec(n, config.exchange.topics) for n in names]
 
 
 def default_instance_id(agency: str, state_dir: Path, host: str | None = None) -> str:

@@ -50,23 +50,23 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
 
     :raises ConfigError: a file is missing or invalid (the message names it and the fix).
     """
-    signing = load_signing_key(config.signing_key)
-    encryption = tuple(load_encryption_key(p) for p in config.encryption_keys)
+    signing = load_signing_key(config.keys.signing)
+    encryption = tuple(load_encryption_key(p) for p in config.keys.encryption)
     keys = AgencyKeys(config.agency, signing, encryption)
-    contract = Contract.load(config.schemas_dir)
+    contract = Contract.load(config.schemas)
     trust_state = config.state_dir / "trust-version"
     min_version = int(trust_state.read_text()) if trust_state.exists() else 0
     trust = load_trust_list(
-        config.trust_file,
-        authority_keys(config.authority_keys),
+        config.trust.file,
+        authority_keys(config.trust.pinned),
         now=now,
         min_version=min_version,
     )
     own = own_entry(config, trust, contract, signing.key_id, now)
     registry = own.registry
     pseudonymiser = None
-    if config.pseudonym_key is not None:
-        pseudonymiser = Pseudonymiser(load_pseudonym_key(config.pseudonym_key).secret)
+    if config.keys.pseudonym is not None:
+        pseudonymiser = Pseudonymiser(load_pseudonym_key(config.keys.pseudonym).secret)
     policy = load_checked_policy(
         config, registry, trust, can_pseudonymise=pseudonymiser is not None, contract=contract
     )
@@ -90,14 +90,14 @@ def load_checked_policy(
         field a rule may leave null that another version requires, or pseudonyms asked for
         without a pseudonym secret.
     """
-    policy = load_policy(config.policy_file, registry)
+    policy = load_policy(config.policy, registry)
     if contract is not None:
         own = contract.version_of(registry)
         check_versions(policy, {v.label: v.registry for v in contract if v is not own})
     if policy.agency != config.agency:
         raise ConfigError(
             f"policy belongs to {policy.agency}, but this node is {config.agency}",
-            file=str(config.policy_file),
+            file=str(config.policy),
         )
     policy.check_against(trust)
     if policy.uses_pseudonyms and not can_pseudonymise:
@@ -157,7 +157,7 @@ def own_agency(config: NodeConfig, trust: TrustList) -> Agency:
     if me is None:
         raise TrustError(
             f"this node's agency {config.agency} is not on the trust list",
-            file=str(config.trust_file),
+            file=str(config.trust.file),
         )
     return me
 
@@ -178,7 +178,7 @@ def own_entry(
         raise TrustError(
             f"our signing key {signing_key_id!r} is not valid on the trust list ({exc}); "
             "publish its public entry (fxgw keygen prints it) before starting the node",
-            file=str(config.trust_file),
+            file=str(config.trust.file),
         ) from exc
     return own_version(config, contract, me)
 
@@ -193,9 +193,9 @@ def own_version(config: NodeConfig, contract: Contract, me: Agency) -> ContractV
     if missing:
         raise TrustError(
             f"the trust list says {config.agency} reads contract version(s) "
-            f"{', '.join(missing)}, which this node's contract ({config.schemas_dir}) does not"
+            f"{', '.join(missing)}, which this node's contract ({config.schemas}) does not"
             " have: install them, or ask the federation authority to correct the list",
-            file=str(config.trust_file),
+            file=str(config.trust.file),
         )
     if config.contract_version is not None:
         try:

@@ -87,29 +87,31 @@ class Node(Watching):
         self._now = now
         loaded = load_node_files(config, now())
         self.registry = loaded.registry
-        self.limits = config.limits
+        self.limits = config.limits.sizes
         self.outbound = OutboundCore(
             keys=loaded.keys,
             registry=loaded.registry,
             policy=loaded.policy,
             trust=loaded.trust,
-            routes=config.routes,
-            ttl=config.ttl,
-            keyring=DataKeyRing(config.data_key_max_age, config.data_key_max_uses),
+            routes=config.routes_in_force,
+            ttl=config.envelope.ttl,
+            keyring=DataKeyRing(
+                config.envelope.data_key_max_age, config.envelope.data_key_max_uses
+            ),
             pseudonymiser=loaded.pseudonymiser,
-            limits=config.limits,
+            limits=config.limits.sizes,
             contract=loaded.contract,
         )
         self.inbound = InboundCore(
             keys=loaded.keys,
             registry=loaded.registry,
             trust=loaded.trust,
-            max_skew=config.max_skew,
-            max_lifetime=config.max_lifetime,
+            max_skew=config.envelope.max_skew,
+            max_lifetime=config.envelope.max_lifetime,
             contract=loaded.contract,
         )
         self.receipts = ReceiptsCore(
-            config.agency, loaded.registry, loaded.trust, config.limits, loaded.contract
+            config.agency, loaded.registry, loaded.trust, config.limits.sizes, loaded.contract
         )
         self.counters: Counter[str] = Counter()
         self.ready = asyncio.Event()
@@ -118,7 +120,7 @@ class Node(Watching):
         self.metrics = Metrics(
             self.counters,
             lambda: self.outbound.trust.agencies,
-            receipt_timeout=config.receipt_timeout,
+            receipt_timeout=config.exchange.receipt_timeout,
         )
         self.readiness = Readiness(now=now, trust_expires_at=lambda: self.outbound.trust.expires_at)
         self._server: MetricsServer | None = None
@@ -135,13 +137,17 @@ class Node(Watching):
         """Our inbox and receipts topics; with ``provision_inboxes`` (dev and test clusters),
         every listed agency's too. In production the federation operator creates them."""
         c = self.config
-        agencies = sorted(self.outbound.trust.agencies) if c.provision_inboxes else [c.agency]
+        agencies = (
+            sorted(self.outbound.trust.agencies) if c.exchange.provision_inboxes else [c.agency]
+        )
         return exchange_topic_specs(c, agencies)
 
     def _local_topics(self) -> list[TopicSpec]:
         c = self.config
-        names = [c.quarantine_topic] + [t for t in (c.outbound_topic, c.inbound_topic) if t]
-        return [topic_spec(n, c.local_topics) for n in names]
+        names = [c.local.quarantine_topic] + [
+            t for t in (c.local.outbound_topic, c.local.inbound_topic) if t
+        ]
+        return [topic_spec(n, c.local.topics) for n in names]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then finish the batch in hand and close.
@@ -177,21 +183,21 @@ class Node(Watching):
         """Connect, open the journals and the audit trail, each closed by ``stack``."""
         c = self.config
         await self._check_clusters()
-        exchange = Producer(c.exchange, f"fxgw-{c.agency}-exchange")
+        exchange = Producer(c.exchange.cluster, f"fxgw-{c.agency}-exchange")
         await exchange.start()
         stack.push_async_callback(exchange.stop)
         local = exchange
-        if c.local != c.exchange:
-            local = Producer(c.local, f"fxgw-{c.agency}-local")
+        if c.local.cluster != c.exchange.cluster:
+            local = Producer(c.local.cluster, f"fxgw-{c.agency}-local")
             await local.start()
             stack.push_async_callback(local.stop)
         sink: Sink
-        if c.sink == "kafka":
-            assert c.inbound_topic is not None  # checked by the config model
-            sink = KafkaSink(local, c.local, c.inbound_topic)
+        if c.delivery.sink == "kafka":
+            assert c.local.inbound_topic is not None  # checked by the config model
+            sink = KafkaSink(local, c.local.cluster, c.local.inbound_topic)
         else:
-            assert c.spool_inbound is not None  # checked by the config model
-            sink = SpoolSink(c.spool_inbound)
+            assert c.spool.inbound_dir is not None  # checked by the config model
+            sink = SpoolSink(c.spool.inbound_dir)
         # the audit trail first: it holds the state folder's lock (one node per folder)
         self._audit_log = AuditLog.open(c.audit_dir, self.outbound.keys.signing, now=self._now)
         stack.callback(self._audit_log.close)
@@ -209,7 +215,7 @@ class Node(Watching):
             audit=self._audit_log,
             exchange=exchange,
             local=local,
-            topics=Topics(c.agency, c.topic_prefix, c.quarantine_topic),
+            topics=Topics(c.agency, c.exchange.topic_prefix, c.local.quarantine_topic),
             limits=self.limits,
             retry=Retry(stop, self.counters),
             counters=self.counters,
@@ -217,7 +223,7 @@ class Node(Watching):
             sink=sink,
             delivered=journal,
             received=self.received,
-            parked=Parked(c.state_dir / "parked", c.limits.max_parked_bytes),
+            parked=Parked(c.state_dir / "parked", c.limits.sizes.max_parked_bytes),
             refuse=lambda d, detail: self.inbound.refused_delivery(
                 d, detail, self._now(), self.limits
             ),
@@ -235,10 +241,13 @@ class Node(Watching):
         :raises ConfigError: outside development mode, naming each problem and the fix.
         """
         c = self.config
-        problems = await ensure_topics(c.exchange, self._exchange_topics())
-        problems += await ensure_topics(c.local, self._local_topics())
+        problems = await ensure_topics(c.exchange.cluster, self._exchange_topics())
+        problems += await ensure_topics(c.local.cluster, self._local_topics())
         if c.local.bootstrap_servers != c.exchange.bootstrap_servers:
-            local_id, exchange_id = await cluster_id(c.local), await cluster_id(c.exchange)
+            local_id, exchange_id = (
+                await cluster_id(c.local.cluster),
+                await cluster_id(c.exchange.cluster),
+            )
             if local_id == exchange_id:
                 problems.append(
                     f"local.bootstrap_servers and exchange.bootstrap_servers reach one cluster"
@@ -273,7 +282,7 @@ class Node(Watching):
             "inbound": self._consume(
                 stop,
                 "inbox",
-                c.exchange,
+                c.exchange.cluster,
                 c.inbox_topic(c.agency),
                 partial(self._take_envelopes, pending),
                 ready=True,
@@ -281,7 +290,7 @@ class Node(Watching):
             "receipts": self._consume(
                 stop,
                 "receipts",
-                c.exchange,
+                c.exchange.cluster,
                 c.receipts_topic(c.agency),
                 self._take_receipts,
                 gather_ms=250,  # on no event's path: a few large batches, not many small ones
@@ -290,11 +299,11 @@ class Node(Watching):
             "observe": self._observe_loop(stop),
             "parked": offer_parked(self._executor, stop),
         }
-        if c.outbound_topic:
+        if c.local.outbound_topic:
             loops["outbound"] = self._consume(
-                stop, "outbound", c.local, c.outbound_topic, self._take_events
+                stop, "outbound", c.local.cluster, c.local.outbound_topic, self._take_events
             )
-        if c.spool_outbound:
+        if c.spool.outbound_dir:
             loops["spool"] = self._spool_loop(stop)
         tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
         self._log.info("node_started", tasks=list(loops))
@@ -331,7 +340,7 @@ class Node(Watching):
             bootstrap_servers=cluster,
             group_id=c.group_id(name),
             client_id=f"fxgw-{c.agency}-{name}",
-            instance_id=c.instance_id,
+            instance_id=c.member_id,
             gather_ms=gather_ms,
         )
         retry = self._executor.retry
@@ -392,7 +401,9 @@ class Node(Watching):
         :attr:`expiry_check_every_s`) and, while the metrics port is served, probe Kafka for
         ``/readyz``: every cluster the node uses must answer a metadata request."""
         c = self.config
-        clusters = [c.exchange] + ([c.local] if c.local != c.exchange else [])
+        clusters = [c.exchange.cluster] + (
+            [c.local.cluster] if c.local.cluster != c.exchange.cluster else []
+        )
         probes = (
             [ClusterProbe(cluster, f"fxgw-{c.agency}-probe") for cluster in clusters]
             if self._server is not None
@@ -449,7 +460,7 @@ class Node(Watching):
         event per line, a batch of lines at a time (:func:`spool_batches`); then move the file
         to ``done/`` (a crash before that releases the file again: the envelopes carry the same
         message ids, so recipients drop the copies as duplicates)."""
-        folder = self.config.spool_outbound
+        folder = self.config.spool.outbound_dir
         assert folder is not None
         done = folder / "done"
         done.mkdir(parents=True, exist_ok=True)
@@ -475,7 +486,7 @@ class Node(Watching):
         the journal missed are journaled (with their first digest and time when the sink keeps
         them, so the receipt is the same one); the spool's interrupted renames are finished."""
         now_ms = _ms(self._now())
-        lifetime_ms = int(self.config.max_lifetime.total_seconds() * 1000)
+        lifetime_ms = int(self.config.envelope.max_lifetime.total_seconds() * 1000)
         since = max((journal.newest_recorded_ms or 0) - 300_000, now_ms - lifetime_ms)
         found = await sink.recover(journal, since)
         for message_id, (entry, event) in found.items():

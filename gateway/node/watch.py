@@ -89,8 +89,8 @@ class Watching:
         two events; a file that fails keeps the last good version in force and says why.
         """
         c = self.config
-        sig = c.trust_file.with_name(c.trust_file.name + ".sig")
-        watched = {"policy": c.policy_file, "trust": c.trust_file, "trust-signature": sig}
+        sig = c.trust.file.with_name(c.trust.file.name + ".sig")
+        watched = {"policy": c.policy, "trust": c.trust.file, "trust-signature": sig}
         seen = {name: stat_of(path) for name, path in watched.items()}
         last_sweep = 0.0
         loop = asyncio.get_running_loop()
@@ -125,8 +125,8 @@ class Watching:
             trust = self.outbound.trust
             if "trust" in changed:
                 trust = load_trust_list(
-                    c.trust_file,
-                    authority_keys(c.authority_keys),
+                    c.trust.file,
+                    authority_keys(c.trust.pinned),
                     now=self._now(),
                     min_version=trust.version,
                 )

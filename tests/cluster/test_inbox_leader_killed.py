@@ -82,9 +82,9 @@ class TestInboxLeaderKilled:
             for n in (
                 c.inbox_topic(c.agency),
                 c.receipts_topic(c.agency),
-                c.outbound_topic,
-                c.inbound_topic,
-                c.quarantine_topic,
+                c.local.outbound_topic,
+                c.local.inbound_topic,
+                c.local.quarantine_topic,
             )
             if n is not None
         ]

@@ -204,4 +204,4 @@ class TestReceiverKilledDuringCatchUp:
             a: v.stdout + v.stderr for a, v in verified.items()
         }
         assert (0, 0) == (be_code, nl_code)
-        assert load_config(be.config).sink == sink
+        assert load_config(be.config).delivery.sink == sink

@@ -94,7 +94,7 @@ async def publish_raw(fed: Federation, topic: str, value: bytes) -> None:
 async def delivered(fed: Federation, agency: str) -> list[dict[str, object]]:
     """The delivery documents the national system of ``agency`` has been handed."""
     config = load_config(fed.config(agency))
-    if config.sink == "spool":
+    if config.delivery.sink == "spool":
         folder = fed.spool_in(agency)
         return [json.loads(p.read_bytes()) for p in sorted(folder.glob("*.json"))]
     return [

@@ -35,7 +35,7 @@ def _states(fed: Federation, agency: str) -> dict[str, str]:
     """Per recipient, the state of the sender's transfers (the status fold)."""
     config = load_config(fed.config(agency))
     view = build_view((e.kind, e.at, e.data) for e in read_entries(config.audit_dir))
-    rows = to_json(view, datetime.now(UTC), config.receipt_timeout)
+    rows = to_json(view, datetime.now(UTC), config.exchange.receipt_timeout)
     return {str(r["recipient"]): str(r["state"]) for r in rows}
 
 
@@ -101,7 +101,7 @@ class TestFatalFault:
     ) -> None:
         """With its audit folder locked by another process, 'fxgw run' exits 3 and says why."""
         config = load_config(federation.config("BE-FPJ"))
-        signer = load_signing_key(config.signing_key)
+        signer = load_signing_key(config.keys.signing)
         with AuditLog.open(config.audit_dir, signer, now=lambda: datetime.now(UTC)):
             result = subprocess.run(
                 [sys.executable, "-m", "gateway.cli", "run", "-c", str(config.path)],

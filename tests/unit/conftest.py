@@ -43,7 +43,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 def trust(fed: Federation) -> TrustList:
     """The sandbox's verified trust list."""
     config = load_config(fed.config("NL-POL"))
-    return load_trust_list(config.trust_file, authority_keys(config.authority_keys), now=NOW)
+    return load_trust_list(config.trust.file, authority_keys(config.trust.pinned), now=NOW)
 
 
 def agency_keys(fed: Federation, agency: str) -> AgencyKeys:
@@ -51,8 +51,8 @@ def agency_keys(fed: Federation, agency: str) -> AgencyKeys:
     config = load_config(fed.config(agency))
     return AgencyKeys(
         config.agency,
-        load_signing_key(config.signing_key),
-        tuple(load_encryption_key(p) for p in config.encryption_keys),
+        load_signing_key(config.keys.signing),
+        tuple(load_encryption_key(p) for p in config.keys.encryption),
     )
 
 

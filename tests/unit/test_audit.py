@@ -605,7 +605,7 @@ class TestCommand:
         folder = config.audit_dir
         existed = folder.exists()
         try:
-            with AuditLog.open(folder, load_signing_key(config.signing_key), now=_clock()) as log:
+            with AuditLog.open(folder, load_signing_key(config.keys.signing), now=_clock()) as log:
                 log.append("release", _release(1))
             assert EXIT_OK == main(["audit", "verify", "-c", str(fed.config("NL-POL"))])
             assert f"{folder}: intact" in capsys.readouterr().out

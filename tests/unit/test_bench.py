@@ -195,7 +195,7 @@ class TestSeizureExchange:
         loaded = load_node_files(config, NOW)
         assert "BE-FPJ" == agencies[1].agency
         assert recipients + 1 == len(loaded.trust.agencies)
-        assert 1 == len(config.routes)
+        assert 1 == len(config.routes_in_force)
 
     def test_more_partners_than_the_sandbox_has_are_refused(self) -> None:
         """Asking for more partners than there are countries is an error."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -74,32 +73,32 @@ class TestSandboxConfigs:
         config = load_config(path)
         folder = path.resolve().parent
         assert agency == config.agency
-        assert folder / "keys" / f"{agency}.sign.key" == config.signing_key
-        assert (folder / "keys" / f"{agency}.enc.key",) == config.encryption_keys
-        assert config.signing_key.is_file()
-        assert all(p.is_file() for p in config.encryption_keys)
+        assert folder / "keys" / f"{agency}.sign.key" == config.keys.signing
+        assert (folder / "keys" / f"{agency}.enc.key",) == config.keys.encryption
+        assert config.keys.signing.is_file()
+        assert all(p.is_file() for p in config.keys.encryption)
         assert fed.trust_file is not None
-        assert fed.trust_file.resolve() == config.trust_file.resolve()
+        assert fed.trust_file.resolve() == config.trust.file.resolve()
         assert folder / "state" == config.state_dir
-        assert folder / "spool" / "in" == config.spool_inbound
-        assert folder / "spool" / "out" == config.spool_outbound
+        assert folder / "spool" / "in" == config.spool.inbound_dir
+        assert folder / "spool" / "out" == config.spool.outbound_dir
 
     def test_absolute_paths_are_kept(self, fed: Federation) -> None:
         """An absolute path (the sandbox's policy file) is used as written."""
         config = load_config(fed.config("NL-POL"))
-        assert POLICIES / "nl-pol.yaml" == config.policy_file
-        assert config.policy_file.is_file()
+        assert POLICIES / "nl-pol.yaml" == config.policy
+        assert config.policy.is_file()
 
     def test_sandbox_sinks(self, fed: Federation) -> None:
         """BE-FPJ delivers to its spool folder, the others to their inbound topic."""
-        assert "spool" == load_config(fed.config("BE-FPJ")).sink
+        assert "spool" == load_config(fed.config("BE-FPJ")).delivery.sink
         nl = load_config(fed.config("NL-POL"))
-        assert "kafka" == nl.sink
-        assert fed.local_topic("NL-POL", "inbound") == nl.inbound_topic
+        assert "kafka" == nl.delivery.sink
+        assert fed.local_topic("NL-POL", "inbound") == nl.local.inbound_topic
 
     def test_sandbox_routes(self, fed: Federation) -> None:
         """NL-POL's routes compile to Route values in file order."""
-        routes = load_config(fed.config("NL-POL")).routes
+        routes = load_config(fed.config("NL-POL")).routes_in_force
         assert (
             Route("fxgw.SeizureEvent", agencies=("US-ATF",), groups=("EU",)),
             Route(
@@ -120,8 +119,13 @@ class TestSandboxConfigs:
         """Two exchanges on one cluster never share a consumer group; the default prefix keeps
         the plain names."""
         config = load_config(fed.config("US-ATF"))
-        assert "fxgw.t1.US-ATF.inbox" == replace(config, topic_prefix="t1").group_id("inbox")
-        assert "fxgw.US-ATF.inbox" == replace(config, topic_prefix="fx").group_id("inbox")
+
+        def prefixed(prefix: str) -> NodeConfig:
+            exchange = config.exchange.model_copy(update={"topic_prefix": prefix})
+            return config.model_copy(update={"exchange": exchange})
+
+        assert "fxgw.t1.US-ATF.inbox" == prefixed("t1").group_id("inbox")
+        assert "fxgw.US-ATF.inbox" == prefixed("fx").group_id("inbox")
 
 
 class TestLoadConfig:
@@ -137,8 +141,8 @@ class TestLoadConfig:
         monkeypatch.chdir(elsewhere)
         config = load_config(Path("../node/node.yaml"))
         folder = (tmp_path / "node").resolve()
-        assert folder / "keys" / "NL-POL.sign.key" == config.signing_key
-        assert folder / ".." / "policies" / "nl-pol.yaml" == config.policy_file
+        assert folder / "keys" / "NL-POL.sign.key" == config.keys.signing
+        assert folder / ".." / "policies" / "nl-pol.yaml" == config.policy
         assert folder / "state" == config.state_dir
         assert config.state_dir.is_absolute()
 
@@ -152,25 +156,25 @@ class TestLoadConfig:
         """Unset options take their documented defaults."""
         config = load_config(_write(tmp_path, BASE))
         assert isinstance(config, NodeConfig)
-        assert DEFAULT_SCHEMAS == config.schemas_dir
-        assert "fx" == config.topic_prefix
+        assert DEFAULT_SCHEMAS == config.schemas
+        assert "fx" == config.exchange.topic_prefix
         assert "127.0.0.1:9092" == config.local.bootstrap_servers
-        assert "PLAINTEXT" == config.local.protocol
-        assert "SASL_SSL" == config.exchange.protocol
+        assert "PLAINTEXT" == config.local.cluster.protocol
+        assert "SASL_SSL" == config.exchange.cluster.protocol
         assert (3, 2, 1) == (
-            config.exchange_topics.replication,
-            config.exchange_topics.min_insync_replicas,
-            config.exchange_topics.partitions,
+            config.exchange.topics.replication,
+            config.exchange.topics.min_insync_replicas,
+            config.exchange.topics.partitions,
         )
         assert not config.development
-        assert "kafka" == config.sink
-        assert config.outbound_topic is None
-        assert config.spool_inbound is None
-        assert timedelta(hours=24) == config.ttl
-        assert timedelta(minutes=5) == config.max_skew
-        assert timedelta(days=30) == config.max_lifetime
-        assert 10_000 == config.data_key_max_uses
-        assert (("FED/sign/1", "AAAA"),) == config.authority_keys
+        assert "kafka" == config.delivery.sink
+        assert config.local.outbound_topic is None
+        assert config.spool.inbound_dir is None
+        assert timedelta(hours=24) == config.envelope.ttl
+        assert timedelta(minutes=5) == config.envelope.max_skew
+        assert timedelta(days=30) == config.envelope.max_lifetime
+        assert 10_000 == config.envelope.data_key_max_uses
+        assert (("FED/sign/1", "AAAA"),) == config.trust.pinned
         assert (None, "127.0.0.1") == (config.metrics_port, config.metrics_address)
         assert timedelta(days=14) == config.expiry_warning
 
@@ -190,8 +194,8 @@ class TestLoadConfig:
             "routes:", "spool: {inbound_dir: in}\ndelivery: {sink: spool}\nroutes:"
         )
         config = load_config(_write(tmp_path, text))
-        assert "spool" == config.sink
-        assert (tmp_path / "node").resolve() / "in" == config.spool_inbound
+        assert "spool" == config.delivery.sink
+        assert (tmp_path / "node").resolve() / "in" == config.spool.inbound_dir
 
 
 class TestConfigErrors:
@@ -372,7 +376,7 @@ class TestKafkaConnections:
         assert "exchange.security.protocol is PLAINTEXT" in error.message
         assert "development: true" in error.message
         config = load_config(_write(tmp_path, text + "development: true\n"))
-        assert "PLAINTEXT" == config.exchange.protocol
+        assert "PLAINTEXT" == config.exchange.cluster.protocol
         assert config.development
 
     def test_local_topics_on_the_exchange_cluster_refused(self, tmp_path: Path) -> None:
@@ -403,15 +407,15 @@ class TestKafkaConnections:
                 _edit("password_env: FXGW_TEST_PASSWORD", "password_file: exchange.password"),
             )
         )
-        options = config.exchange.client_options()
+        options = config.exchange.cluster.client_options()
         assert "s3cr3t-value" == options["sasl_plain_password"]
         assert "nl-pol" == options["sasl_plain_username"]
         assert "s3cr3t-value" not in repr(config)
         secret.write_text("rotated\n")
-        assert "rotated" == config.exchange.client_options()["sasl_plain_password"]
+        assert "rotated" == config.exchange.cluster.client_options()["sasl_plain_password"]
         secret.chmod(0o644)
         with pytest.raises(ConfigError) as info:
-            config.exchange.client_options()
+            config.exchange.cluster.client_options()
         assert "exchange.security.sasl.password" in info.value.message
         assert "accessible to others (mode 0644)" in info.value.message
         assert "chmod 600" in info.value.message
@@ -425,7 +429,7 @@ class TestKafkaConnections:
         assert [
             "exchange.security.sasl.password: the environment variable FXGW_TEST_PASSWORD"
             " is not set"
-        ] == config.exchange.problems()
+        ] == config.exchange.cluster.problems()
 
     def test_password_in_the_config_refused(self, tmp_path: Path) -> None:
         """A password written in node.yaml is an unknown key, not a secret."""
@@ -442,7 +446,7 @@ class TestKafkaConnections:
             " key_file: me.key}\n",
         )
         config = load_config(_write(tmp_path, text))  # loads where the files are not mounted
-        problems = config.exchange.problems()
+        problems = config.exchange.cluster.problems()
         assert 3 == len(problems)
         assert problems[0].startswith("exchange.security.tls.ca_file: no file at")
         folder = tmp_path / "node"
@@ -450,13 +454,13 @@ class TestKafkaConnections:
             (folder / name).write_text("x")
         (folder / "me.key").chmod(0o640)
         assert ["exchange.security.tls.key_file:"] == [
-            p.split(" ")[0] for p in config.exchange.problems()
+            p.split(" ")[0] for p in config.exchange.cluster.problems()
         ]
         (folder / "me.key").chmod(0o600)
-        assert [] == config.exchange.problems()
+        assert [] == config.exchange.cluster.problems()
         assert (folder / "me.pem", folder / "me.key") == (
-            config.exchange.cert_file,
-            config.exchange.key_file,
+            config.exchange.cluster.cert_file,
+            config.exchange.cluster.key_file,
         )
         error, _ = _error(tmp_path, text.replace(" key_file: me.key", " check_hostname: true"))
         assert "cert_file and key_file go together" in error.message
@@ -469,7 +473,7 @@ class TestKafkaConnections:
         config = load_config(
             _write(tmp_path, BASE + "")  # defaults
         )
-        spec = topic_spec("t", config.exchange_topics)
+        spec = topic_spec("t", config.exchange.topics)
         assert (3, 2, 1, MIB) == (
             spec.replication,
             spec.min_insync_replicas,

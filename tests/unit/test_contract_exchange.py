@@ -55,7 +55,7 @@ def _sender(
         registry=own.registry,
         policy=load_policy(repo_file("policies", "nl-pol.yaml"), own.registry),
         trust=trust,
-        routes=load_config(fed.config("NL-POL")).routes,
+        routes=load_config(fed.config("NL-POL")).routes_in_force,
         ttl=timedelta(days=7),
         contract=versions,
     )
@@ -153,12 +153,12 @@ class TestOwnVersion:
     def test_default_is_the_newest_its_agency_reads(
         self, versions: Contract, trust: TrustList, fed: Federation
     ) -> None:
-        config = dataclasses.replace(load_config(fed.config("NL-POL")), contract_version=None)
+        config = load_config(fed.config("NL-POL")).model_copy(update={"contract_version": None})
         me = trust.agencies[AgencyId("NL-POL")]
         assert "1.0" == own_version(config, versions, me).label
         both = dataclasses.replace(me, contract_versions=("1.0", "1.1"))
         assert "1.1" == own_version(config, versions, both).label
-        pinned = dataclasses.replace(config, contract_version="1.0")
+        pinned = config.model_copy(update={"contract_version": "1.0"})
         assert "1.0" == own_version(pinned, versions, both).label
 
     def test_a_listed_version_the_node_lacks_is_refused(
@@ -169,21 +169,21 @@ class TestOwnVersion:
             trust.agencies[AgencyId("NL-POL")], contract_versions=("1.0", "1.1")
         )
         with pytest.raises(TrustError, match=r"reads contract version\(s\) 1\.1"):
-            own_version(config, Contract.load(config.schemas_dir), me)
+            own_version(config, Contract.load(config.schemas), me)
 
     def test_a_contract_version_the_trust_list_does_not_list_is_refused(
         self, versions: Contract, trust: TrustList, fed: Federation
     ) -> None:
         """node.yaml may pin one of the versions its agency is listed with, not another: peers
         go by the trust list."""
-        config = dataclasses.replace(load_config(fed.config("NL-POL")), contract_version="1.1")
+        config = load_config(fed.config("NL-POL")).model_copy(update={"contract_version": "1.1"})
         with pytest.raises(ConfigError, match=r"contract_version: 1\.1 is not among .*\(1\.0\)"):
             own_version(config, versions, trust.agencies[AgencyId("NL-POL")])
 
     def test_an_unknown_contract_version_in_node_yaml_is_refused(
         self, versions: Contract, trust: TrustList, fed: Federation
     ) -> None:
-        config = dataclasses.replace(load_config(fed.config("NL-POL")), contract_version="1.7")
+        config = load_config(fed.config("NL-POL")).model_copy(update={"contract_version": "1.7"})
         with pytest.raises(ConfigError, match=r"contract_version: .*no version 1\.7") as info:
             own_version(config, versions, trust.agencies[AgencyId("NL-POL")])
         assert str(config.path) == info.value.file

@@ -57,7 +57,7 @@ def _core(
         registry=registry,
         policy=policy,
         trust=trust,
-        routes=load_config(fed.config("NL-POL")).routes,
+        routes=load_config(fed.config("NL-POL")).routes_in_force,
         ttl=TTL,
         pseudonymiser=PSEUDONYMS,
     )
@@ -107,7 +107,7 @@ def _trust_without_encryption_key(fed: Federation, tmp_path: Path, agency: str) 
     path = tmp_path / "trust.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     Path(f"{path}.sig").write_bytes(sign_trust_list(path.read_bytes(), fed.authority))
-    pinned = authority_keys(load_config(fed.config("NL-POL")).authority_keys)
+    pinned = authority_keys(load_config(fed.config("NL-POL")).trust.pinned)
     return load_trust_list(path, pinned, now=NOW)
 
 
@@ -506,7 +506,7 @@ class TestInboundCore:
         """US-ATF's seizure, under its own policy and routes, is delivered to NL-POL."""
         policy = load_policy(repo_file("policies", "us-atf.yaml"), registry)
         core = OutboundCore(
-            us_keys, registry, policy, trust, load_config(fed.config("US-ATF")).routes, TTL
+            us_keys, registry, policy, trust, load_config(fed.config("US-ATF")).routes_in_force, TTL
         )
         event = parse_plain_event(seizure_us(), registry)
         outcome = core.release(event, NOW)

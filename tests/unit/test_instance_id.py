@@ -25,19 +25,19 @@ class TestInstanceId:
     def test_explicit_value_is_kept(self, tmp_path: Path) -> None:
         """An instance_id in node.yaml is used as it is."""
         config = load_config(_write(tmp_path, BASE + "instance_id: nl-pol-gw-0\n"))
-        assert "nl-pol-gw-0" == config.instance_id
+        assert "nl-pol-gw-0" == config.member_id
 
     def test_default_is_stable_across_loads(self, tmp_path: Path) -> None:
         """Loading the same file twice (a restart) gives the same id, starting with the agency."""
         path = _write(tmp_path, BASE)
-        first, second = load_config(path).instance_id, load_config(path).instance_id
+        first, second = load_config(path).member_id, load_config(path).member_id
         assert first == second
         assert first.startswith("NL-POL.")
 
     def test_default_differs_per_state_folder(self, tmp_path: Path) -> None:
         """Two replicas on one host, each with its own state folder, get different ids."""
-        one = load_config(_write(tmp_path, BASE, "replica-1")).instance_id
-        two = load_config(_write(tmp_path, BASE, "replica-2")).instance_id
+        one = load_config(_write(tmp_path, BASE, "replica-1")).member_id
+        two = load_config(_write(tmp_path, BASE, "replica-2")).member_id
         assert one != two
 
     def test_default_differs_per_host(self, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def node(tmp_path: Path) -> Node:
 
 def test_good_policy_replaces_the_one_in_force(node: Node) -> None:
     """A new version that passes every check is in force for the next event."""
-    path = node.config.policy_file
+    path = node.config.policy
     before = node.outbound.policy
     path.write_text(path.read_text().replace("version: 2", "version: 3", 1))
     assert node.reload({"policy"})
@@ -50,7 +50,7 @@ def test_bad_policy_keeps_the_last_good_one(node: Node, broken: str) -> None:
     """A policy that fails its checks is not swapped in; the node says so and goes on."""
     before = node.outbound.policy
     source = repo_file("tests", "data", "policies", "broken", f"{broken}.yaml")
-    node.config.policy_file.write_bytes(source.read_bytes())
+    node.config.policy.write_bytes(source.read_bytes())
     assert not node.reload({"policy"})
     assert before is node.outbound.policy
     assert 1 == node.counters["reload_failed"]
@@ -59,9 +59,7 @@ def test_bad_policy_keeps_the_last_good_one(node: Node, broken: str) -> None:
 def test_another_agencys_policy_is_refused(node: Node) -> None:
     """Dropping BE-FPJ's policy into NL-POL's place is refused (wrong agency)."""
     before = node.outbound.policy
-    node.config.policy_file.write_bytes(
-        node.config.policy_file.with_name("be-fpj.yaml").read_bytes()
-    )
+    node.config.policy.write_bytes(node.config.policy.with_name("be-fpj.yaml").read_bytes())
     assert not node.reload({"policy"})
     assert before is node.outbound.policy
 

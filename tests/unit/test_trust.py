@@ -16,7 +16,7 @@ from tests.unit.conftest import NOW
 
 
 def _pinned(fed: Federation) -> dict[str, bytes]:
-    return authority_keys(load_config(fed.config("NL-POL")).authority_keys)
+    return authority_keys(load_config(fed.config("NL-POL")).trust.pinned)
 
 
 def _resigned(fed: Federation, tmp_path: Path, edit: object) -> Path:

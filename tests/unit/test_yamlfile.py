@@ -52,6 +52,6 @@ def test_trust_list_signature_is_checked_before_parsing(fed: Federation, tmp_pat
     forged = tmp_path / "trust.yaml"
     forged.write_text(BOMB)
     Path(f"{forged}.sig").write_bytes(Path(f"{fed.trust_file}.sig").read_bytes())
-    pinned = authority_keys(load_config(fed.config("NL-POL")).authority_keys)
+    pinned = authority_keys(load_config(fed.config("NL-POL")).trust.pinned)
     with pytest.raises(TrustError, match="does not match its signature"):
         load_trust_list(forged, pinned, now=NOW)
