@@ -220,6 +220,8 @@ def _federation(tmp_path: Path, bootstrap: str, prefix: str, sink: str) -> Feder
     path = fed.config(RECEIVER)
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     config["limits"] = dict(LIMITS)
+    # the exchange topics it creates take what its inbox takes (above the node's own limit)
+    config["exchange"]["topics"]["max_message_bytes"] = INBOX_MAX_MESSAGE_BYTES
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return fed
 
