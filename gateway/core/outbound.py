@@ -247,6 +247,17 @@ class OutboundCore:
                 data={"event_id": event.event_id},
                 log_event="release_failed",
             )
+        if not (outcome.envelopes or outcome.denied or outcome.refused):
+            # nobody to offer it to: said, never silently dropped
+            routed = any(r.event_type == event.event_type for r in self.routes)
+            why = "its routes named no recipient" if routed else "no route for its type"
+            facts: dict[str, Value] = {
+                "event_id": event.event_id,
+                "event_type": event.event_type,
+                "why": why,
+            }
+            entry = AuditEntry("not_routed", facts, "not_routed", "not_routed", warn=True)
+            return Effects(audit=(entry,))
         parts = [Effects(envelopes=tuple(self._envelope(s) for s in outcome.envelopes))]
         parts.append(Effects(audit=tuple(self._released(s, outcome) for s in outcome.envelopes)))
         for denied in outcome.denied:

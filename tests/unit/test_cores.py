@@ -22,6 +22,7 @@ from gateway.core.outbound import (
     Refused,
     parse_plain_event,
 )
+from gateway.core.routing import Route
 from gateway.crypto.envelope import DataKeyRing, Handling, Header, message_id_for, seal
 from gateway.crypto.keys import AgencyKeys, generate_signing_key
 from gateway.crypto.trust import TrustList, authority_keys, load_trust_list, sign_trust_list
@@ -274,6 +275,27 @@ class TestOutboundCore:
         except PeerError:
             return
         assert ["US-ATF", "BE-FPJ"] == [s.header.recipient for s in outcome.envelopes]
+
+    @pytest.mark.parametrize(
+        ("routes", "why"),
+        [((), "no route for its type"), (None, "its routes named no recipient")],
+    )
+    def test_an_event_routed_to_nobody_is_audited(
+        self, outbound: OutboundCore, routes: tuple[Route, ...] | None, why: str
+    ) -> None:
+        """An event no route covers, or whose routes name nobody (a trace of a firearm made
+        and imported here), is audited and logged as not routed: never silently dropped."""
+        event = trace_request_nl()
+        record = event["record"]
+        assert isinstance(record, dict)
+        record["firearm"]["manufacture_country"] = "NL"
+        record["firearm"]["import_country"] = "NL"
+        if routes is not None:
+            outbound.routes = routes
+        effects = outbound.take(json.dumps(event).encode(), NOW)
+        assert () == effects.envelopes
+        assert [("not_routed", why)] == [(e.kind, e.data["why"]) for e in effects.audit]
+        assert effects.audit[0].warn
 
     def test_trace_request_goes_to_the_country_of_manufacture(
         self, outbound: OutboundCore, registry: SchemaRegistry
