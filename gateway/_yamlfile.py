@@ -8,10 +8,10 @@ pydantic validates the structure; :func:`load_model` turns its first error into 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pydantic
 import yaml
@@ -149,6 +149,27 @@ def describe_loc(loc: Sequence[str | int]) -> str:
     return text or "(top level)"
 
 
+_FIXES = {
+    "missing": "add it",
+    "extra_forbidden": "remove it, or check its spelling",
+}
+
+
+def _as_error(
+    document: YamlDocument, detail: Mapping[str, Any], what: str, error: type[ConfigError]
+) -> ConfigError:
+    # pydantic names the member of a union it tried (``literal['keep', ...]``, a model's class
+    # name); the file has no such key, so leave those out of the field path
+    loc = tuple(
+        p
+        for p in detail["loc"]
+        if isinstance(p, int) or (isinstance(p, str) and not _UNION_TAG.search(p))
+    )
+    fix = _FIXES.get(str(detail["type"]))
+    message = f"{what}: field '{describe_loc(loc)}': {detail['msg']}" + (f"; {fix}" if fix else "")
+    return error(message, file=str(document.path), line=document.line_of(loc))
+
+
 def load_model(
     document: YamlDocument,
     model: type[M],
@@ -161,21 +182,23 @@ def load_model(
 
     :raises ConfigError: (of class ``error``) naming file, line and field of the first problem.
     """
+    found, problems = validate_all(document, model, what, error, context=context)
+    if found is None:
+        raise problems[0]
+    return found
+
+
+def validate_all(
+    document: YamlDocument,
+    model: type[M],
+    what: str,
+    error: type[ConfigError],
+    *,
+    context: dict[str, object] | None = None,
+) -> tuple[M | None, list[ConfigError]]:
+    """``document`` as ``model``, or None and every problem pydantic found, each naming file,
+    line and field."""
     try:
-        return model.model_validate(document.data, context=context)
+        return model.model_validate(document.data, context=context), []
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        # pydantic names the member of a union it tried (``literal['keep', ...]``, a model's
-        # class name); the file has no such key, so leave those out of the field path
-        loc = tuple(
-            p
-            for p in first["loc"]
-            if isinstance(p, int) or (isinstance(p, str) and not _UNION_TAG.search(p))
-        )
-        field = describe_loc(loc)
-        message = first["msg"]
-        raise error(
-            f"{what}: field '{field}': {message}",
-            file=str(document.path),
-            line=document.line_of(loc),
-        ) from exc
+        return None, [_as_error(document, d, what, error) for d in exc.errors()]

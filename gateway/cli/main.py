@@ -584,6 +584,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from gateway.node.check import check_node
+
+    failed = 0
+    for name in args.config:
+        problems = check_node(Path(name), datetime.now(UTC))
+        for problem in problems:
+            _print(f"{problem}")
+        _print(f"{name}: {len(problems)} problem(s)" if problems else f"{name}: OK")
+        failed += bool(problems)
+    return EXIT_REJECTED if failed else EXIT_OK
+
+
 def cmd_acls(args: argparse.Namespace) -> int:
     from gateway.node.acls import script
     from gateway.node.config import load_config
@@ -793,6 +806,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep", action="store_true", help="keep the federation's folders")
     p.set_defaults(func=cmd_bench)
+
+    config_parser = sub.add_parser("config", help="check node configs")
+    csub = config_parser.add_subparsers(dest="config_command", required=True)
+    p = csub.add_parser(
+        "check",
+        help="everything a node would load (config, keys, trust list, contract, policy, routes,"
+        " Kafka files and secrets), every problem at once",
+    )
+    p.add_argument("-c", "--config", action="append", required=True, help="a node.yaml")
+    p.set_defaults(func=cmd_config_check)
 
     p = sub.add_parser(
         "acls",
