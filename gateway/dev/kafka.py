@@ -827,6 +827,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--heap-mb", type=int, default=512, help="JVM heap per node (default 512)")
     start.add_argument("--version", default=DEFAULT_VERSION, help="Kafka version from Maven")
     start.add_argument("--timeout", type=float, default=120.0, help="start-up limit in seconds")
+    start.add_argument(
+        "--secured",
+        action="store_true",
+        help="add SSL and SASL_SSL listeners and the StandardAuthorizer; makes a CA, a broker"
+        " certificate, and a client certificate and password per --user (needs the"
+        " 'cryptography' package)",
+    )
+    start.add_argument(
+        "--user", action="append", default=[], help="with --secured: an agency principal"
+    )
     classpath = commands.add_parser("classpath", help="resolve the jars and print the cache file")
     classpath.add_argument("--version", default=DEFAULT_VERSION, help="Kafka version from Maven")
     classpath.add_argument("--refresh", action="store_true", help="resolve again with Maven")
@@ -837,20 +847,61 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolved = resolve_classpath(args.version, refresh=args.refresh)
             print(resolved if os.environ.get("KAFKA_HOME") else classpath_cache_file(args.version))
             return 0
-        return _run_foreground(args.nodes, args.dir, args.heap_mb, args.version, args.timeout)
+        secured = _secure_files(args.dir, args.user) if args.secured else None
+        return _run_foreground(
+            args.nodes, args.dir, args.heap_mb, args.version, args.timeout, secured
+        )
     except (ConfigError, InfrastructureError) as exc:
         print(f"devkafka: {exc}", file=sys.stderr)
         return 1
 
 
+def _secure_files(workdir: Path | None, users: Sequence[str]) -> Secured:
+    """A CA, a broker certificate, and per user a client certificate and a password file
+    (0600), under ``<workdir>/tls`` (a temporary folder without ``--dir``)."""
+    from gateway.dev.tls import LocalCA  # a development dependency, for this mode only
+
+    folder = (workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="fxgw-"))) / "tls"
+    ca = LocalCA(folder)
+    broker = ca.issue("broker", server=True)
+    passwords: list[tuple[str, str]] = []
+    for user in users:
+        ca.issue(user)
+        password = uuid.uuid4().hex
+        secret = folder / f"{user}.password"
+        secret.unlink(missing_ok=True)
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(password + "\n")
+        passwords.append((user, password))
+    return Secured(ca.ca_file, broker.keystore, tuple(passwords))
+
+
 def _run_foreground(
-    nodes: int, workdir: Path | None, heap_mb: int, version: str, timeout: float
+    nodes: int,
+    workdir: Path | None,
+    heap_mb: int,
+    version: str,
+    timeout: float,
+    secured: Secured | None = None,
 ) -> int:
-    kafka = LocalKafka(nodes=nodes, workdir=workdir, heap_mb=heap_mb, version=version)
+    kafka = LocalKafka(
+        nodes=nodes, workdir=workdir, heap_mb=heap_mb, version=version, secured=secured
+    )
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         kafka.start(timeout=timeout)
         print(f"BOOTSTRAP={kafka.bootstrap_servers}", flush=True)
+        if secured is not None:
+            print(f"SSL_BOOTSTRAP={kafka.ssl_bootstrap_servers}", flush=True)
+            print(f"SASL_SSL_BOOTSTRAP={kafka.sasl_ssl_bootstrap_servers}", flush=True)
+            print(f"CA_FILE={secured.ca_file}", flush=True)
+            print(
+                f"devkafka: per user, <name>.pem/.key and <name>.password in"
+                f" {secured.ca_file.parent}; the PLAINTEXT listener is a super user",
+                file=sys.stderr,
+                flush=True,
+            )
         print(f"devkafka: Kafka {version}, logs in {kafka.workdir}", file=sys.stderr, flush=True)
         while True:
             dead = [i for i in range(nodes) if not kafka.is_running(i)]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,7 +16,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from gateway.dev.kafka import LocalKafka, classpath_cache_file, resolve_classpath
-from gateway.errors import ConfigError, InfrastructureError
+from gateway.errors import AccessRefused, ConfigError, InfrastructureError
+from gateway.node.transport import Cluster, Producer, Secret
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -187,3 +191,55 @@ class TestResolveClasspath:
         monkeypatch.setenv("KAFKA_HOME", str(tmp_path))
         with pytest.raises(ConfigError, match="KAFKA_HOME"):
             resolve_classpath()
+
+
+class TestSecuredCommandLine:
+    """`python -m gateway.dev.kafka start --secured --user X`: authenticated, authorised."""
+
+    def test_users_authenticate_and_acls_are_enforced(self, tmp_path: Path) -> None:
+        """The printed SASL_SSL address takes the user's password over TLS (the printed CA),
+        no write is allowed before an ACL grants it, every listener is on 127.0.0.1, and
+        SIGTERM stops it."""
+        command = [sys.executable, "-m", "gateway.dev.kafka", "start", "--dir", str(tmp_path)]
+        process = subprocess.Popen(
+            [*command, "--secured", "--user", "NL-POL"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            printed: dict[str, str] = {}
+            while len(printed) < 4:
+                line = process.stdout.readline()  # bounded by the test's timeout
+                assert line, "the launcher exited before it printed its addresses"
+                key, _, value = line.strip().partition("=")
+                printed[key] = value
+            for key in ("BOOTSTRAP", "SSL_BOOTSTRAP", "SASL_SSL_BOOTSTRAP"):
+                assert _listening_addresses(int(printed[key].rsplit(":", 1)[1])) == {"127.0.0.1"}
+            secret = tmp_path / "tls" / "NL-POL.password"
+            assert 0o600 == secret.stat().st_mode & 0o777
+            cluster = Cluster(
+                printed["SASL_SSL_BOOTSTRAP"],
+                protocol="SASL_SSL",
+                ca_file=Path(printed["CA_FILE"]),
+                sasl_mechanism="SCRAM-SHA-512",
+                username="NL-POL",
+                password=Secret("test", secret),
+            )
+            asyncio.run(_refused_write(cluster))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert 0 == process.wait(60)
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+async def _refused_write(cluster: Cluster) -> None:
+    """Authenticated as the cluster's user (a wrong password would fail the SASL handshake
+    first), a producer is refused by the authorizer: no ACL grants it anything yet."""
+    producer = Producer(cluster, "test-secured")
+    with pytest.raises(AccessRefused, match="ClusterAuthorizationFailed"):
+        await producer.start()
+    await producer.stop()
