@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.dev.demo import seizure_nl
 from gateway.dev.kafka import LocalKafka
 from gateway.dev.sandbox import Federation, build_federation
+from tests.http import get
 from tests.integration.conftest import delivered, national_send, running, wait_until
 from tests.processes import two_agencies
 
@@ -42,17 +41,9 @@ def _serve_metrics(fed: Federation, *agencies: str) -> None:
         path.write_text(yaml.safe_dump(config))
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
-
-
 async def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a node's /metrics, by name and labels."""
-    status, body = await asyncio.to_thread(_get, port, "/metrics")
+    status, body = await asyncio.to_thread(get, port, "/metrics")
     assert 200 == status
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -62,7 +53,7 @@ async def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 async def _readyz(port: int) -> tuple[int, dict[str, Any]]:
-    status, body = await asyncio.to_thread(_get, port, "/readyz")
+    status, body = await asyncio.to_thread(get, port, "/readyz")
     return status, json.loads(body)
 
 
@@ -150,7 +141,7 @@ class TestReadinessFollowsTheBroker:
             try:
                 await wait_until(lambda: readiness_is(port, 503), "not ready", within_s=60)
                 down = seen[-1][1]
-                health = await asyncio.to_thread(_get, port, "/healthz")
+                health = await asyncio.to_thread(get, port, "/healthz")
             finally:
                 await asyncio.to_thread(kafka.start_node, 0)
             await wait_until(lambda: readiness_is(port, 200), "ready again", within_s=90)

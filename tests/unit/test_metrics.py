@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +19,7 @@ from gateway.errors import ConfigError
 from gateway.node.health import MetricsServer, Readiness
 from gateway.node.metrics import Metrics, Outstanding, expiries, sample, warn_expiring
 from gateway.types import AgencyId
+from tests.http import get
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 AGENCIES = frozenset({"NL-POL", "BE-FPJ", "US-ATF"})
@@ -236,14 +235,6 @@ class TestReadiness:
         assert "joining" == r.checks()["consuming"]
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), bytes(exc.read())
-
-
 class TestMetricsServer:
     """/metrics, /healthz and /readyz on one port of 127.0.0.1."""
 
@@ -257,7 +248,7 @@ class TestMetricsServer:
         served.start()
         try:
             metrics.observe([_entry("release", message_id="m1", recipient="BE-FPJ")])
-            status, body = await asyncio.to_thread(_get, served.port, "/metrics")
+            status, body = await asyncio.to_thread(get, served.port, "/metrics")
         finally:
             served.close()
         assert 200 == status
@@ -274,14 +265,14 @@ class TestMetricsServer:
         )
         served.start()
         try:
-            health = await asyncio.to_thread(_get, served.port, "/healthz")
-            not_ready = await asyncio.to_thread(_get, served.port, "/readyz")
+            health = await asyncio.to_thread(get, served.port, "/healthz")
+            not_ready = await asyncio.to_thread(get, served.port, "/readyz")
             readiness.kafka = "ok"
             readiness.audit_dir = tmp_path
             readiness.starting("inbox")
             readiness.polled("inbox")
-            ready = await asyncio.to_thread(_get, served.port, "/readyz")
-            missing = await asyncio.to_thread(_get, served.port, "/nothing")
+            ready = await asyncio.to_thread(get, served.port, "/readyz")
+            missing = await asyncio.to_thread(get, served.port, "/nothing")
         finally:
             served.close()
         assert (200, {"status": "ok"}) == (health[0], json.loads(health[1]))
@@ -299,7 +290,7 @@ class TestMetricsServer:
         served.answer_within_s = 0.2
         served.start()
         try:
-            status, body = await asyncio.to_thread(_get, served.port, "/healthz")
+            status, body = await asyncio.to_thread(get, served.port, "/healthz")
         finally:
             served.close()
             stuck.close()
