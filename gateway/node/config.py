@@ -12,6 +12,8 @@ line of a 0600 file) or ``*_env`` (an environment variable), and read when a cli
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 import socket
@@ -27,6 +29,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -66,6 +69,23 @@ class KeysModel(_Strict):
 class AuthorityKeyModel(_Strict):
     id: str
     public: str
+    """The authority's Ed25519 public key, standard base64 of 32 bytes."""
+
+    @field_validator("public")
+    @classmethod
+    def _ed25519_public_key(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError(
+                "not standard base64; copy the public key 'fxgw keygen --authority' printed"
+            ) from None
+        if len(raw) != 32:
+            raise ValueError(
+                f"an Ed25519 public key is 32 bytes, this is {len(raw)}; copy the public key"
+                " 'fxgw keygen --authority' printed"
+            )
+        return value
 
 
 class TrustModel(_Strict):

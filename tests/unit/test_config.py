@@ -22,7 +22,7 @@ keys:
 trust:
   file: ../trust/trust.yaml
   authority_keys:
-    - {id: FED/sign/1, public: "AAAA"}
+    - {id: FED/sign/1, public: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}
 policy: ../policies/nl-pol.yaml
 state_dir: state
 exchange:
@@ -174,7 +174,7 @@ class TestLoadConfig:
         assert timedelta(minutes=5) == config.envelope.max_skew
         assert timedelta(days=30) == config.envelope.max_lifetime
         assert 10_000 == config.envelope.data_key_max_uses
-        assert (("FED/sign/1", "AAAA"),) == config.trust.pinned
+        assert (("FED/sign/1", "A" * 43 + "="),) == config.trust.pinned
         assert (None, "127.0.0.1") == (config.metrics_port, config.metrics_address)
         assert timedelta(days=14) == config.expiry_warning
 
