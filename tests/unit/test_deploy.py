@@ -8,12 +8,15 @@ No container engine or cluster is needed: these files are parsed and checked, no
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,14 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from gateway.contract.schemas import SchemaRegistry
-from gateway.crypto.keys import generate_signing_key, load_signing_key, write_key_file
+from gateway.crypto.keys import (
+    generate_signing_key,
+    load_encryption_key,
+    load_pseudonym_key,
+    load_signing_key,
+    write_key_file,
+)
+from gateway.crypto.trust import authority_keys, load_trust_list
 from gateway.errors import KeyFileError
 from gateway.node.config import NodeConfig, load_config
 from gateway.policy.engine import load_policy
@@ -198,6 +208,90 @@ class TestComposeConfigs:
         for agency in agencies:
             assert (COMPOSE / agency / "node.yaml").is_file()
             assert (ROOT / "policies" / f"{agency.lower()}.yaml").is_file()
+
+
+@pytest.fixture(scope="module")
+def federation_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The volumes federation-init.sh fills, made by running it under a folder (its
+    FXGW_INIT_ROOT) with this interpreter's fxgw and python first on PATH, owners this user."""
+    root = tmp_path_factory.mktemp("init")
+    me = str(os.getuid())
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FXGW_INIT_ROOT": str(root),
+        "FXGW_INIT_SRC": str(ROOT),
+        "FXGW_KAFKA_UID": me,
+        "FXGW_NODE_UID": me,
+        "FXGW_ROOT_UID": me,
+    }
+    script = COMPOSE / "init" / "federation-init.sh"
+    result = subprocess.run(
+        ["sh", str(script)], env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert 0 == result.returncode, result.stderr
+    again = subprocess.run(
+        ["sh", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert 0 == again.returncode and "done before" in again.stdout
+    return root
+
+
+def _as_mounted(root: Path, agency: str, tmp_path: Path) -> Path:
+    """An agency's /etc/fxgw as its node sees it: the config volume, the keys volume inside."""
+    etc = tmp_path / "etc-fxgw"
+    shutil.copytree(root / "out" / agency / "config", etc)
+    (etc / "keys").rmdir()
+    shutil.copytree(root / "out" / agency / "keys", etc / "keys")
+    return etc / "node.yaml"
+
+
+class TestFederationInit:
+    @pytest.mark.parametrize("agency", ["NL-POL", "BE-FPJ", "US-ATF"])
+    def test_node_finds_everything(
+        self, federation_init: Path, agency: str, tmp_path: Path, registry: SchemaRegistry
+    ) -> None:
+        """A rendered config loads; its trust list verifies against the authority key put in
+        it; its keys, policy, CA and password file are all usable by the node."""
+        config = load_config(_as_mounted(federation_init, agency, tmp_path))
+        assert "@" not in config.authority_keys[0][0]
+        trust = load_trust_list(
+            config.trust_file, authority_keys(config.authority_keys), now=datetime.now(UTC)
+        )
+        assert {"NL-POL", "BE-FPJ", "US-ATF"} == set(trust.agencies)
+        assert load_signing_key(config.signing_key).key_id.startswith(f"{agency}/")
+        assert all(load_encryption_key(p) for p in config.encryption_keys)
+        assert config.pseudonym_key is not None and load_pseudonym_key(config.pseudonym_key)
+        assert agency == load_policy(config.policy_file, registry).agency
+        assert [] == config.exchange.problems()
+        assert "ssl_context" in config.exchange.client_options()
+
+    def test_private_files_are_private(self, federation_init: Path) -> None:
+        """Keys, passwords and broker keystores have no group or other bits; the configs,
+        trust list and CA are readable by all."""
+        for path in federation_init.rglob("*"):
+            if path.is_dir():
+                continue
+            mode = stat.S_IMODE(path.stat().st_mode)
+            configs = "config" in path.parts or "ops" in path.parts
+            public = path.suffix in (".yaml", ".sig") and configs
+            public |= path.name == "ca.pem" or path.name.endswith(("-1.pem", "-2.pem", "-3.pem"))
+            if public:
+                assert mode & 0o004, path
+            else:
+                assert 0 == mode & 0o077, path
+
+    def test_acl_script_and_scram_users(self, federation_init: Path) -> None:
+        """The ACL script grants each agency its own inbox; every agency and admin has a SCRAM
+        password, the one in its keys volume."""
+        script = (federation_init / "pki" / "acls.sh").read_text(encoding="utf-8")
+        for agency in ("NL-POL", "BE-FPJ", "US-ATF"):
+            assert f"--allow-principal User:{agency}" in script
+            scram = (federation_init / "pki" / "scram" / agency).read_text()
+            node = (federation_init / "out" / agency / "keys" / "exchange.password").read_text()
+            assert scram == node and len(scram.strip()) >= 32
+        assert (federation_init / "pki" / "scram" / "admin").is_file()
+        assert not (federation_init / "out" / "NL-POL" / "config" / "FED.authority.key").exists()
 
 
 # --- every YAML file -----------------------------------------------------------------------------
@@ -394,7 +488,7 @@ class TestCompose:
         ):
             assert line in script.splitlines()
         init = (COMPOSE / "init" / "federation-init.sh").read_text(encoding="utf-8")
-        assert "fxgw acls -c /ops/node.yaml" in init
+        assert 'fxgw acls -c "$ops"/node.yaml' in init
         services = _compose()["services"]
         assert "topics" in services["exchange-topics"]["command"]
         assert [f"kafka-{i}" for i in (1, 2, 3)] == sorted(

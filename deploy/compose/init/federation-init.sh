@@ -20,17 +20,27 @@
 set -eu
 umask 077
 
-src=/src
+# The container's paths and users. FXGW_INIT_ROOT puts the volumes' folders under a folder
+# instead, and the FXGW_*_UID variables change the owners: tests/unit/test_deploy.py runs the
+# script so, without a container. Paths written into files are always the containers'.
+root=${FXGW_INIT_ROOT:-}
+src=${FXGW_INIT_SRC:-/src}
 compose=$src/deploy/compose
-kafka_uid=1000
-node_uid=10001
+kafka_uid=${FXGW_KAFKA_UID:-1000}
+node_uid=${FXGW_NODE_UID:-10001}
+root_uid=${FXGW_ROOT_UID:-0}
+pki=$root/pki
+fed=$root/federation
+ops=$root/ops
+out=$root/out
 
-if [ -f /federation/.done ]; then
+mkdir -p "$pki" "$fed" "$ops" "$out"  # in the container: the volumes' mount points
+if [ -f "$fed"/.done ]; then
     echo "federation-init: done before; 'docker compose down -v' makes a new federation"
     exit 0
 fi
-if [ -n "$(ls -A /federation)" ]; then
-    echo "federation-init: /federation is half made (an earlier run failed); run" \
+if [ -n "$(ls -A "$fed")" ]; then
+    echo "federation-init: $fed is half made (an earlier run failed); run" \
         "'docker compose down -v' and start again" >&2
     exit 1
 fi
@@ -46,31 +56,31 @@ PY
 agencies=$(cut -d' ' -f1 "$work/agencies" | tr '\n' ' ')
 
 # 1, 2: the exchange cluster's TLS and SCRAM material
-python -m gateway.dev.tls --out /pki --server kafka-1,kafka-2,kafka-3 >/dev/null
-mkdir -p /pki/scram
+python -m gateway.dev.tls --out "$pki" --server kafka-1,kafka-2,kafka-3 >/dev/null
+mkdir -p "$pki"/scram
 for user in admin $agencies; do
-    python -c 'import secrets; print(secrets.token_hex(24))' >"/pki/scram/$user"
+    python -c 'import secrets; print(secrets.token_hex(24))' >"$pki/scram/$user"
 done
 python -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' \
-    >/pki/cluster.id
+    >"$pki"/cluster.id
 {
     echo "security.protocol=SASL_SSL"
     echo "sasl.mechanism=SCRAM-SHA-512"
     printf 'sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="%s";\n' \
-        "$(cat /pki/scram/admin)"
+        "$(cat "$pki/scram/admin")"
     echo "ssl.truststore.type=PEM"
     echo "ssl.truststore.location=/pki/ca.pem"
-} >/pki/admin.properties
+} >"$pki"/admin.properties
 
 # 3: the authority key, then 4: each agency's keys (keygen prints the public halves)
-fxgw keygen --authority --id FED --out /federation >"$work/authority.yaml"
+fxgw keygen --authority --id FED --out "$fed" >"$work/authority.yaml"
 while read -r agency country groups; do
     fxgw keygen --agency "$agency" --country "$country" --groups "$groups" --valid-days 365 \
-        --out "/out/$agency/keys" >"$work/$agency.entry.yaml"
+        --out "$out/$agency/keys" >"$work/$agency.entry.yaml"
 done <"$work/agencies"
 
 # 5: the trust list, signed by the authority
-python - "$compose/federation.yaml" "$work" /federation/trust.yaml <<'PY'
+python - "$compose/federation.yaml" "$work" "$fed"/trust.yaml <<'PY'
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,44 +106,45 @@ trust = {
 }
 out.write_text(yaml.safe_dump(trust, sort_keys=False), encoding="utf-8")
 PY
-fxgw trust sign --key /federation/FED.authority.key /federation/trust.yaml
+fxgw trust sign --key "$fed"/FED.authority.key "$fed"/trust.yaml
 
 # 6: the config volumes (public files, root's, world-readable) and the key volumes (10001, 0400)
 authority_id=$(python -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["authority_keys"][0]["id"])' <"$work/authority.yaml")
 authority_public=$(python -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["authority_keys"][0]["public"])' <"$work/authority.yaml")
 render() { # render TEMPLATE CONFIG_DIR
+    mkdir -p "$2"
     sed -e "s|@AUTHORITY_KEY_ID@|$authority_id|" -e "s|@AUTHORITY_PUBLIC_KEY@|$authority_public|" \
         "$1" >"$2/node.yaml"
-    cp /federation/trust.yaml /federation/trust.yaml.sig /pki/ca.pem "$2/"
+    cp "$fed"/trust.yaml "$fed"/trust.yaml.sig "$pki"/ca.pem "$2/"
     mkdir -p "$2/keys"  # the mount point of the keys volume inside the read-only config volume
-    chown -R 0:0 "$2"
+    chown -R "$root_uid:$root_uid" "$2"
     chmod 0755 "$2" "$2/keys"
     chmod 0644 "$2"/*.yaml "$2"/*.sig "$2"/ca.pem
 }
 for agency in $agencies; do
     lower=$(echo "$agency" | tr '[:upper:]' '[:lower:]')
-    render "$compose/$agency/node.yaml" "/out/$agency/config"
-    cp "$src/policies/$lower.yaml" "/out/$agency/config/policy.yaml"
-    chmod 0644 "/out/$agency/config/policy.yaml"
-    cp "/pki/scram/$agency" "/out/$agency/keys/exchange.password"
-    chown -R "$node_uid:$node_uid" "/out/$agency/keys"
-    chmod 0500 "/out/$agency/keys"
-    chmod 0400 "/out/$agency/keys"/*
+    render "$compose/$agency/node.yaml" "$out/$agency/config"
+    cp "$src/policies/$lower.yaml" "$out/$agency/config/policy.yaml"
+    chmod 0644 "$out/$agency/config/policy.yaml"
+    cp "$pki/scram/$agency" "$out/$agency/keys/exchange.password"
+    chown -R "$node_uid:$node_uid" "$out/$agency/keys"
+    chmod 0500 "$out/$agency/keys"
+    chmod 0400 "$out/$agency/keys"/*
 done
-render "$compose/ops/node.yaml" /ops
-cp /pki/scram/admin /ops/keys/admin.password
-chown -R "$node_uid:$node_uid" /ops/keys
-chmod 0500 /ops/keys
-chmod 0400 /ops/keys/admin.password
+render "$compose/ops/node.yaml" "$ops"
+cp "$pki"/scram/admin "$ops"/keys/admin.password
+chown -R "$node_uid:$node_uid" "$ops"/keys
+chmod 0500 "$ops"/keys
+chmod 0400 "$ops"/keys/admin.password
 
 # 7: the ACLs, as kafka-acls.sh calls (run by exchange-acls in the Kafka image)
-fxgw acls -c /ops/node.yaml --command-config /pki/admin.properties >/pki/acls.sh
+fxgw acls -c "$ops"/node.yaml --command-config /pki/admin.properties >"$pki"/acls.sh
 
-# /pki belongs to the brokers' user: keys 0400, the rest readable by it alone
-chown -R "$kafka_uid:$kafka_uid" /pki
-chmod 0700 /pki /pki/scram
-chmod 0400 /pki/scram/* /pki/*.key /pki/*.keystore.pem /pki/admin.properties /pki/acls.sh
-chmod 0444 /pki/ca.pem /pki/kafka-?.pem
-touch /federation/.done
+# $pki belongs to the brokers' user: keys 0400, the rest readable by it alone
+chown -R "$kafka_uid:$kafka_uid" "$pki"
+chmod 0700 "$pki" "$pki"/scram
+chmod 0400 "$pki"/scram/* "$pki"/*.key "$pki"/*.keystore.pem "$pki"/admin.properties "$pki"/acls.sh
+chmod 0444 "$pki"/ca.pem "$pki"/kafka-?.pem
+touch "$fed"/.done
 rm -rf "$work"
 echo "federation-init: CA, SCRAM users, keys and a signed trust list for $agencies"
