@@ -14,15 +14,20 @@ set -eu
 
 id=${1:?usage: exchange-broker.sh NODE_ID}
 host="kafka-$id"
-pki=/pki
-data=/var/lib/kafka/data
-props=/tmp/server.properties
+# The container's paths; the variables let the same script run three brokers on one host for a
+# check without a container engine (listeners bound to a loopback address each).
+pki=${FXGW_PKI:-/pki}
+data=${FXGW_BROKER_DATA:-/var/lib/kafka/data}
+props=${FXGW_BROKER_PROPS:-/tmp/server.properties}
+client_props=${FXGW_BROKER_CLIENT_PROPS:-/tmp/client.properties}
+bind=${FXGW_BROKER_BIND:-}
+kafka_bin=${KAFKA_BIN:-/opt/kafka/bin}
 
 cat >"$props" <<PROPS
 process.roles=broker,controller
 node.id=$id
 controller.quorum.voters=1@kafka-1:9094,2@kafka-2:9094,3@kafka-3:9094
-listeners=EXTERNAL://:9092,BROKER://:9093,CONTROLLER://:9094
+listeners=EXTERNAL://$bind:9092,BROKER://$bind:9093,CONTROLLER://$bind:9094
 advertised.listeners=EXTERNAL://$host:9092,BROKER://$host:9093
 listener.security.protocol.map=EXTERNAL:SASL_SSL,BROKER:SSL,CONTROLLER:SSL
 controller.listener.names=CONTROLLER
@@ -53,7 +58,7 @@ group.initial.rebalance.delay.ms=0
 PROPS
 
 # A client config for this broker's own tools (the healthcheck): its certificate, a super user.
-cat >/tmp/client.properties <<PROPS
+cat >"$client_props" <<PROPS
 security.protocol=SSL
 ssl.keystore.type=PEM
 ssl.keystore.location=$pki/$host.keystore.pem
@@ -66,7 +71,7 @@ if [ ! -f "$data/meta.properties" ]; then
     for file in "$pki"/scram/*; do
         set -- "$@" --add-scram "SCRAM-SHA-512=[name=$(basename "$file"),password=$(cat "$file")]"
     done
-    /opt/kafka/bin/kafka-storage.sh format --ignore-formatted \
+    "$kafka_bin/kafka-storage.sh" format --ignore-formatted \
         --cluster-id "$(cat "$pki/cluster.id")" -c "$props" "$@"
 fi
-exec /opt/kafka/bin/kafka-server-start.sh "$props"
+exec "$kafka_bin/kafka-server-start.sh" "$props"
