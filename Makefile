@@ -24,7 +24,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check gateway tests
 	$(BIN)/mypy --strict gateway
 	$(BIN)/fxgw schema check --against all
-	@if command -v shellcheck >/dev/null; then shellcheck deploy/kafka/kafka-local .ci/run; fi
+	$(BIN)/yamllint --strict deploy
+	@if command -v shellcheck >/dev/null; then \
+		shellcheck deploy/kafka/kafka-local .ci/run deploy/compose/init/*.sh; fi
 
 test: lint
 	$(BIN)/python -m pytest --cov --cov-report=term

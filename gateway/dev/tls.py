@@ -5,13 +5,20 @@ The X.509 work is the ``cryptography`` package's (a development dependency); wha
 choice of names and extensions a Kafka broker on 127.0.0.1 and its clients need. Everything is
 written as PEM, the format both Kafka (``ssl.keystore.type=PEM``) and Python's ``ssl`` read;
 private keys are unencrypted PKCS#8 files with mode 0600.
+
+As a command, it writes a CA and the certificates of a compose federation's brokers and clients::
+
+    python -m gateway.dev.tls --out DIR --server kafka-1,kafka-2 --client NL-POL,BE-FPJ
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import ipaddress
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,12 +80,18 @@ class LocalCA:
         self.ca_file = folder / "ca.pem"
         self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, common_name: str, *, server: bool = False) -> Issued:
-        """A certificate for ``common_name`` (a broker's for ``server``, valid for 127.0.0.1
-        and localhost; else a client's, whose common name Kafka maps to its principal)."""
+    def issue(
+        self, common_name: str, *, server: bool = False, dns_names: Sequence[str] = ()
+    ) -> Issued:
+        """A certificate for ``common_name`` (a broker's for ``server``, valid for 127.0.0.1,
+        localhost and ``dns_names``, and also for client authentication, as a broker is a client
+        of the other brokers and of the controllers; else a client's, whose common name Kafka
+        maps to its principal)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server:
+            usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -88,12 +101,13 @@ class LocalCA:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + _VALID)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if server:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
                     [
+                        *(x509.DNSName(name) for name in dns_names),
                         x509.DNSName("localhost"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     ]
@@ -120,3 +134,52 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if "/" in name or name.startswith("."):
+            raise argparse.ArgumentTypeError(f"{name!r} is not a host or agency name")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write ``ca.pem`` and, for each name, ``NAME.pem``, ``NAME.key`` and ``NAME.keystore.pem``
+    (keys 0600) into ``--out``; print the files written."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.dev.tls",
+        description="A throw-away CA and broker/client certificates, as PEM (for tests and"
+        " compose; never for production).",
+    )
+    parser.add_argument("--out", required=True, help="folder to write into (created)")
+    parser.add_argument(
+        "--server",
+        type=_names,
+        default=[],
+        help="broker host names, comma-separated: each certificate is valid for its name",
+    )
+    parser.add_argument(
+        "--client",
+        type=_names,
+        default=[],
+        help="client common names (Kafka principals), comma-separated, e.g. NL-POL,BE-FPJ",
+    )
+    parser.add_argument("--ca-name", default="fxgw local test CA", help="the CA's common name")
+    args = parser.parse_args(argv)
+    if not args.server and not args.client:
+        parser.error("give --server and/or --client")
+    ca = LocalCA(Path(args.out), args.ca_name)
+    written = [ca.ca_file]
+    for name in args.server:
+        issued = ca.issue(name, server=True, dns_names=[name])
+        written += [issued.cert_file, issued.key_file, issued.keystore]
+    for name in args.client:
+        issued = ca.issue(name)
+        written += [issued.cert_file, issued.key_file, issued.keystore]
+    sys.stdout.write("".join(f"{path}\n" for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
