@@ -7,6 +7,7 @@ No container engine or cluster is needed: these files are parsed and checked, no
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -103,10 +104,25 @@ def _load(where: str, text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for name in _password_envs(yaml.safe_load(text)):
         monkeypatch.setenv(name, f"value-of-{name}")
     path = DEPLOY / where
-    if not path.is_file():
-        path = tmp_path / "node.yaml"
-        path.write_text(text, encoding="utf-8")
+    filled = _with_an_authority_key(text)
+    if not path.is_file() or filled != text:
+        # a template: filled in as its init step would, in a file of its own
+        path = tmp_path / where.replace("/", "_")
+        path.write_text(filled, encoding="utf-8")
     return load_config(path)
+
+
+_AN_AUTHORITY_KEY = base64.b64encode(bytes(range(32))).decode()
+"""Stands in for the federation authority's public key, which each deployment makes."""
+
+
+def _with_an_authority_key(text: str) -> str:
+    for placeholder in (
+        "@AUTHORITY_PUBLIC_KEY@",
+        "REPLACE-WITH-THE-FEDERATION-AUTHORITY-PUBLIC-KEY",
+    ):
+        text = text.replace(placeholder, _AN_AUTHORITY_KEY)
+    return text
 
 
 def _hosts(bootstrap: str) -> set[str]:
@@ -135,10 +151,10 @@ class TestNodeConfigs:
         """No development mode; TLS to the exchange; replication 3, min ISR 2 there."""
         config = _load(where, text, tmp_path, monkeypatch)
         assert config.development is False
-        assert config.exchange.protocol in ("SSL", "SASL_SSL")
-        assert config.exchange.check_hostname
-        assert config.exchange_topics.replication >= 3
-        assert config.exchange_topics.min_insync_replicas >= 2
+        assert config.exchange.cluster.protocol in ("SSL", "SASL_SSL")
+        assert config.exchange.cluster.check_hostname
+        assert config.exchange.topics.replication >= 3
+        assert config.exchange.topics.min_insync_replicas >= 2
         assert "development" not in yaml.safe_load(text)
 
     def test_local_cluster_is_not_the_exchange(
@@ -155,7 +171,7 @@ class TestNodeConfigs:
     ) -> None:
         """A password named by password_env is what the client gets; none is in the file."""
         config = _load(where, text, tmp_path, monkeypatch)
-        for cluster in (config.exchange, config.local):
+        for cluster in (config.exchange.cluster, config.local.cluster):
             if cluster.password is not None and cluster.password.env is not None:
                 assert f"value-of-{cluster.password.env}" == cluster.password.read()
         assert not re.search(r"^\s*password\s*:", text, re.MULTILINE)
@@ -173,9 +189,9 @@ class TestNodeConfigs:
         Kubernetes (the federation ConfigMap) and systemd put in its place."""
         config = _load(where, text, tmp_path, monkeypatch)
         if config.agency == "EU-OPS":  # the operator's config: no node runs with it
-            assert not config.policy_file.exists()
+            assert not config.policy.exists()
             return
-        path = config.policy_file
+        path = config.policy
         if not path.is_file():
             path = ROOT / "policies" / f"{config.agency.lower()}.yaml"
         assert config.agency == load_policy(path, registry).agency
@@ -254,17 +270,17 @@ class TestFederationInit:
         """A rendered config loads; its trust list verifies against the authority key put in
         it; its keys, policy, CA and password file are all usable by the node."""
         config = load_config(_as_mounted(federation_init, agency, tmp_path))
-        assert "@" not in config.authority_keys[0][0]
+        assert "@" not in config.trust.pinned[0][0]
         trust = load_trust_list(
-            config.trust_file, authority_keys(config.authority_keys), now=datetime.now(UTC)
+            config.trust.file, authority_keys(config.trust.pinned), now=datetime.now(UTC)
         )
         assert {"NL-POL", "BE-FPJ", "US-ATF"} == set(trust.agencies)
-        assert load_signing_key(config.signing_key).key_id.startswith(f"{agency}/")
-        assert all(load_encryption_key(p) for p in config.encryption_keys)
-        assert config.pseudonym_key is not None and load_pseudonym_key(config.pseudonym_key)
-        assert agency == load_policy(config.policy_file, registry).agency
-        assert [] == config.exchange.problems()
-        assert "ssl_context" in config.exchange.client_options()
+        assert load_signing_key(config.keys.signing).key_id.startswith(f"{agency}/")
+        assert all(load_encryption_key(p) for p in config.keys.encryption)
+        assert config.keys.pseudonym is not None and load_pseudonym_key(config.keys.pseudonym)
+        assert agency == load_policy(config.policy, registry).agency
+        assert [] == config.exchange.cluster.problems()
+        assert "ssl_context" in config.exchange.cluster.client_options()
 
     def test_private_files_are_private(self, federation_init: Path) -> None:
         """Keys, passwords and broker keystores have no group or other bits; the configs,
@@ -546,7 +562,7 @@ class TestKubernetes:
         """fsGroup adds group read to Secret files, so the init container copies the keys
         with mode 0400 into the folder the node reads them from, mounted read-only there."""
         config = _k8s_config(tmp_path, monkeypatch)
-        keys_dir = str(config.signing_key.parent)
+        keys_dir = str(config.keys.signing.parent)
         [init] = _pod()["initContainers"]
         assert "install -m 0400" in " ".join(init["command"])
         assert keys_dir in [m["mountPath"] for m in init["volumeMounts"]]
@@ -601,7 +617,9 @@ class TestKubernetes:
         """Each password_env of the config is set in the node container from a Secret."""
         config = _k8s_config(tmp_path, monkeypatch)
         env = {e["name"]: e for e in _container("fxgw")["env"]}
-        names = [c.password.env for c in (config.exchange, config.local) if c.password]
+        names = [
+            c.password.env for c in (config.exchange.cluster, config.local.cluster) if c.password
+        ]
         assert names
         for name in names:
             assert "secretKeyRef" in env[name]["valueFrom"]
@@ -677,14 +695,20 @@ class TestSystemd:
         assert _service("RestartSec")
         assert [v for s, k, v in _unit() if s == "Unit" and k == "StartLimitBurst"]
 
-    def test_example_config_matches_the_unit(self) -> None:
+    def test_example_config_matches_the_unit(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """The example node.yaml's password file is the unit's credential for its instance,
         and its state_dir is the unit's StateDirectory for that instance."""
-        config = load_config(SYSTEMD / "node.yaml")
-        assert config.exchange.password is not None and config.exchange.password.file
+        config = _load(
+            "systemd/node.yaml", (SYSTEMD / "node.yaml").read_text(), tmp_path, monkeypatch
+        )
+        assert (
+            config.exchange.cluster.password is not None and config.exchange.cluster.password.file
+        )
         match = re.fullmatch(
             r"/run/credentials/fxgw@([a-z0-9-]+)\.service/([a-z-]+)",
-            str(config.exchange.password.file),
+            str(config.exchange.cluster.password.file),
         )
         assert match
         instance, credential = match.groups()
