@@ -12,8 +12,6 @@ from gateway.cli.main import main
 from gateway.dev.sandbox import Federation, build_federation
 from gateway.node.check import check_node
 
-NOW = datetime.now(UTC)
-
 
 @pytest.fixture
 def own_fed(tmp_path: Path) -> Federation:
@@ -31,7 +29,7 @@ class TestConfigCheck:
     def test_sandbox_configs_are_clean(self, own_fed: Federation) -> None:
         """Nothing to report on a consistent set of files."""
         for agency in ("NL-POL", "BE-FPJ", "US-ATF"):
-            assert [] == check_node(own_fed.config(agency), NOW)
+            assert [] == check_node(own_fed.config(agency), datetime.now(UTC))
 
     def test_every_problem_at_once(self, own_fed: Federation) -> None:
         """A broken key, a missing secret, unknown names in routes: all reported, each with
@@ -60,7 +58,7 @@ class TestConfigCheck:
 
         _edit(path, break_it)
         (path.parent / "keys" / "NL-POL.enc.key").chmod(0o644)
-        problems = check_node(path, NOW)
+        problems = check_node(path, datetime.now(UTC))
         text = [str(p) for p in problems]
         print("\n".join(text))
         assert 7 == len(problems), text
@@ -90,7 +88,7 @@ class TestConfigCheck:
         text = text.replace("sink: spool", "sink: spoool")
         text = text.replace("topic_prefix: fx", "topic_prefix: 'f x'")
         path.write_text(text)
-        problems = check_node(path, NOW)
+        problems = check_node(path, datetime.now(UTC))
         assert 3 == len(problems), [str(p) for p in problems]
         assert all(p.line is not None for p in problems)
         assert any("'metrics_prot'" in str(p) and "check its spelling" in str(p) for p in problems)
