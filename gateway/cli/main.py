@@ -85,6 +85,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
             ).rstrip()
         )
         return EXIT_OK
+    if args.only:
+        if not args.agency:
+            raise ConfigError("keygen --only needs --agency")
+        return _keygen_one(AgencyId(args.agency), args.only, out, now, args)
     if not args.agency or not args.country:
         raise ConfigError("keygen needs --agency and --country (or --authority --id)")
     agency = AgencyId(args.agency)
@@ -105,6 +109,71 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     )
     _print(yaml.safe_dump([entry], sort_keys=False).rstrip())
     return EXIT_OK
+
+
+_ONLY = {
+    "signing": ("sign", "sign"),
+    "encryption": ("encrypt", "enc"),
+    "pseudonym": ("pseudonym", "pseudonym"),
+}
+"""``keygen --only`` kind: (key use in the key id, part of the file name)."""
+
+
+def _keygen_one(
+    agency: AgencyId, kind: str, out: Path, now: datetime, args: argparse.Namespace
+) -> int:
+    """One new key of ``kind`` for a rotation, in a file of its own (the key id's time in its
+    name, so no key file in ``out`` is touched); prints its trust-list entry."""
+    from gateway.crypto import keys
+
+    use, part = _ONLY[kind]
+    valid_from = _when(args.valid_from) if args.valid_from else now - timedelta(minutes=5)
+    taken = _key_ids_in(out)
+    stamp = now
+    while (key_id := keys.new_key_id(agency, use, stamp)) in taken:
+        stamp += timedelta(seconds=1)  # ids are by the second: a rotation within one is rare
+    path = out / f"{agency}.{part}.{stamp.strftime('%Y%m%dT%H%M%SZ')}.key"
+    key: keys.SigningKey | keys.EncryptionKey | keys.PseudonymKey
+    if kind == "signing":
+        key = keys.generate_signing_key(key_id)
+    elif kind == "encryption":
+        key = keys.generate_encryption_key(key_id)
+    else:
+        key = keys.generate_pseudonym_key(key_id)
+    keys.write_key_file(path, key, owner=agency)
+    _print(f"# wrote {path} ({key_id}); put it in place of the file node.yaml names")
+    if isinstance(key, keys.PseudonymKey):
+        _print("# a pseudonym secret never leaves the node: nothing to publish")
+        return EXIT_OK
+    entry = keys.public_key_entry(
+        key, valid_from=valid_from, valid_until=valid_from + timedelta(days=args.valid_days)
+    )
+    _print(f"# add under agencies[id={agency}].keys of the trust list:")
+    _print(yaml.safe_dump([entry], sort_keys=False).rstrip())
+    return EXIT_OK
+
+
+def _key_ids_in(folder: Path) -> set[str]:
+    """The key ids of the key files in ``folder`` (only the id is read, never the secret)."""
+    ids = set()
+    for path in folder.glob("*.key") if folder.is_dir() else ():
+        try:
+            key_id = json.loads(path.read_bytes()).get("key_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(key_id, str):
+            ids.add(key_id)
+    return ids
+
+
+def _when(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"--valid-from {text!r}: not an ISO 8601 time") from exc
+    if moment.tzinfo is None:
+        raise ConfigError(f"--valid-from {text!r}: give the time zone, e.g. 2026-12-04T12:00:00Z")
+    return moment
 
 
 # --- trust ---------------------------------------------------------------------------------------
@@ -655,6 +724,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--authority", action="store_true", help="make a federation authority key")
     p.add_argument("--id", default="FED", help="authority id (with --authority)")
     p.add_argument("--out", required=True, help="folder for the private key files")
+    p.add_argument(
+        "--only",
+        choices=sorted(_ONLY),
+        help="make one new key of this kind alone (a rotation), in a file of its own",
+    )
+    p.add_argument(
+        "--valid-from",
+        help="with --only: start of the key's window on the trust list (ISO 8601; default now)",
+    )
     p.set_defaults(func=cmd_keygen)
 
     trust = sub.add_parser("trust", help="sign or verify the federation trust list")

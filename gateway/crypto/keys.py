@@ -215,6 +215,23 @@ def load_encryption_key(path: Path) -> EncryptionKey:
     )
 
 
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def public_key_entry(
+    key: SigningKey | EncryptionKey, *, valid_from: datetime, valid_until: datetime
+) -> dict[str, object]:
+    """One key's entry for the agency's ``keys`` list on the trust list (public half only)."""
+    return {
+        "id": key.key_id,
+        "use": "sign" if isinstance(key, SigningKey) else "encrypt",
+        "public": base64.b64encode(key.public).decode("ascii"),
+        "valid_from": _stamp(valid_from),
+        "valid_until": _stamp(valid_until),
+    }
+
+
 def public_entry(
     agency: AgencyId,
     country: str,
@@ -226,30 +243,12 @@ def public_entry(
     valid_until: datetime,
 ) -> dict[str, object]:
     """The agency's entry for the federation trust list (public halves only)."""
-
-    def stamp(moment: datetime) -> str:
-        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
+    window = {"valid_from": valid_from, "valid_until": valid_until}
     return {
         "id": agency,
         "country": country,
         "groups": list(groups),
-        "keys": [
-            {
-                "id": signing.key_id,
-                "use": "sign",
-                "public": base64.b64encode(signing.public).decode("ascii"),
-                "valid_from": stamp(valid_from),
-                "valid_until": stamp(valid_until),
-            },
-            {
-                "id": encryption.key_id,
-                "use": "encrypt",
-                "public": base64.b64encode(encryption.public).decode("ascii"),
-                "valid_from": stamp(valid_from),
-                "valid_until": stamp(valid_until),
-            },
-        ],
+        "keys": [public_key_entry(signing, **window), public_key_entry(encryption, **window)],
     }
 
 
