@@ -30,6 +30,7 @@ from gateway.errors import ConfigError, GatewayError, InfrastructureError, PeerE
 from gateway.types import AgencyId
 
 if TYPE_CHECKING:
+    from gateway.crypto.keys import KeyUse
     from gateway.crypto.trust import TrustList
     from gateway.node.config import NodeConfig
 
@@ -111,7 +112,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_ONLY = {
+_ONLY: dict[str, tuple[KeyUse, str]] = {
     "signing": ("sign", "sign"),
     "encryption": ("encrypt", "enc"),
     "pseudonym": ("pseudonym", "pseudonym"),
