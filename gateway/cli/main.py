@@ -182,12 +182,20 @@ def _when(text: str) -> datetime:
 
 def cmd_trust_sign(args: argparse.Namespace) -> int:
     from gateway.crypto.keys import load_signing_key
-    from gateway.crypto.trust import sign_trust_list
+    from gateway.crypto.trust import sign_trust_list, signature_key_ids
+    from gateway.node.files import write_atomically_replace
 
     authority = load_signing_key(Path(args.key))
     path = Path(args.file)
-    Path(f"{path}.sig").write_bytes(sign_trust_list(path.read_bytes(), authority))
-    _print(f"signed {path} with {authority.key_id}: {path}.sig")
+    sig_path = Path(f"{path}.sig")
+    existing = sig_path.read_bytes() if sig_path.exists() and not args.replace else None
+    signed = sign_trust_list(path.read_bytes(), authority, existing)
+    write_atomically_replace(sig_path, signed)
+    signers = signature_key_ids(signed)
+    _print(
+        f"signed {path} with {authority.key_id}: {sig_path} holds {len(signers)} signature(s)"
+        f" ({', '.join(signers)})"
+    )
     return EXIT_OK
 
 
@@ -195,17 +203,19 @@ def cmd_trust_verify(args: argparse.Namespace) -> int:
     from gateway.crypto.trust import authority_keys, load_trust_list
     from gateway.node.config import load_config
 
+    threshold = args.threshold
     if args.config:
         config = load_config(Path(args.config))
         pinned = authority_keys(config.trust.pinned)
         path = Path(args.file) if args.file else config.trust.file
+        threshold = threshold or config.trust.threshold
     else:
         if not args.authority_key or not args.file:
             raise ConfigError("give -c NODE.yaml, or a FILE and --authority-key ID=BASE64")
         pairs = [tuple(item.split("=", 1)) for item in args.authority_key]
         pinned = authority_keys((k, v) for k, v in pairs)
         path = Path(args.file)
-    trust = load_trust_list(path, pinned, now=datetime.now(UTC))
+    trust = load_trust_list(path, pinned, now=datetime.now(UTC), threshold=threshold or 1)
     _print(
         f"{path}: valid, federation {trust.federation} version {trust.version}, "
         f"{len(trust.agencies)} agencies, expires {trust.expires_at.isoformat()}"
@@ -227,7 +237,9 @@ def _node_trust(config: NodeConfig) -> TrustList:
     from gateway.crypto.trust import authority_keys, load_trust_list
 
     pinned = authority_keys(config.trust.pinned)
-    return load_trust_list(config.trust.file, pinned, now=datetime.now(UTC))
+    return load_trust_list(
+        config.trust.file, pinned, now=datetime.now(UTC), threshold=config.trust.threshold
+    )
 
 
 def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, TrustList]:
@@ -738,13 +750,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     trust = sub.add_parser("trust", help="sign or verify the federation trust list")
     tsub = trust.add_subparsers(dest="trust_command", required=True)
-    p = tsub.add_parser("sign", help="write FILE.sig with the authority key")
+    p = tsub.add_parser(
+        "sign", help="add the authority key's signature to FILE.sig (k of n authorities sign)"
+    )
     p.add_argument("--key", required=True)
+    p.add_argument(
+        "--replace", action="store_true", help="drop the signatures FILE.sig holds already"
+    )
     p.add_argument("file")
     p.set_defaults(func=cmd_trust_sign)
     p = tsub.add_parser("verify", help="check a trust list and its signature")
     p.add_argument("-c", "--config")
     p.add_argument("--authority-key", action="append", help="ID=BASE64 public key")
+    p.add_argument(
+        "--threshold",
+        type=int,
+        help="valid signatures needed, by distinct authority keys (default: -c's, or 1)",
+    )
     p.add_argument("file", nargs="?")
     p.set_defaults(func=cmd_trust_verify)
 

@@ -61,6 +61,7 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
         authority_keys(config.trust.pinned),
         now=now,
         min_version=min_version,
+        threshold=config.trust.threshold,
     )
     own = own_entry(config, trust, contract, signing.key_id, now)
     registry = own.registry

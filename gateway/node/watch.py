@@ -129,6 +129,7 @@ class Watching:
                     authority_keys(c.trust.pinned),
                     now=self._now(),
                     min_version=trust.version,
+                    threshold=c.trust.threshold,
                 )
                 self._check_own_entry(trust)
             policy = load_checked_policy(
