@@ -71,7 +71,8 @@ class PseudonymKey:
 
 @dataclass(frozen=True, slots=True)
 class AgencyKeys:
-    """The private keys one node works with: its signing key and its encryption keys.
+    """The private keys one node works with: its signing key, its encryption keys and its
+    pseudonym secret (None when its policy pseudonymises nothing).
 
     Several encryption keys may be held at once during a rotation: envelopes wrapped to the old
     key still open while senders move to the new one.
@@ -80,6 +81,16 @@ class AgencyKeys:
     agency: AgencyId
     signing: SigningKey
     encryption: tuple[EncryptionKey, ...]
+    pseudonym: PseudonymKey | None = None
+
+    @property
+    def key_ids(self) -> dict[str, object]:
+        """The ids of the keys, for the audit trail and logs (never a secret)."""
+        return {
+            "signing_key_id": self.signing.key_id,
+            "encryption_key_ids": [k.key_id for k in self.encryption],
+            **({"pseudonym_key_id": self.pseudonym.key_id} if self.pseudonym else {}),
+        }
 
     def encryption_key(self, key_id: str) -> EncryptionKey | None:
         """Our encryption key with this id, or None."""
