@@ -14,6 +14,7 @@ import base64
 import gc
 import json
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ import yaml
 from gateway.contract.schemas import SchemaRegistry
 from gateway.contract.versions import Contract, ContractVersion, newest_registry
 from gateway.errors import ConfigError, GatewayError, InfrastructureError, PeerError
-from gateway.types import AgencyId
+from gateway.types import AgencyId, KeyId
 
 if TYPE_CHECKING:
     from gateway.crypto.keys import KeyUse
@@ -129,11 +130,11 @@ def _keygen_one(
 
     use, part = _ONLY[kind]
     valid_from = _when(args.valid_from) if args.valid_from else now - timedelta(minutes=5)
-    taken = _key_ids_in(out)
-    stamp = now
-    while (key_id := keys.new_key_id(agency, use, stamp)) in taken:
-        stamp += timedelta(seconds=1)  # ids are by the second: a rotation within one is rare
-    path = out / f"{agency}.{part}.{stamp.strftime('%Y%m%dT%H%M%SZ')}.key"
+    # ids are by the second, and the key this one replaces may be that young (or was made
+    # elsewhere): a random tail keeps the new id apart from every other on the trust list
+    tail = secrets.token_hex(3)
+    key_id = KeyId(f"{keys.new_key_id(agency, use, now)}-{tail}")
+    path = out / f"{agency}.{part}.{now.strftime('%Y%m%dT%H%M%SZ')}-{tail}.key"
     key: keys.SigningKey | keys.EncryptionKey | keys.PseudonymKey
     if kind == "signing":
         key = keys.generate_signing_key(key_id)
@@ -152,19 +153,6 @@ def _keygen_one(
     _print(f"# add under agencies[id={agency}].keys of the trust list:")
     _print(yaml.safe_dump([entry], sort_keys=False).rstrip())
     return EXIT_OK
-
-
-def _key_ids_in(folder: Path) -> set[str]:
-    """The key ids of the key files in ``folder`` (only the id is read, never the secret)."""
-    ids = set()
-    for path in folder.glob("*.key") if folder.is_dir() else ():
-        try:
-            key_id = json.loads(path.read_bytes()).get("key_id")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(key_id, str):
-            ids.add(key_id)
-    return ids
 
 
 def _when(text: str) -> datetime:
