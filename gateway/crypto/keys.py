@@ -178,8 +178,17 @@ def _read_key_document(path: Path) -> dict[str, str]:
         )
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"not a readable key file: {exc}", file=str(path)) from exc
+    except OSError as exc:
+        raise KeyFileError(f"not a readable key file: {exc.strerror}", file=str(path)) from exc
+    except json.JSONDecodeError as exc:
+        # where it broke, never what the file holds
+        raise KeyFileError(
+            f"not a JSON key file (line {exc.lineno}, column {exc.colno}; cut short, or being"
+            " written?)",
+            file=str(path),
+        ) from exc
+    except ValueError as exc:  # not UTF-8; the decoder's message would quote a byte
+        raise KeyFileError("not a JSON key file (not UTF-8 text)", file=str(path)) from exc
     if not isinstance(document, dict) or document.get("format") != _FORMAT:
         raise KeyFileError(f"not an {_FORMAT} key file", file=str(path))
     for name in ("key_id", "algorithm", "private", "owner"):

@@ -258,15 +258,27 @@ class TestKeyReload:
         assert secret not in stream.getvalue()
         assert secret[:16] not in stream.getvalue()
 
-    def test_an_unreadable_key_file_keeps_the_keys_in_force(self, tmp_path: Path) -> None:
-        """A key file cut short (a copy in progress) is refused; the old keys stay."""
+    @pytest.mark.parametrize("damage", ["cut", "not-utf8"])
+    def test_an_unreadable_key_file_keeps_the_keys_in_force(
+        self, tmp_path: Path, stream: io.StringIO, damage: str
+    ) -> None:
+        """A key file cut short (a copy in progress) or garbled is refused; the old keys stay,
+        and the log line quotes nothing of the file."""
         _, node = self._node(tmp_path)
         before = node.outbound.keys
         path = node.config.keys.encryption[0]
         data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
+        private = json.loads(data)["private"]
+        if damage == "cut":
+            data = data[: data.index(private.encode()) + 20]
+        else:
+            data = data.replace(private.encode(), b"\xff" + private.encode())
+        path.write_bytes(data)
         assert not node.reload({"keys"})
         assert before is node.outbound.keys
+        assert "reload_failed" in stream.getvalue()
+        assert private[:12] not in stream.getvalue()
+        assert "xff" not in stream.getvalue()
 
     def test_an_encryption_key_that_differs_from_its_listed_public_key_is_refused(
         self, tmp_path: Path
