@@ -10,6 +10,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
+from typing import Literal
 
 import structlog
 
@@ -130,19 +131,21 @@ class Watching:
         :raises Disowned: a newer, validly signed trust list no longer fits this node (see
             :class:`~gateway.errors.Disowned`); audited before the node stops.
         """
-        if self._reload(changed):
-            return True
-        if "keys" in changed and changed != {"keys"}:
-            return self._reload(changed - {"keys"})
-        return False
+        failed = self._reload(changed)
+        if failed == "keys" and changed != {"keys"}:
+            failed = self._reload(changed - {"keys"})
+        return failed is None
 
-    def _reload(self, changed: set[str]) -> bool:
+    def _reload(self, changed: set[str]) -> Literal["keys", "files"] | None:
+        """:meth:`reload`; returns None when it worked, else whether the key files failed."""
         c = self.config
         now = self._now()
         keys = self.outbound.keys
+        stage: Literal["keys", "files"] = "keys"
         try:
             if "keys" in changed:
                 keys = load_agency_keys(c)
+            stage = "files"
             trust = self.outbound.trust
             if "trust" in changed:
                 trust = load_trust_list(
@@ -154,7 +157,9 @@ class Watching:
                 )
                 self._check_own_entry(trust, keys)
             if "keys" in changed:
+                stage = "keys"
                 check_own_keys(c, trust, keys, now)
+                stage = "files"
             policy = load_checked_policy(
                 c,
                 self.registry,
@@ -172,7 +177,7 @@ class Watching:
                 )
                 with contextlib.suppress(InfrastructureError):  # the next batch syncs it
                     self._audit_log.sync()
-            return False
+            return stage
         if "trust" in changed and "keys" not in changed:
             try:
                 check_own_keys(c, trust, keys, now)
@@ -198,7 +203,7 @@ class Watching:
             trust_version=trust.version,
             **(keys.key_ids if "keys" in changed else {}),
         )
-        return True
+        return None
 
     def _use_keys(self, keys: AgencyKeys) -> None:
         """Put ``keys`` in force for the next batch, and drop what was derived from the old

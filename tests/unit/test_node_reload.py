@@ -217,7 +217,9 @@ class TestKeyReload:
     swapped in; a bad file keeps the keys in force."""
 
     def _node(self, tmp_path: Path, encryption_files: int = 1) -> tuple[Federation, Node]:
-        fed = build_federation(tmp_path / "fed", "127.0.0.1:1", now=NOW)
+        policies = tmp_path / "policies"  # a copy: a test may write the node's policy file
+        shutil.copytree(POLICIES, policies)
+        fed = build_federation(tmp_path / "fed", "127.0.0.1:1", policies=policies, now=NOW)
         if encryption_files > 1:  # a second slot, for the key kept while envelopes drain
             path = fed.config("NL-POL")
             data = yaml.safe_load(path.read_text())
@@ -384,3 +386,17 @@ class TestKeyReload:
         signers = [e.data["key_id"] for e in entries if e.kind == "checkpoint"]
         assert old.key_id == signers[0] and new.key_id == signers[-1]
         assert 0 == main(["audit", "verify", "-c", str(node.config.path)])
+
+    def test_a_bad_policy_with_good_key_files_swaps_nothing_and_fails_once(
+        self, tmp_path: Path
+    ) -> None:
+        """Key files that are fine do not go in alone when the policy changed with them is
+        bad: the tick fails as a whole, reported once."""
+        _, node = self._node(tmp_path)
+        before = node.outbound.keys
+        assert node.config.keys.pseudonym is not None
+        _put_in_place(node.config.keys.pseudonym, generate_pseudonym_key(KeyId("NL-POL/p/2")))
+        node.config.policy.write_text("not: [a policy")
+        assert not node.reload({"keys", "policy"})
+        assert before is node.outbound.keys
+        assert 1 == node.counters["reload_failed"]
