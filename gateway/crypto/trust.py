@@ -29,10 +29,10 @@ from gateway.crypto.keys import SigningKey
 from gateway.errors import TrustError, UntrustedSender
 from gateway.types import AgencyId, CountryCode, KeyId
 
-SIGNATURE_FORMAT = "fxgw-trust-sig-2"
-"""Several signatures (k of n authority keys), and the SHA-256 of the file they sign."""
-SIGNATURE_FORMAT_V1 = "fxgw-trust-sig-1"
-"""One signature; still read (a threshold of 1 is met by it)."""
+SIGNATURE_FORMAT = "fxgw-trust-sig-1"
+"""The ``.sig`` file: ``key_id`` and ``signature`` of the first authority that signed (all a
+node of an earlier version reads), and, when several signed (k of n), ``signatures``: every one
+of them, with ``sha256``, the digest of the file they sign."""
 _SIGNING_CONTEXT = b"fxgw.trust-list.v1\x00"
 
 
@@ -193,30 +193,28 @@ def signing_input(trust_list_bytes: bytes) -> bytes:
     return _SIGNING_CONTEXT + trust_list_bytes
 
 
-def _signature_entries(signature_file: bytes, sig_path: str) -> tuple[dict[str, object], ...]:
-    """The signatures of a ``.sig`` file as (key id, base64 signature) objects: a
-    ``fxgw-trust-sig-1`` file holds one, a ``fxgw-trust-sig-2`` file a list.
+def _signature_entries(signature_file: bytes, sig_path: str) -> tuple[dict[str, str], ...]:
+    """The distinct signatures of a ``.sig`` file as ``{"key_id", "signature"}`` (base64):
+    the one at the top, and those of its ``signatures`` list.
 
-    :raises TrustError: neither format.
+    :raises TrustError: not a signature file.
     """
     try:
         document = json.loads(signature_file)
-        if document.get("format") == SIGNATURE_FORMAT_V1:
-            entries = ({"key_id": document["key_id"], "signature": document["signature"]},)
-        elif document.get("format") == SIGNATURE_FORMAT:
-            entries = tuple(document["signatures"])
-        else:
+        if document.get("format") != SIGNATURE_FORMAT:
             raise ValueError("unknown format")
-        for entry in entries:
-            if not isinstance(entry.get("key_id"), str) or not isinstance(
-                entry.get("signature"), str
-            ):
+        listed = list(document.get("signatures", []))
+        if "key_id" in document or not listed:
+            listed.insert(0, {"key_id": document["key_id"], "signature": document["signature"]})
+        entries: dict[tuple[str, str], dict[str, str]] = {}
+        for entry in listed:
+            key_id, signature = entry.get("key_id"), entry.get("signature")
+            if not isinstance(key_id, str) or not isinstance(signature, str):
                 raise ValueError("a signature needs key_id and signature")
+            entries[(key_id, signature)] = {"key_id": key_id, "signature": signature}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise TrustError(
-            f"not a {SIGNATURE_FORMAT} (or {SIGNATURE_FORMAT_V1}) signature file", file=sig_path
-        ) from exc
-    return entries
+        raise TrustError(f"not a {SIGNATURE_FORMAT} signature file", file=sig_path) from exc
+    return tuple(entries.values())
 
 
 def sign_trust_list(
@@ -225,29 +223,29 @@ def sign_trust_list(
     """The detached signature file (JSON) for a trust-list file, with the signature of
     ``authority`` added to those of ``existing`` (the current ``.sig``, if any).
 
-    A signature by the same key is replaced. Signatures of a ``fxgw-trust-sig-2`` file made
-    for other contents (its ``sha256`` differs) are dropped: they were for another version of
-    the list. A ``fxgw-trust-sig-1`` file names no contents; its signature is kept and counts
-    only if it verifies.
+    A signature by the same key is replaced. The signatures of ``existing`` are dropped when
+    it names other contents (its ``sha256`` differs: they were for another version of the
+    list); a file without ``sha256`` (one signature, as written before k of n) is kept, and
+    its signature counts only if it verifies.
 
     :raises TrustError: ``existing`` is not a signature file.
     """
     digest = hashlib.sha256(trust_list_bytes).hexdigest()
-    kept: list[dict[str, object]] = []
+    kept: list[dict[str, str]] = []
     if existing is not None:
         entries = _signature_entries(existing, "the existing signature file")
-        document = json.loads(existing)  # it parsed just above
-        if document.get("format") == SIGNATURE_FORMAT_V1 or document.get("sha256") == digest:
-            kept = [
-                {"key_id": e["key_id"], "signature": e["signature"]}
-                for e in entries
-                if e["key_id"] != authority.key_id
-            ]
+        if json.loads(existing).get("sha256", digest) == digest:  # it parsed just above
+            kept = [e for e in entries if e["key_id"] != authority.key_id]
     signature = authority.sign(signing_input(trust_list_bytes))
     kept.append(
         {"key_id": authority.key_id, "signature": base64.b64encode(signature).decode("ascii")}
     )
-    document = {"format": SIGNATURE_FORMAT, "sha256": digest, "signatures": kept}
+    document = {
+        "format": SIGNATURE_FORMAT,
+        **kept[0],  # what a node of an earlier version checks
+        "sha256": digest,
+        "signatures": kept,
+    }
     return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
 
@@ -256,7 +254,7 @@ def signature_key_ids(signature_file: bytes) -> tuple[str, ...]:
 
     :raises TrustError: not a signature file.
     """
-    return tuple(str(e["key_id"]) for e in _signature_entries(signature_file, "signature file"))
+    return tuple(e["key_id"] for e in _signature_entries(signature_file, "signature file"))
 
 
 def _verify_signature(
@@ -279,7 +277,7 @@ def _verify_signature(
     problems: list[str] = []
     altered = False
     for entry in _signature_entries(signature_file, sig_path):
-        key_id = str(entry["key_id"])
+        key_id = entry["key_id"]
         public = authorities.get(key_id)
         if public is None:
             problems.append(
@@ -288,7 +286,7 @@ def _verify_signature(
             )
             continue
         try:
-            signature = base64.b64decode(str(entry["signature"]), validate=True)
+            signature = base64.b64decode(entry["signature"], validate=True)
             nacl.signing.VerifyKey(public).verify(signing_input(raw), signature)
         except (nacl.exceptions.BadSignatureError, ValueError, binascii.Error):
             altered = True

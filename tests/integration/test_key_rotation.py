@@ -59,6 +59,8 @@ class Rotation:
         self.old: dict[str, dict[str, str]] = {}
         self.new: dict[str, dict[str, object]] = {}
         self.timings: dict[str, float] = {}
+        self.secrets: set[str] = set()
+        """Every private key of the run (base64), old and new: none may appear in a log."""
         for agency in AGENCIES:
             config = load_config(fed.config(agency))
             self.old[agency] = {
@@ -69,6 +71,7 @@ class Rotation:
             path = fed.config(agency)
             data = yaml.safe_load(path.read_text())
             keys_dir = path.parent / "keys"
+            self.secrets |= {json.loads(p.read_bytes())["private"] for p in keys_dir.glob("*.key")}
             shutil.copy2(keys_dir / f"{agency}.enc.key", keys_dir / f"{agency}.enc.previous.key")
             # the test keeps the old signing key, to forge with it after its revocation
             shutil.copy2(keys_dir / f"{agency}.sign.key", keys_dir / "old-sign.key")
@@ -88,6 +91,7 @@ class Rotation:
                 assert 0 == main(["keygen", "--agency", agency, "--only", kind, "--out", str(out)])
                 (entry,) = yaml.safe_load(capsys.readouterr().out)
                 (path,) = out.glob(f"{agency}.{part}.*.key")
+                self.secrets.add(json.loads(path.read_bytes())["private"])
                 self.new.setdefault(agency, {})[part] = path
                 self.new[agency][f"{part}-entry"] = entry
             # the new keys must not collide with the agency's current ones
@@ -303,7 +307,9 @@ async def test_rotating_both_keys_during_live_traffic_loses_nothing(
     loaded = [e.data for e in audit if e.kind == "keys_loaded"]
     assert new_sign == loaded[-1]["signing_key_id"]
 
-    capsys.readouterr()
+    logs = capsys.readouterr().err
+    assert "keys_loaded" in logs or "reloaded" in logs  # the nodes' log lines were captured
+    assert [] == [secret[:16] for secret in rotation.secrets if secret[:16] in logs]
     for agency in AGENCIES:
         assert 0 == main(["audit", "verify", "-c", str(fed.config(agency))]), agency
     verify_output = capsys.readouterr().out

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from pathlib import Path
 
+import nacl.signing
 import pytest
 import yaml
 
@@ -17,6 +19,7 @@ from gateway.crypto.trust import (
     load_trust_list,
     sign_trust_list,
     signature_key_ids,
+    signing_input,
 )
 from gateway.dev.sandbox import Federation
 from gateway.errors import ConfigError, TrustError, UntrustedSender
@@ -189,7 +192,7 @@ class TestThreshold:
         path = _signed_by(fed, tmp_path, a)
         entry = json.loads(Path(f"{path}.sig").read_bytes())["signatures"][0]
         twice = {
-            "format": "fxgw-trust-sig-2",
+            "format": "fxgw-trust-sig-1",
             "signatures": [entry, entry, {**entry, "key_id": "FED/sign/alias"}],
         }
         Path(f"{path}.sig").write_text(json.dumps(twice))
@@ -229,6 +232,20 @@ class TestThreshold:
         assert 1 == load_trust_list(path, _pins([a]), now=NOW).version
         with pytest.raises(TrustError, match=r"1 valid signature\(s\).*2 needed"):
             load_trust_list(path, _pins([a, *_authorities(2)[1:]]), now=NOW, threshold=2)
+
+    def test_a_node_of_the_earlier_version_reads_a_file_of_several_signatures(
+        self, fed: Federation, tmp_path: Path
+    ) -> None:
+        """The top-level key_id and signature, all an earlier node reads, are the first
+        signer's and verify; the list holds every signature."""
+        a, b = _authorities(2)
+        path = _signed_by(fed, tmp_path, a, b)
+        document = json.loads(Path(f"{path}.sig").read_bytes())
+        assert ("fxgw-trust-sig-1", a.key_id) == (document["format"], document["key_id"])
+        nacl.signing.VerifyKey(a.public).verify(
+            signing_input(path.read_bytes()), base64.b64decode(document["signature"])
+        )
+        assert [a.key_id, b.key_id] == [e["key_id"] for e in document["signatures"]]
 
     def test_trust_sign_adds_a_signature_instead_of_replacing(
         self, fed: Federation, tmp_path: Path
