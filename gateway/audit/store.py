@@ -401,6 +401,14 @@ class AuditLog:
         """
         return self._checkpoint()
 
+    def use_signer(self, signer: SigningKey) -> None:
+        """Sign the checkpoints from now on with ``signer`` (the node's signing key was
+        rotated). Checkpoint first what was written under the key in force (:meth:`checkpoint`),
+        so that each checkpoint is signed by the key in force when its entries were written;
+        a verifier then needs every signing key the agency used (the trust list keeps them
+        listed, revoked or not)."""
+        self._signer = signer
+
     def close(self) -> None:
         """Checkpoint what is not yet covered, sync and close. Closing twice is harmless.
 

@@ -14,6 +14,7 @@ import base64
 import gc
 import json
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,9 +28,10 @@ import yaml
 from gateway.contract.schemas import SchemaRegistry
 from gateway.contract.versions import Contract, ContractVersion, newest_registry
 from gateway.errors import ConfigError, GatewayError, InfrastructureError, PeerError
-from gateway.types import AgencyId
+from gateway.types import AgencyId, KeyId
 
 if TYPE_CHECKING:
+    from gateway.crypto.keys import KeyUse
     from gateway.crypto.trust import TrustList
     from gateway.node.config import NodeConfig
 
@@ -85,6 +87,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
             ).rstrip()
         )
         return EXIT_OK
+    if args.only:
+        if not args.agency:
+            raise ConfigError("keygen --only needs --agency")
+        return _keygen_one(AgencyId(args.agency), args.only, out, now, args)
     if not args.agency or not args.country:
         raise ConfigError("keygen needs --agency and --country (or --authority --id)")
     agency = AgencyId(args.agency)
@@ -107,17 +113,77 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_ONLY: dict[str, tuple[KeyUse, str]] = {
+    "signing": ("sign", "sign"),
+    "encryption": ("encrypt", "enc"),
+    "pseudonym": ("pseudonym", "pseudonym"),
+}
+"""``keygen --only`` kind: (key use in the key id, part of the file name)."""
+
+
+def _keygen_one(
+    agency: AgencyId, kind: str, out: Path, now: datetime, args: argparse.Namespace
+) -> int:
+    """One new key of ``kind`` for a rotation, in a file of its own (the key id's time in its
+    name, so no key file in ``out`` is touched); prints its trust-list entry."""
+    from gateway.crypto import keys
+
+    use, part = _ONLY[kind]
+    valid_from = _when(args.valid_from) if args.valid_from else now - timedelta(minutes=5)
+    # ids are by the second, and the key this one replaces may be that young (or was made
+    # elsewhere): a random tail keeps the new id apart from every other on the trust list
+    tail = secrets.token_hex(3)
+    key_id = KeyId(f"{keys.new_key_id(agency, use, now)}-{tail}")
+    path = out / f"{agency}.{part}.{now.strftime('%Y%m%dT%H%M%SZ')}-{tail}.key"
+    key: keys.SigningKey | keys.EncryptionKey | keys.PseudonymKey
+    if kind == "signing":
+        key = keys.generate_signing_key(key_id)
+    elif kind == "encryption":
+        key = keys.generate_encryption_key(key_id)
+    else:
+        key = keys.generate_pseudonym_key(key_id)
+    keys.write_key_file(path, key, owner=agency)
+    _print(f"# wrote {path} ({key_id}); put it in place of the file node.yaml names")
+    if isinstance(key, keys.PseudonymKey):
+        _print("# a pseudonym secret never leaves the node: nothing to publish")
+        return EXIT_OK
+    entry = keys.public_key_entry(
+        key, valid_from=valid_from, valid_until=valid_from + timedelta(days=args.valid_days)
+    )
+    _print(f"# add under agencies[id={agency}].keys of the trust list:")
+    _print(yaml.safe_dump([entry], sort_keys=False).rstrip())
+    return EXIT_OK
+
+
+def _when(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"--valid-from {text!r}: not an ISO 8601 time") from exc
+    if moment.tzinfo is None:
+        raise ConfigError(f"--valid-from {text!r}: give the time zone, e.g. 2026-12-04T12:00:00Z")
+    return moment
+
+
 # --- trust ---------------------------------------------------------------------------------------
 
 
 def cmd_trust_sign(args: argparse.Namespace) -> int:
     from gateway.crypto.keys import load_signing_key
-    from gateway.crypto.trust import sign_trust_list
+    from gateway.crypto.trust import sign_trust_list, signature_key_ids
+    from gateway.node.files import write_atomically_replace
 
     authority = load_signing_key(Path(args.key))
     path = Path(args.file)
-    Path(f"{path}.sig").write_bytes(sign_trust_list(path.read_bytes(), authority))
-    _print(f"signed {path} with {authority.key_id}: {path}.sig")
+    sig_path = Path(f"{path}.sig")
+    existing = sig_path.read_bytes() if sig_path.exists() and not args.replace else None
+    signed = sign_trust_list(path.read_bytes(), authority, existing)
+    write_atomically_replace(sig_path, signed)
+    signers = signature_key_ids(signed)
+    _print(
+        f"signed {path} with {authority.key_id}: {sig_path} holds {len(signers)} signature(s)"
+        f" ({', '.join(signers)})"
+    )
     return EXIT_OK
 
 
@@ -125,17 +191,19 @@ def cmd_trust_verify(args: argparse.Namespace) -> int:
     from gateway.crypto.trust import authority_keys, load_trust_list
     from gateway.node.config import load_config
 
+    threshold = args.threshold
     if args.config:
         config = load_config(Path(args.config))
         pinned = authority_keys(config.trust.pinned)
         path = Path(args.file) if args.file else config.trust.file
+        threshold = threshold or config.trust.threshold
     else:
         if not args.authority_key or not args.file:
             raise ConfigError("give -c NODE.yaml, or a FILE and --authority-key ID=BASE64")
         pairs = [tuple(item.split("=", 1)) for item in args.authority_key]
         pinned = authority_keys((k, v) for k, v in pairs)
         path = Path(args.file)
-    trust = load_trust_list(path, pinned, now=datetime.now(UTC))
+    trust = load_trust_list(path, pinned, now=datetime.now(UTC), threshold=threshold or 1)
     _print(
         f"{path}: valid, federation {trust.federation} version {trust.version}, "
         f"{len(trust.agencies)} agencies, expires {trust.expires_at.isoformat()}"
@@ -157,7 +225,9 @@ def _node_trust(config: NodeConfig) -> TrustList:
     from gateway.crypto.trust import authority_keys, load_trust_list
 
     pinned = authority_keys(config.trust.pinned)
-    return load_trust_list(config.trust.file, pinned, now=datetime.now(UTC))
+    return load_trust_list(
+        config.trust.file, pinned, now=datetime.now(UTC), threshold=config.trust.threshold
+    )
 
 
 def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, TrustList]:
@@ -668,17 +738,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--authority", action="store_true", help="make a federation authority key")
     p.add_argument("--id", default="FED", help="authority id (with --authority)")
     p.add_argument("--out", required=True, help="folder for the private key files")
+    p.add_argument(
+        "--only",
+        choices=sorted(_ONLY),
+        help="make one new key of this kind alone (a rotation), in a file of its own",
+    )
+    p.add_argument(
+        "--valid-from",
+        help="with --only: start of the key's window on the trust list (ISO 8601; default now)",
+    )
     p.set_defaults(func=cmd_keygen)
 
     trust = sub.add_parser("trust", help="sign or verify the federation trust list")
     tsub = trust.add_subparsers(dest="trust_command", required=True)
-    p = tsub.add_parser("sign", help="write FILE.sig with the authority key")
+    p = tsub.add_parser(
+        "sign", help="add the authority key's signature to FILE.sig (k of n authorities sign)"
+    )
     p.add_argument("--key", required=True)
+    p.add_argument(
+        "--replace", action="store_true", help="drop the signatures FILE.sig holds already"
+    )
     p.add_argument("file")
     p.set_defaults(func=cmd_trust_sign)
     p = tsub.add_parser("verify", help="check a trust list and its signature")
     p.add_argument("-c", "--config")
     p.add_argument("--authority-key", action="append", help="ID=BASE64 public key")
+    p.add_argument(
+        "--threshold",
+        type=int,
+        help="valid signatures needed, by distinct authority keys (default: -c's, or 1)",
+    )
     p.add_argument("file", nargs="?")
     p.set_defaults(func=cmd_trust_verify)
 

@@ -25,7 +25,7 @@ import hashlib
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -320,11 +320,16 @@ class DataKey:
     recipient_key_id: KeyId
     created_at: datetime
     uses: int = 0
+    recipient_public: bytes = b""
+    """The recipient's public key the data key is wrapped to."""
 
 
 @dataclass(slots=True)
 class DataKeyRing:
-    """The sender's current data key per recipient, rotated by age and by use count."""
+    """The sender's current data key per recipient, rotated by age and by use count, and
+    whenever the recipient's key changes (another key, or the same id with other bytes on a
+    newer trust list): a data key is never used again once its recipient key is not the one
+    the trust list gives, and the recipient's older data keys are then dropped."""
 
     max_age: timedelta = timedelta(hours=1)
     max_uses: int = 10_000
@@ -334,12 +339,26 @@ class DataKeyRing:
         """The data key to use for one more envelope to ``recipient``; counts the use."""
         slot = (recipient, recipient_key.key_id)
         key = self._current.get(slot)
-        if key is None or key.uses >= self.max_uses or now - key.created_at >= self.max_age:
+        if (
+            key is None
+            or key.uses >= self.max_uses
+            or now - key.created_at >= self.max_age
+            or key.recipient_public != recipient_key.public
+        ):
+            for other in [s for s in self._current if s[0] == recipient and s != slot]:
+                del self._current[other]  # the recipient's previous key: not used again
             secret = secrets.token_bytes(_KEY_BYTES)
             wrapped = nacl.public.SealedBox(nacl.public.PublicKey(recipient_key.public)).encrypt(
                 secret
             )
-            key = DataKey(secrets.token_hex(16), secret, bytes(wrapped), recipient_key.key_id, now)
+            key = DataKey(
+                secrets.token_hex(16),
+                secret,
+                bytes(wrapped),
+                recipient_key.key_id,
+                now,
+                recipient_public=recipient_key.public,
+            )
             self._current[slot] = key
         key.uses += 1
         return key
@@ -376,6 +395,15 @@ class UnwrapCache:
         if len(self._keys) > self.capacity:
             self._keys.popitem(last=False)
         return secret
+
+    def forget(self, key_ids: Collection[KeyId]) -> int:
+        """Drop the data keys unwrapped with our keys ``key_ids`` (keys no longer held, or held
+        with other bytes): an envelope wrapped to a key the node gave up must not open from
+        the cache. Returns how many were dropped."""
+        gone = [slot for slot in self._keys if slot[0] in key_ids]
+        for slot in gone:
+            del self._keys[slot]
+        return len(gone)
 
 
 def seal(

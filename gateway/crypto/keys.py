@@ -71,7 +71,8 @@ class PseudonymKey:
 
 @dataclass(frozen=True, slots=True)
 class AgencyKeys:
-    """The private keys one node works with: its signing key and its encryption keys.
+    """The private keys one node works with: its signing key, its encryption keys and its
+    pseudonym secret (None when its policy pseudonymises nothing).
 
     Several encryption keys may be held at once during a rotation: envelopes wrapped to the old
     key still open while senders move to the new one.
@@ -80,6 +81,16 @@ class AgencyKeys:
     agency: AgencyId
     signing: SigningKey
     encryption: tuple[EncryptionKey, ...]
+    pseudonym: PseudonymKey | None = None
+
+    @property
+    def key_ids(self) -> dict[str, object]:
+        """The ids of the keys, for the audit trail and logs (never a secret)."""
+        return {
+            "signing_key_id": self.signing.key_id,
+            "encryption_key_ids": [k.key_id for k in self.encryption],
+            **({"pseudonym_key_id": self.pseudonym.key_id} if self.pseudonym else {}),
+        }
 
     def encryption_key(self, key_id: str) -> EncryptionKey | None:
         """Our encryption key with this id, or None."""
@@ -167,8 +178,17 @@ def _read_key_document(path: Path) -> dict[str, str]:
         )
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"not a readable key file: {exc}", file=str(path)) from exc
+    except OSError as exc:
+        raise KeyFileError(f"not a readable key file: {exc.strerror}", file=str(path)) from exc
+    except json.JSONDecodeError as exc:
+        # where it broke, never what the file holds
+        raise KeyFileError(
+            f"not a JSON key file (line {exc.lineno}, column {exc.colno}; cut short, or being"
+            " written?)",
+            file=str(path),
+        ) from exc
+    except ValueError as exc:  # not UTF-8; the decoder's message would quote a byte
+        raise KeyFileError("not a JSON key file (not UTF-8 text)", file=str(path)) from exc
     if not isinstance(document, dict) or document.get("format") != _FORMAT:
         raise KeyFileError(f"not an {_FORMAT} key file", file=str(path))
     for name in ("key_id", "algorithm", "private", "owner"):
@@ -215,6 +235,23 @@ def load_encryption_key(path: Path) -> EncryptionKey:
     )
 
 
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def public_key_entry(
+    key: SigningKey | EncryptionKey, *, valid_from: datetime, valid_until: datetime
+) -> dict[str, object]:
+    """One key's entry for the agency's ``keys`` list on the trust list (public half only)."""
+    return {
+        "id": key.key_id,
+        "use": "sign" if isinstance(key, SigningKey) else "encrypt",
+        "public": base64.b64encode(key.public).decode("ascii"),
+        "valid_from": _stamp(valid_from),
+        "valid_until": _stamp(valid_until),
+    }
+
+
 def public_entry(
     agency: AgencyId,
     country: str,
@@ -226,30 +263,12 @@ def public_entry(
     valid_until: datetime,
 ) -> dict[str, object]:
     """The agency's entry for the federation trust list (public halves only)."""
-
-    def stamp(moment: datetime) -> str:
-        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
+    window = {"valid_from": valid_from, "valid_until": valid_until}
     return {
         "id": agency,
         "country": country,
         "groups": list(groups),
-        "keys": [
-            {
-                "id": signing.key_id,
-                "use": "sign",
-                "public": base64.b64encode(signing.public).decode("ascii"),
-                "valid_from": stamp(valid_from),
-                "valid_until": stamp(valid_until),
-            },
-            {
-                "id": encryption.key_id,
-                "use": "encrypt",
-                "public": base64.b64encode(encryption.public).decode("ascii"),
-                "valid_from": stamp(valid_from),
-                "valid_until": stamp(valid_until),
-            },
-        ],
+        "keys": [public_key_entry(signing, **window), public_key_entry(encryption, **window)],
     }
 
 

@@ -1,8 +1,9 @@
 """The federation trust list: which agencies exist, where, in which groups, with which keys.
 
-The list is a YAML file published by the federation authority together with a detached Ed25519
-signature (``<file>.sig``). A node loads it only if the signature verifies against an authority
-key pinned in the node's config, the list has not expired, and its version is not older than the
+The list is a YAML file published by the federation authority together with detached Ed25519
+signatures (``<file>.sig``, one per authority key that signed). A node loads it only if at least
+``trust.threshold`` of them (k of the n authority keys pinned in the node's config, 1 by default)
+verify, each by a different key, the list has not expired, and its version is not older than the
 last one the node accepted. Pure: the caller reads the files and passes bytes and the time.
 """
 
@@ -29,6 +30,9 @@ from gateway.errors import TrustError, UntrustedSender
 from gateway.types import AgencyId, CountryCode, KeyId
 
 SIGNATURE_FORMAT = "fxgw-trust-sig-1"
+"""The ``.sig`` file: ``key_id`` and ``signature`` of the first authority that signed (all a
+node of an earlier version reads), and, when several signed (k of n), ``signatures``: every one
+of them, with ``sha256``, the digest of the file they sign."""
 _SIGNING_CONTEXT = b"fxgw.trust-list.v1\x00"
 
 
@@ -189,45 +193,121 @@ def signing_input(trust_list_bytes: bytes) -> bytes:
     return _SIGNING_CONTEXT + trust_list_bytes
 
 
-def sign_trust_list(trust_list_bytes: bytes, authority: SigningKey) -> bytes:
-    """The detached signature file (JSON) for a trust-list file."""
+def _signature_entries(signature_file: bytes, sig_path: str) -> tuple[dict[str, str], ...]:
+    """The distinct signatures of a ``.sig`` file as ``{"key_id", "signature"}`` (base64):
+    the one at the top, and those of its ``signatures`` list.
+
+    :raises TrustError: not a signature file.
+    """
+    try:
+        document = json.loads(signature_file)
+        if document.get("format") != SIGNATURE_FORMAT:
+            raise ValueError("unknown format")
+        listed = list(document.get("signatures", []))
+        if "key_id" in document or not listed:
+            listed.insert(0, {"key_id": document["key_id"], "signature": document["signature"]})
+        entries: dict[tuple[str, str], dict[str, str]] = {}
+        for entry in listed:
+            key_id, signature = entry.get("key_id"), entry.get("signature")
+            if not isinstance(key_id, str) or not isinstance(signature, str):
+                raise ValueError("a signature needs key_id and signature")
+            entries[(key_id, signature)] = {"key_id": key_id, "signature": signature}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TrustError(f"not a {SIGNATURE_FORMAT} signature file", file=sig_path) from exc
+    return tuple(entries.values())
+
+
+def sign_trust_list(
+    trust_list_bytes: bytes, authority: SigningKey, existing: bytes | None = None
+) -> bytes:
+    """The detached signature file (JSON) for a trust-list file, with the signature of
+    ``authority`` added to those of ``existing`` (the current ``.sig``, if any).
+
+    A signature by the same key is replaced. The signatures of ``existing`` are dropped when
+    it names other contents (its ``sha256`` differs: they were for another version of the
+    list); a file without ``sha256`` (one signature, as written before k of n) is kept, and
+    its signature counts only if it verifies.
+
+    :raises TrustError: ``existing`` is not a signature file.
+    """
+    digest = hashlib.sha256(trust_list_bytes).hexdigest()
+    kept: list[dict[str, str]] = []
+    if existing is not None:
+        entries = _signature_entries(existing, "the existing signature file")
+        if json.loads(existing).get("sha256", digest) == digest:  # it parsed just above
+            kept = [e for e in entries if e["key_id"] != authority.key_id]
     signature = authority.sign(signing_input(trust_list_bytes))
+    kept.append(
+        {"key_id": authority.key_id, "signature": base64.b64encode(signature).decode("ascii")}
+    )
     document = {
         "format": SIGNATURE_FORMAT,
-        "key_id": authority.key_id,
-        "signature": base64.b64encode(signature).decode("ascii"),
+        **kept[0],  # what a node of an earlier version checks
+        "sha256": digest,
+        "signatures": kept,
     }
     return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
 
+def signature_key_ids(signature_file: bytes) -> tuple[str, ...]:
+    """The key ids that signed, as the ``.sig`` file says (not verified).
+
+    :raises TrustError: not a signature file.
+    """
+    return tuple(e["key_id"] for e in _signature_entries(signature_file, "signature file"))
+
+
 def _verify_signature(
-    path: Path, raw: bytes, signature_file: bytes, authorities: Mapping[str, bytes]
+    path: Path,
+    raw: bytes,
+    signature_file: bytes,
+    authorities: Mapping[str, bytes],
+    threshold: int = 1,
 ) -> None:
+    """At least ``threshold`` signatures over ``raw`` verify, each by a different pinned
+    authority key (two ids with the same public key count once).
+
+    :raises TrustError: fewer do; the message says how many did, how many are needed, and
+        what is wrong with each of the others.
+    """
+    if threshold < 1:
+        raise ValueError("the signature threshold is at least 1")
     sig_path = f"{path}.sig"
-    try:
-        document = json.loads(signature_file)
-        key_id = document["key_id"]
-        signature = base64.b64decode(document["signature"], validate=True)
-        if document.get("format") != SIGNATURE_FORMAT or not isinstance(key_id, str):
-            raise ValueError("unknown format")
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise TrustError(f"not a {SIGNATURE_FORMAT} signature file", file=sig_path) from exc
-    public = authorities.get(key_id)
-    if public is None:
-        raise TrustError(
-            f"signed by {key_id!r}, which is not a federation authority key pinned in the node "
-            "config (trust.authority_keys)",
-            file=sig_path,
-        )
-    try:
-        nacl.signing.VerifyKey(public).verify(signing_input(raw), signature)
-    except (nacl.exceptions.BadSignatureError, ValueError) as exc:
-        raise TrustError(
+    valid: set[bytes] = set()
+    problems: list[str] = []
+    altered = False
+    for entry in _signature_entries(signature_file, sig_path):
+        key_id = entry["key_id"]
+        public = authorities.get(key_id)
+        if public is None:
+            problems.append(
+                f"{key_id!r} is not a federation authority key pinned in the node config "
+                "(trust.authority_keys)"
+            )
+            continue
+        try:
+            signature = base64.b64decode(entry["signature"], validate=True)
+            nacl.signing.VerifyKey(public).verify(signing_input(raw), signature)
+        except (nacl.exceptions.BadSignatureError, ValueError, binascii.Error):
+            altered = True
+            problems.append(f"the signature by {key_id!r} does not verify")
+            continue
+        if public in valid:
+            problems.append(f"{key_id!r} signed again with a key counted already")
+        valid.add(public)
+    if len(valid) >= threshold:
+        return
+    if altered:
+        problems.append(
             "the trust list does not match its signature: it was altered after signing, "
             "or the signature belongs to another file; ask the federation authority for a "
-            "signed copy",
-            file=str(path),
-        ) from exc
+            "signed copy"
+        )
+    raise TrustError(
+        f"{len(valid)} valid signature(s) by distinct pinned authority keys, {threshold} "
+        f"needed (trust.threshold): " + "; ".join(problems or ["no signature"]),
+        file=str(path) if altered else sig_path,
+    )
 
 
 def parse_trust_list(
@@ -237,10 +317,12 @@ def parse_trust_list(
     *,
     now: datetime,
     min_version: int = 0,
+    threshold: int = 1,
 ) -> TrustList:
-    """Verify and parse a trust list.
+    """Verify and parse a trust list: ``threshold`` valid signatures by distinct pinned
+    authority keys are needed.
 
-    :raises TrustError: unsigned, signature invalid or by an unknown authority, malformed (with
+    :raises TrustError: unsigned, too few valid signatures by pinned authorities, malformed (with
         the line), expired, not yet issued, or older than ``min_version``.
     """
     path = document.path
@@ -250,7 +332,7 @@ def parse_trust_list(
             "signed by the federation authority",
             file=str(path),
         )
-    _verify_signature(path, document.raw, signature_file, authorities)
+    _verify_signature(path, document.raw, signature_file, authorities, threshold)
     model = load_model(document, TrustListModel, "trust list", TrustError)
     if model.expires_at <= now:
         raise TrustError(
@@ -319,7 +401,12 @@ def _build(model: TrustListModel, document: YamlDocument) -> TrustList:
 
 
 def load_trust_list(
-    path: Path, authorities: Mapping[str, bytes], *, now: datetime, min_version: int = 0
+    path: Path,
+    authorities: Mapping[str, bytes],
+    *,
+    now: datetime,
+    min_version: int = 0,
+    threshold: int = 1,
 ) -> TrustList:
     """Read ``path`` and ``path.sig`` and verify them (see :func:`parse_trust_list`).
 
@@ -330,9 +417,16 @@ def load_trust_list(
     signature = sig_path.read_bytes() if sig_path.exists() else None
     if signature is not None:
         # the authority's signature is checked on the raw bytes before any YAML is parsed
-        _verify_signature(path, raw, signature, authorities)
+        _verify_signature(path, raw, signature, authorities, threshold)
     document = parse_yaml(path, raw, "trust list", TrustError)
-    return parse_trust_list(document, signature, authorities, now=now, min_version=min_version)
+    return parse_trust_list(
+        document,
+        signature,
+        authorities,
+        now=now,
+        min_version=min_version,
+        threshold=threshold,
+    )
 
 
 def authority_keys(entries: Iterable[tuple[str, str]]) -> dict[str, bytes]:

@@ -91,6 +91,18 @@ class AuthorityKeyModel(_Strict):
 class TrustModel(_Strict):
     file: FilePath
     authority_keys: list[AuthorityKeyModel] = Field(min_length=1)
+    threshold: int = Field(default=1, ge=1)
+    """How many of the pinned authority keys must have signed the list (k of n)."""
+
+    @model_validator(mode="after")
+    def _threshold_fits(self) -> TrustModel:
+        distinct = len({k.public for k in self.authority_keys})
+        if self.threshold > distinct:
+            raise ValueError(
+                f"threshold {self.threshold} is more than the {distinct} distinct authority"
+                " key(s) pinned: no trust list could ever be accepted; pin more keys or lower it"
+            )
+        return self
 
     @property
     def pinned(self) -> tuple[tuple[str, str], ...]:

@@ -16,12 +16,13 @@ from gateway.contract.schemas import SchemaRegistry
 from gateway.contract.versions import Contract, ContractVersion
 from gateway.crypto.keys import (
     AgencyKeys,
+    EncryptionKey,
     load_encryption_key,
     load_pseudonym_key,
     load_signing_key,
 )
 from gateway.crypto.trust import Agency, TrustList, authority_keys, load_trust_list
-from gateway.errors import ConfigError, PeerError, SchemaError, TrustError
+from gateway.errors import ConfigError, KeyFileError, PeerError, SchemaError, TrustError
 from gateway.node.config import NodeConfig
 from gateway.policy.engine import Policy, check_versions, load_policy
 from gateway.policy.transforms import Pseudonymiser
@@ -50,9 +51,8 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
 
     :raises ConfigError: a file is missing or invalid (the message names it and the fix).
     """
-    signing = load_signing_key(config.keys.signing)
-    encryption = tuple(load_encryption_key(p) for p in config.keys.encryption)
-    keys = AgencyKeys(config.agency, signing, encryption)
+    keys = load_agency_keys(config)
+    signing = keys.signing
     contract = Contract.load(config.schemas)
     trust_state = config.state_dir / "trust-version"
     min_version = int(trust_state.read_text()) if trust_state.exists() else 0
@@ -61,18 +61,92 @@ def load_node_files(config: NodeConfig, now: datetime) -> Loaded:
         authority_keys(config.trust.pinned),
         now=now,
         min_version=min_version,
+        threshold=config.trust.threshold,
     )
     own = own_entry(config, trust, contract, signing.key_id, now)
+    check_own_keys(config, trust, keys, now)
     registry = own.registry
-    pseudonymiser = None
-    if config.keys.pseudonym is not None:
-        pseudonymiser = Pseudonymiser(load_pseudonym_key(config.keys.pseudonym).secret)
+    pseudonymiser = Pseudonymiser(keys.pseudonym.secret) if keys.pseudonym else None
     policy = load_checked_policy(
         config, registry, trust, can_pseudonymise=pseudonymiser is not None, contract=contract
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     write_atomically_replace(trust_state, str(trust.version).encode())
     return Loaded(keys, contract, own, trust, policy, pseudonymiser)
+
+
+def load_agency_keys(config: NodeConfig) -> AgencyKeys:
+    """Load the key files the config names (``keys.signing``, every ``keys.encryption``,
+    ``keys.pseudonym``). The same encryption key in two files (a rotation copies the current
+    key to the previous key's file) is held once.
+
+    :raises KeyFileError: a file is missing, readable by others or malformed, or two files
+        hold different encryption keys under one id.
+    """
+    signing = load_signing_key(config.keys.signing)
+    encryption: dict[str, EncryptionKey] = {}
+    for path in config.keys.encryption:
+        key = load_encryption_key(path)
+        held = encryption.setdefault(key.key_id, key)
+        if held.public != key.public:
+            raise KeyFileError(
+                f"holds another key under the id {key.key_id!r} of an earlier file of"
+                " keys.encryption; a key id names one key: make a new key with"
+                " 'fxgw keygen --only encryption'",
+                file=str(path),
+            )
+    pseudonym = load_pseudonym_key(config.keys.pseudonym) if config.keys.pseudonym else None
+    return AgencyKeys(config.agency, signing, tuple(encryption.values()), pseudonym)
+
+
+def check_own_keys(config: NodeConfig, trust: TrustList, keys: AgencyKeys, now: datetime) -> None:
+    """The node's private keys fit the trust list: the signing key is listed and valid for this
+    agency now and its public half is the one listed; each encryption key listed under its id
+    is this agency's and has the listed public half (a key not listed is kept only to open
+    envelopes still in flight, or is about to be published); and the key senders encrypt to
+    now (the newest valid one listed for this agency) is held, so nothing sent to us is lost.
+
+    :raises TrustError: a key does not fit, naming it and the fix.
+    """
+    me = own_agency(config, trust)
+    where = str(config.trust.file)
+    try:
+        listed_signing = trust.signing_key(config.agency, keys.signing.key_id, now)
+    except PeerError as exc:
+        raise TrustError(
+            f"our signing key {keys.signing.key_id!r} is not valid on the trust list ({exc});"
+            " publish its public entry ('fxgw keygen --only signing' prints it) first",
+            file=where,
+        ) from exc
+    if listed_signing != keys.signing.public:
+        raise TrustError(
+            f"the trust list lists another public key under our signing key id"
+            f" {keys.signing.key_id!r}: {config.keys.signing} is not the key that was published",
+            file=where,
+        )
+    mine = {k.key_id: k for k in me.keys}
+    others = {k.key_id for a in trust.agencies.values() if a is not me for k in a.keys}
+    for key in keys.encryption:
+        entry = mine.get(key.key_id)
+        if key.key_id in others:
+            raise TrustError(
+                f"our encryption key id {key.key_id!r} is listed for another agency", file=where
+            )
+        if entry is not None and (entry.use != "encrypt" or entry.public != key.public):
+            raise TrustError(
+                f"the trust list lists another public key under our encryption key id"
+                f" {key.key_id!r}: the file of keys.encryption holding it is not the key that"
+                " was published",
+                file=where,
+            )
+    current = trust.encryption_key(config.agency, now)
+    if current is not None and keys.encryption_key(current.key_id) is None:
+        raise TrustError(
+            f"senders encrypt to {current.key_id!r}, the newest valid encryption key listed for"
+            f" {config.agency}, and no file of keys.encryption holds it: keep that key's file"
+            " until the trust list no longer gives it (envelopes to it would not open)",
+            file=where,
+        )
 
 
 def load_checked_policy(
@@ -116,12 +190,13 @@ def write_atomically_replace(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def stat_of(path: Path) -> tuple[int, int] | None:
+def stat_of(path: Path) -> tuple[int, int, int] | None:
+    """What tells a changed file: its inode (a file moved into place), time and size."""
     try:
         info = path.stat()
     except OSError:
         return None
-    return (info.st_mtime_ns, info.st_size)
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 SPOOL_BATCH_LINES = 500

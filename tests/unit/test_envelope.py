@@ -253,6 +253,29 @@ class TestDataKeys:
             != ring.key_for(AgencyId("US-ATF"), us, NOW).secret
         )
 
+    def test_a_new_recipient_key_gets_a_new_data_key_and_the_old_one_is_dropped(
+        self, trust: TrustList
+    ) -> None:
+        """When the trust list gives a recipient another key (or other bytes under the same
+        id), the next envelope gets a fresh data key wrapped to it; the old one is not kept."""
+        public = trust.encryption_key("BE-FPJ", NOW)
+        assert public is not None
+        ring = DataKeyRing()
+        first = ring.key_for(AgencyId("BE-FPJ"), public, NOW)
+        rotated = replace(
+            public,
+            key_id=KeyId("BE-FPJ/encrypt/rotated"),
+            public=bytes(generate_encryption_key(KeyId("x")).public),
+        )
+        second = ring.key_for(AgencyId("BE-FPJ"), rotated, NOW)
+        assert first.secret != second.secret
+        assert rotated.key_id == second.recipient_key_id
+        assert [(AgencyId("BE-FPJ"), rotated.key_id)] == list(ring._current)
+        same_id_other_bytes = replace(rotated, public=generate_encryption_key(KeyId("y")).public)
+        third = ring.key_for(AgencyId("BE-FPJ"), same_id_other_bytes, NOW)
+        assert third.secret != second.secret
+        assert same_id_other_bytes.public == third.recipient_public
+
     def test_recipient_cache_unwraps_once(
         self, registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, be_keys: AgencyKeys
     ) -> None:

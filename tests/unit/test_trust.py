@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import timedelta
 from pathlib import Path
 
+import nacl.signing
 import pytest
 import yaml
 
-from gateway.crypto.trust import TrustList, authority_keys, load_trust_list, sign_trust_list
+from gateway.cli.main import main
+from gateway.crypto.keys import SigningKey, generate_signing_key, write_key_file
+from gateway.crypto.trust import (
+    TrustList,
+    authority_keys,
+    load_trust_list,
+    sign_trust_list,
+    signature_key_ids,
+    signing_input,
+)
 from gateway.dev.sandbox import Federation
-from gateway.errors import TrustError, UntrustedSender
+from gateway.errors import ConfigError, TrustError, UntrustedSender
 from gateway.node.config import load_config
+from gateway.types import KeyId
 from tests.unit.conftest import NOW
 
 
@@ -130,3 +143,141 @@ class TestKeys:
         key = trust.encryption_key("BE-FPJ", NOW)
         assert key is not None and "encrypt" == key.use
         assert trust.encryption_key("XX-NOPE", NOW) is None
+
+
+def _authorities(n: int) -> list[SigningKey]:
+    return [generate_signing_key(KeyId(f"FED/sign/{i}")) for i in range(n)]
+
+
+def _pins(keys: list[SigningKey]) -> dict[str, bytes]:
+    return {k.key_id: k.public for k in keys}
+
+
+def _signed_by(fed: Federation, tmp_path: Path, *signers: SigningKey) -> Path:
+    """A copy of the sandbox list whose .sig holds one signature by each of ``signers``."""
+    assert fed.trust_file is not None
+    path = tmp_path / "trust.yaml"
+    path.write_bytes(fed.trust_file.read_bytes())
+    sig: bytes | None = None
+    for signer in signers:
+        sig = sign_trust_list(path.read_bytes(), signer, sig)
+    assert sig is not None
+    Path(f"{path}.sig").write_bytes(sig)
+    return path
+
+
+class TestThreshold:
+    """k of n authority keys: k valid signatures by distinct pinned keys are needed."""
+
+    def test_two_of_three_pass_with_two_signatures(self, fed: Federation, tmp_path: Path) -> None:
+        """Two pinned authorities of three signed: a threshold of 2 is met."""
+        a, b, c = _authorities(3)
+        path = _signed_by(fed, tmp_path, a, c)
+        trust = load_trust_list(path, _pins([a, b, c]), now=NOW, threshold=2)
+        assert "fxgw-sandbox" == trust.federation
+
+    def test_two_of_three_fail_with_one_signature(self, fed: Federation, tmp_path: Path) -> None:
+        """One signature is not two; the error says how many were valid and needed."""
+        a, b, c = _authorities(3)
+        path = _signed_by(fed, tmp_path, b)
+        with pytest.raises(TrustError, match=r"^.*1 valid signature\(s\).*2 needed") as info:
+            load_trust_list(path, _pins([a, b, c]), now=NOW, threshold=2)
+        assert f"{path}.sig" == info.value.file
+
+    def test_two_signatures_by_the_same_key_count_once(
+        self, fed: Federation, tmp_path: Path
+    ) -> None:
+        """The same key twice (also under a second pinned id) is one authority, not two."""
+        a, b, c = _authorities(3)
+        path = _signed_by(fed, tmp_path, a)
+        entry = json.loads(Path(f"{path}.sig").read_bytes())["signatures"][0]
+        twice = {
+            "format": "fxgw-trust-sig-1",
+            "signatures": [entry, entry, {**entry, "key_id": "FED/sign/alias"}],
+        }
+        Path(f"{path}.sig").write_text(json.dumps(twice))
+        pins = {**_pins([a, b, c]), "FED/sign/alias": a.public}
+        with pytest.raises(TrustError, match=r"1 valid signature\(s\).*2 needed"):
+            load_trust_list(path, pins, now=NOW, threshold=2)
+
+    def test_a_signature_by_an_unpinned_key_does_not_count(
+        self, fed: Federation, tmp_path: Path
+    ) -> None:
+        """A valid signature by a key the node does not pin is named and not counted."""
+        a, b, c = _authorities(3)
+        outsider = generate_signing_key(KeyId("ROGUE/sign/1"))
+        path = _signed_by(fed, tmp_path, a, outsider)
+        with pytest.raises(TrustError, match=r"1 valid signature\(s\).*2 needed") as info:
+            load_trust_list(path, _pins([a, b, c]), now=NOW, threshold=2)
+        assert "'ROGUE/sign/1' is not a federation authority key pinned" in str(info.value)
+
+    def test_an_altered_list_fails_whatever_the_count(
+        self, fed: Federation, tmp_path: Path
+    ) -> None:
+        """Signatures over other bytes do not verify: 0 valid, named as an altered list."""
+        a, b, c = _authorities(3)
+        path = _signed_by(fed, tmp_path, a, b)
+        path.write_bytes(path.read_bytes().replace(b"country: US", b"country: NL"))
+        with pytest.raises(TrustError, match=r"0 valid signature.*does not match its signature"):
+            load_trust_list(path, _pins([a, b, c]), now=NOW, threshold=2)
+
+    def test_a_single_signature_file_of_the_first_format_still_loads(
+        self, fed: Federation, tmp_path: Path
+    ) -> None:
+        """Today's fxgw-trust-sig-1 files (one signature) meet a threshold of 1."""
+        (a,) = _authorities(1)
+        path = _signed_by(fed, tmp_path, a)
+        entry = json.loads(Path(f"{path}.sig").read_bytes())["signatures"][0]
+        Path(f"{path}.sig").write_text(json.dumps({"format": "fxgw-trust-sig-1", **entry}))
+        assert 1 == load_trust_list(path, _pins([a]), now=NOW).version
+        with pytest.raises(TrustError, match=r"1 valid signature\(s\).*2 needed"):
+            load_trust_list(path, _pins([a, *_authorities(2)[1:]]), now=NOW, threshold=2)
+
+    def test_a_node_of_the_earlier_version_reads_a_file_of_several_signatures(
+        self, fed: Federation, tmp_path: Path
+    ) -> None:
+        """The top-level key_id and signature, all an earlier node reads, are the first
+        signer's and verify; the list holds every signature."""
+        a, b = _authorities(2)
+        path = _signed_by(fed, tmp_path, a, b)
+        document = json.loads(Path(f"{path}.sig").read_bytes())
+        assert ("fxgw-trust-sig-1", a.key_id) == (document["format"], document["key_id"])
+        nacl.signing.VerifyKey(a.public).verify(
+            signing_input(path.read_bytes()), base64.b64decode(document["signature"])
+        )
+        assert [a.key_id, b.key_id] == [e["key_id"] for e in document["signatures"]]
+
+    def test_trust_sign_adds_a_signature_instead_of_replacing(
+        self, fed: Federation, tmp_path: Path
+    ) -> None:
+        """``fxgw trust sign`` by a second authority keeps the first one's signature; signing the
+        next version of the file starts afresh."""
+        a, b = _authorities(2)
+        path = tmp_path / "trust.yaml"
+        assert fed.trust_file is not None
+        path.write_bytes(fed.trust_file.read_bytes())
+        for key in (a, b):
+            write_key_file(tmp_path / f"{key.key_id.replace('/', '_')}.key", key, owner="FED")
+            assert 0 == main(
+                [
+                    "trust",
+                    "sign",
+                    "--key",
+                    str(tmp_path / f"{key.key_id.replace('/', '_')}.key"),
+                    str(path),
+                ]
+            )
+        assert ("FED/sign/0", "FED/sign/1") == signature_key_ids(Path(f"{path}.sig").read_bytes())
+        assert load_trust_list(path, _pins([a, b]), now=NOW, threshold=2)
+        path.write_bytes(path.read_bytes().replace(b"version: 1", b"version: 2"))
+        assert 0 == main(["trust", "sign", "--key", str(tmp_path / "FED_sign_1.key"), str(path)])
+        assert ("FED/sign/1",) == signature_key_ids(Path(f"{path}.sig").read_bytes())
+
+    def test_node_config_refuses_a_threshold_above_its_pinned_keys(self, fed: Federation) -> None:
+        """threshold 2 with one pinned key could never be met: the config is refused."""
+        config = fed.config("NL-POL")
+        data = yaml.safe_load(config.read_text())
+        data["trust"]["threshold"] = 2
+        config.with_name("k.yaml").write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError, match="threshold 2 is more than the 1 distinct"):
+            load_config(config.with_name("k.yaml"))
