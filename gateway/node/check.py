@@ -26,7 +26,7 @@ from gateway.crypto.keys import load_encryption_key, load_pseudonym_key, load_si
 from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
 from gateway.errors import ConfigError, UnknownEventType
 from gateway.node.config import NodeConfig, RouteModel
-from gateway.node.files import load_checked_policy, own_entry
+from gateway.node.files import check_own_keys, load_agency_keys, load_checked_policy, own_entry
 
 
 def check_node(path: Path, now: datetime) -> list[ConfigError]:
@@ -57,16 +57,24 @@ def check_node(path: Path, now: datetime) -> list[ConfigError]:
         problems.append(exc)
     trust: TrustList | None = None
     try:
-        trust = load_trust_list(config.trust.file, authority_keys(config.trust.pinned), now=now)
+        trust = load_trust_list(
+            config.trust.file,
+            authority_keys(config.trust.pinned),
+            now=now,
+            threshold=config.trust.threshold,
+        )
     except ConfigError as exc:
         problems.append(exc)
     if contract is None or trust is None:
         return problems
+    key_files = {str(config.keys.signing), *map(str, config.keys.encryption)}
+    key_files.add(str(config.keys.pseudonym))
     try:
-        signing = load_signing_key(config.keys.signing)
-        registry = own_entry(config, trust, contract, signing.key_id, now).registry
-    except ConfigError as exc:  # the key's own problem is reported above
-        if exc.file != str(config.keys.signing):
+        keys = load_agency_keys(config)
+        registry = own_entry(config, trust, contract, keys.signing.key_id, now).registry
+        check_own_keys(config, trust, keys, now)
+    except ConfigError as exc:  # a key file's own problem is reported above
+        if exc.file not in key_files:
             problems.append(exc)
         registry = contract.newest.registry
     problems += _attempt(
