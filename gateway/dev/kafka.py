@@ -168,29 +168,35 @@ def _maven_classpath(version: str, scratch: Path) -> str:
         f"-Dmdep.outputFile={out_file}",
         f"-Dmdep.pathSeparator={os.pathsep}",
     ]
-    try:
-        done = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=_MAVEN_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise InfrastructureError(
-            f"Maven did not resolve Kafka {version} within {_MAVEN_TIMEOUT_S:.0f} s"
-        ) from exc
+    done, output = _run_captured(
+        command, _MAVEN_TIMEOUT_S, f"Maven did not resolve Kafka {version}"
+    )
     try:
         classpath = out_file.read_text(encoding="utf-8").strip() if out_file.is_file() else ""
     finally:
         out_file.unlink(missing_ok=True)
     if done.returncode != 0 or not classpath:
-        output = (done.stdout + done.stderr).decode("utf-8", "replace")
         raise InfrastructureError(
             f"Maven could not resolve Kafka {version} (exit {done.returncode}); is the version"
             f" published and Maven Central reachable?\n{_tail_text(output)}"
         )
     return classpath
+
+
+def _run_captured(
+    command: list[str], timeout: float, late: str
+) -> tuple[subprocess.CompletedProcess[bytes], str]:
+    """Run ``command`` without stdin; its result and its output (stdout then stderr) as text.
+
+    :raises InfrastructureError: ``late``, when it did not finish within ``timeout`` seconds.
+    """
+    try:
+        done = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise InfrastructureError(f"{late} within {timeout:.0f} s") from exc
+    return done, (done.stdout + done.stderr).decode("utf-8", "replace")
 
 
 # --- the cluster ---------------------------------------------------------------------------------
@@ -340,17 +346,7 @@ class LocalKafka:
             main_class,
             *arguments,
         ]
-        try:
-            done = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise InfrastructureError(f"{main_class} timed out after {timeout} s") from exc
-        output = (done.stdout + done.stderr).decode("utf-8", "replace")
+        done, output = _run_captured(command, timeout, f"{main_class} did not finish")
         if done.returncode != 0:
             raise InfrastructureError(
                 f"{main_class} failed (exit {done.returncode})\n{_tail_text(output)}"
