@@ -147,6 +147,12 @@ class TopicRefused(TransportError):
     inbox, to that recipient)."""
 
 
+class GroupRefused(TransportError):
+    """We may not use a consumer group (its ACL is missing): tied to the loop that reads with
+    it. That loop retries with back-off, since an operator can grant the ACL while the node
+    runs; the node's other loops go on."""
+
+
 class CommitRefused(TransportError):
     """The group no longer lets this member commit those offsets (a rebalance moved the
     partitions): the records will be read again by their new owner, and answered from the

@@ -43,6 +43,7 @@ from gateway.errors import (
     AccessRefused,
     CommitRefused,
     ConfigError,
+    GroupRefused,
     RecordRefused,
     TopicRefused,
     TransportError,
@@ -256,7 +257,6 @@ _TOPIC_TIED = (
 )
 _OUR_SIDE = (
     aiokafka.errors.ClusterAuthorizationFailedError,
-    aiokafka.errors.GroupAuthorizationFailedError,
     aiokafka.errors.TransactionalIdAuthorizationFailed,
     aiokafka.errors.SaslAuthenticationFailed,
 )
@@ -266,6 +266,10 @@ def translate(what: str, exc: BaseException) -> TransportError:
     """Our error for an aiokafka (or socket) exception, classified once: tied to one record,
     to one topic, fatal to our side, or retriable infrastructure."""
     text = f"{what}: {type(exc).__name__}"
+    if isinstance(exc, aiokafka.errors.GroupAuthorizationFailedError):
+        return GroupRefused(f"{text}: the exchange's ACLs do not let this agency use the group")
+    if isinstance(exc, aiokafka.errors.TopicAuthorizationFailedError):
+        return TopicRefused(f"{text}: the ACLs do not let this agency use the topic")
     if isinstance(exc, _RECORD_TIED):
         return RecordRefused(text)
     if isinstance(exc, _TOPIC_TIED):
@@ -525,20 +529,27 @@ class Consumer:
             if gather_ms is None
             else {"fetch_max_wait_ms": gather_ms, "fetch_min_bytes": 1 << 20}
         )
-        self._consumer = aiokafka.AIOKafkaConsumer(
-            **_options(bootstrap_servers),
-            group_id=group_id,
-            group_instance_id=instance_id if group_id is not None else None,
-            client_id=client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=max_poll_records,
-            session_timeout_ms=self.SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=self.HEARTBEAT_INTERVAL_MS,
-            **gather,
-        )
-        self._consumer.subscribe(list(topics), listener=_Forget(self))
+        topics = list(topics)
+
+        def make() -> aiokafka.AIOKafkaConsumer:
+            consumer = aiokafka.AIOKafkaConsumer(
+                **_options(bootstrap_servers),
+                group_id=group_id,
+                group_instance_id=instance_id if group_id is not None else None,
+                client_id=client_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                max_poll_records=max_poll_records,
+                session_timeout_ms=self.SESSION_TIMEOUT_MS,
+                heartbeat_interval_ms=self.HEARTBEAT_INTERVAL_MS,
+                **gather,
+            )
+            consumer.subscribe(topics, listener=_Forget(self))
+            return consumer
+
+        self._make = make
+        self._consumer = make()
         self._next: dict[TopicPartition, int] = {}
         """Per partition: the offset after the last record returned (or held in ``_held``)."""
         self._held: list[Message] = []
@@ -546,12 +557,19 @@ class Consumer:
         self._fruitless = 0
 
     async def start(self) -> None:
-        """Connect and join the group.
+        """Connect and join the group. A start that failed leaves a fresh client behind (an
+        aiokafka consumer cannot be started twice), so that it can be called again.
 
-        :raises TransportError: the cluster cannot be reached.
+        :raises TransportError: the cluster cannot be reached, or refuses the group.
         """
-        async with _translated("consumer start"):
-            await self._consumer.start()
+        try:
+            async with _translated("consumer start"):
+                await self._consumer.start()
+        except BaseException:
+            failed, self._consumer = self._consumer, self._make()
+            with contextlib.suppress(TransportError):
+                await _close("consumer close", failed.stop())
+            raise
 
     async def stop(self) -> None:
         """Leave the group and disconnect (uncommitted records will be read again).

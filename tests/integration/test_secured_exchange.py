@@ -14,7 +14,8 @@ import asyncio
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import aiokafka.errors
 import pytest
 import yaml
 from aiokafka.structs import TopicPartition
+from structlog.testing import capture_logs
 
 from gateway.dev.demo import seizure_nl
 from gateway.dev.kafka import LocalKafka, Secured
@@ -30,11 +32,33 @@ from gateway.dev.sandbox import Federation, build_federation
 from gateway.dev.tls import Issued, LocalCA
 from gateway.node.acls import Grant, agency_grants
 from gateway.node.config import exchange_topic_specs, load_config
+from gateway.node.runtime import Node
 from gateway.node.transport import Cluster, Secret, ensure_topics
-from tests.integration.conftest import delivered, national_send, quarantined, running, wait_until
+from tests.integration.conftest import (
+    delivered,
+    national_send,
+    quarantined,
+    running,
+    wait_until,
+)
 from tests.integration.test_parking import _states
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+@asynccontextmanager
+async def running_unready(fed: Federation, agency: str) -> AsyncIterator[asyncio.Task[None]]:
+    """Run one node that cannot become ready (its inbox loop may not join its group): the
+    task, without waiting for readiness; stopped at the end of the block."""
+    node = Node(load_config(fed.config(agency)))
+    stop = asyncio.Event()
+    task = asyncio.create_task(node.run(stop), name=agency)
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
 
 AGENCIES = ("NL-POL", "BE-FPJ", "US-ATF")
 # how each agency proves who it is: SCRAM, a client certificate, PLAIN (all over TLS)
@@ -217,6 +241,44 @@ class TestSecuredExchange:
             )
         assert 2 == len(await delivered(fed, "US-ATF"))
         assert 2 == len(await delivered(fed, "BE-FPJ"))
+
+    async def test_a_denied_read_is_reported_and_stalls_nothing(
+        self, tmp_path: Path, exchange: Exchange, kafka_bootstrap: str
+    ) -> None:
+        """NL-POL may not use its consumer groups on the exchange: its inbox and receipts loops
+        retry, saying why; it keeps releasing (BE-FPJ delivers) and stays up; once the group
+        ACL is granted, the receipts come in."""
+        prefix = "fxs5"
+        grants = [
+            g
+            for g in _all_grants(prefix)
+            if not (g.principal == "User:NL-POL" and g.resource == "group")
+        ]
+        fed = await _federation(tmp_path / "fed", exchange, kafka_bootstrap, prefix, grants)
+        with capture_logs() as logs:
+            async with running(fed, "BE-FPJ", "US-ATF"), running_unready(fed, "NL-POL") as nl:
+                await national_send(fed, "NL-POL", seizure_nl())
+                await wait_until(lambda: _count(delivered(fed, "BE-FPJ"), 1), "BE-FPJ's delivery")
+                await wait_until(lambda: _count(delivered(fed, "US-ATF"), 1), "US-ATF's delivery")
+                denied = [
+                    e
+                    for e in logs
+                    if e["event"] == "retrying" and "GroupAuthorizationFailed" in e["error"]
+                ]
+                assert denied, "the denial is not in the log"
+                assert "ACLs" in denied[0]["error"]
+                assert "released" == _states(fed, "NL-POL").get("BE-FPJ")
+                assert not nl.done()  # still running
+                group = [g for g in _all_grants(prefix) if g.principal == "User:NL-POL"][-1]
+                exchange.kafka.grant(group.arguments())
+                await wait_until(
+                    lambda: (
+                        _states(fed, "NL-POL") == {"BE-FPJ": "delivered", "US-ATF": "delivered"}
+                    ),
+                    "both receipts at NL-POL once granted",
+                    within_s=120,
+                )
+        print(f"\ndenial log lines while denied: {len(denied)}")
 
 
 class TestProductionChecks:
