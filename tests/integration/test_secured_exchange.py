@@ -287,12 +287,15 @@ class TestProductionChecks:
     async def test_topics_short_of_the_config_refuse_the_start(
         self, tmp_path: Path, exchange: Exchange, kafka_bootstrap: str
     ) -> None:
-        """An inbox whose max.message.bytes is below the config's: 'fxgw run' exits, naming
-        the topic, the setting and the fix."""
+        """Topics with fewer replicas, a lower min.insync.replicas and a smaller
+        max.message.bytes than the config asks: 'fxgw run' exits, naming each topic, setting
+        and the fix."""
         fed = await _federation(tmp_path / "fed", exchange, kafka_bootstrap, "fxs4", [])
         path = fed.config("US-ATF")
         node = yaml.safe_load(path.read_text())
-        node["exchange"]["topics"]["max_message_bytes"] = 4 * 1024 * 1024
+        node["exchange"]["topics"].update(
+            max_message_bytes=4 * 1024 * 1024, replication=3, min_insync_replicas=2
+        )
         path.write_text(yaml.safe_dump(node, sort_keys=False))
         for grant in agency_grants("US-ATF", AGENCIES, "fxs4"):
             exchange.kafka.grant(grant.arguments())
@@ -308,4 +311,9 @@ class TestProductionChecks:
         assert 2 == result.returncode, stderr[-2000:]
         assert "topic fxs4.inbox.US-ATF has max.message.bytes=1048576" in stderr
         assert "at least 4194304" in stderr
+        assert (
+            "topic fxs4.inbox.US-ATF has 1 replica(s) per partition, the node's config asks for 3"
+            in stderr
+        )
+        assert "topic fxs4.receipts.US-ATF has min.insync.replicas=1" in stderr
         assert "fxgw topics provision" in stderr
