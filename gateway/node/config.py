@@ -431,6 +431,15 @@ class NodeConfig(_Strict):
                 " agencies, so the node reaches it over TLS (SSL with a client certificate, or"
                 " SASL_SSL); set exchange.security, or development: true for a test cluster"
             )
+        security = self.exchange.security
+        if protocol == "SSL" and (
+            security is None or security.tls is None or not security.tls.cert_file
+        ):
+            raise ValueError(
+                "exchange.security.protocol is SSL without a client certificate: the exchange"
+                " could not tell this agency from another; set exchange.security.tls.cert_file"
+                " and key_file (mutual TLS), or use SASL_SSL"
+            )
         if _servers(self.local.bootstrap_servers) & _servers(self.exchange.bootstrap_servers):
             raise ValueError(
                 "local.bootstrap_servers names a broker of the exchange cluster: the local topics"

@@ -464,6 +464,10 @@ class TestKafkaConnections:
         )
         error, _ = _error(tmp_path, text.replace(" key_file: me.key", " check_hostname: true"))
         assert "cert_file and key_file go together" in error.message
+        error, _ = _error(
+            tmp_path, text.replace(" cert_file: me.pem, key_file: me.key", " check_hostname: true")
+        )
+        assert "SSL without a client certificate" in error.message
 
     def test_topic_settings(self, tmp_path: Path) -> None:
         """Topic settings become topic specs; an impossible min ISR and limits that do not fit
