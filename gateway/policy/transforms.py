@@ -25,12 +25,14 @@ recipient can link events about the same person or place without learning who or
 from __future__ import annotations
 
 import base64
+import decimal
 import hashlib
 import hmac
 import math
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import ROUND_FLOOR, Decimal, localcontext
 from typing import Literal
 
 REDACTED = "[REDACTED]"
@@ -142,19 +144,35 @@ class Context:
 
 
 _EXACT_INTEGERS = 2.0**52
+_EXACT = decimal.Context(prec=800, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+"""Digits enough that a quotient of two doubles' shortest reprs (at most 17 digits each, within
+10**±330) is never rounded up across a whole number before it is floored."""
 
 
 def _round_number(t: RoundNumber, value: float | int) -> float | int:
+    """Round down in decimal arithmetic, on the number as written (its shortest repr): 5.1 on
+    a grid of 0.01 stays 5.1, and 0.29 to 2 places stays 0.29, where binary floating point
+    would give 5.09 and 0.28.
+
+    :raises ValueError: ``value`` is NaN (no cell to put it in).
+    """
     if t.step is not None:
         return int(value) - int(value) % t.step
-    if t.grid is not None:
-        cell = value / t.grid
-        return value if math.isinf(cell) else math.floor(cell) * t.grid
-    assert t.precision is not None
-    if isinstance(value, int) or abs(value) >= _EXACT_INTEGERS:
-        return value  # no decimals to cut: a float this large is already a whole number
-    factor: int = 10**t.precision
-    return math.floor(value * factor) / factor
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise ValueError("NaN cannot be generalised")
+        if math.isinf(value):
+            return value
+    with localcontext(_EXACT):
+        if t.grid is not None:
+            grid = Decimal(repr(t.grid))
+            cells = (Decimal(repr(value)) / grid).to_integral_value(rounding=ROUND_FLOOR)
+            return float(cells * grid)
+        assert t.precision is not None
+        if isinstance(value, int) or abs(value) >= _EXACT_INTEGERS:
+            return value  # no decimals to cut: a float this large is already a whole number
+        places = Decimal(1).scaleb(-t.precision)
+        return float(Decimal(repr(value)).quantize(places, rounding=ROUND_FLOOR))
 
 
 def _truncate_time(unit: TimeUnit, value: date | datetime) -> date | datetime:
