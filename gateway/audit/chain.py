@@ -439,6 +439,7 @@ class _Walk:
     head_entry: Entry | None = None
     segments: list[str] = field(default_factory=list)
     key_ids: set[str] = field(default_factory=set)
+    from_start: bool = False
 
 
 class _Found(Exception):
@@ -452,6 +453,7 @@ def verify(
     public_keys: Mapping[str, bytes],
     *,
     head: Head | None = None,
+    from_start: bool = False,
 ) -> Report:
     """Check a log: segments in order, each as its file name and its lines.
 
@@ -461,10 +463,12 @@ def verify(
     verify with ``public_keys`` (key id to 32-byte Ed25519 public key). Give ``head`` (the copy
     of the latest checkpoint the node keeps) when the segments run to the end of the log: then
     that checkpoint must be found where the head says, so a cut that removed it is detected.
+    Give ``from_start`` when the segments are a whole log (a node's folder: nothing is ever
+    pruned): then the first must be the log's first, so a deleted beginning is detected.
 
     Never raises for what the lines hold: every finding is in the report.
     """
-    walk = _Walk(public_keys, head)
+    walk = _Walk(public_keys, head, from_start=from_start)
     problem: Problem | None = None
     try:
         if head is not None:
@@ -692,6 +696,17 @@ def _segment_start(walk: _Walk, name: str, entry: Entry) -> None:
     if walk.previous is None:
         if (declared is None) != (entry.seq == 1):
             raise _Found(Problem(name, 1, entry.seq, "the segment_start entry contradicts its seq"))
+        if walk.from_start and entry.seq != 1:
+            raise _Found(
+                Problem(
+                    name,
+                    1,
+                    1,
+                    f"the beginning of the log is missing: the first segment here is {name},"
+                    f" which follows {declared} (seq {entry.seq} onwards); a node never removes"
+                    " its segments",
+                )
+            )
         return
     if declared != walk.previous_segment or data.get("previous_last_seq") != walk.previous.seq:
         raise _Found(

@@ -609,7 +609,7 @@ def _verify_with_head(
     head_required: bool,
 ) -> Report:
     if head_raw is None:
-        report = verify(segments, public_keys)
+        report = verify(segments, public_keys, from_start=head_required)
         if report.ok and report.checkpoints and head_required:
             return _fail(
                 report,
@@ -625,9 +625,9 @@ def _verify_with_head(
     try:
         head = parse_head(head_raw)
     except EntryError as exc:
-        report = verify(segments, public_keys)
+        report = verify(segments, public_keys, from_start=head_required)
         return _fail(report, Problem(HEAD_FILE, None, None, f"the head file is damaged: {exc}"))
-    return verify(segments, public_keys, head=head)
+    return verify(segments, public_keys, head=head, from_start=head_required)
 
 
 def _fail(report: Report, problem: Problem) -> Report:

@@ -434,6 +434,16 @@ class TestTampering:
         assert ("audit-000003.jsonl", 1) == (segment, line)
         assert "segment audit-000002.jsonl is missing" in what
 
+    def test_first_segment_deleted(self, log_dir: Path) -> None:
+        """A node's folder holds its whole log: one that starts after the first segment (the
+        beginning deleted) fails, naming where it starts. (An export of later segments still
+        verifies from where it starts: test_export_of_one_segment.)"""
+        _seg(log_dir, 1).unlink()
+        segment, line, what = _problem(log_dir)
+        assert ("audit-000002.jsonl", 1) == (segment, line)
+        assert "the beginning of the log is missing" in what
+        assert "follows audit-000001.jsonl" in what
+
     def test_end_of_a_middle_segment_cut(self, log_dir: Path) -> None:
         """A closed segment that lost its last lines is named, at the first line missing."""
         path = _seg(log_dir, 1)
