@@ -712,6 +712,19 @@ def _line_bytes(text: str) -> bytes:
         return text.encode("utf-8", "replace")  # damaged beyond what we wrote: fails verification
 
 
+def export_agency(path: Path) -> str | None:
+    """The agency an export names as its writer (None: it names none).
+
+    :raises ConfigError: not a readable JSON file.
+    """
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"not a readable export: {exc}", file=str(path)) from exc
+    agency = document.get("agency") if isinstance(document, dict) else None
+    return agency if isinstance(agency, str) else None
+
+
 def read_export(path: Path) -> tuple[dict[str, bytes], list[tuple[str, list[bytes]]], bytes | None]:
     """The public keys, the segments (as :func:`gateway.audit.chain.verify` takes them) and the head
     file of an export.

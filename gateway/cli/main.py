@@ -451,28 +451,35 @@ def _pinned_keys(pairs: Sequence[str]) -> dict[str, bytes]:
     return keys
 
 
-def _node_audit_keys(config_path: str) -> tuple[Path, str, dict[str, bytes]]:
+def _node_audit_keys(
+    config_path: str, *, agency: str | None = None
+) -> tuple[Path, str, dict[str, bytes]]:
     """A node's audit folder, agency and checkpoint keys: every signing key the trust list holds
-    for the agency (old ones too, for older checkpoints), and the public half of its key file."""
+    for the agency (old ones too, for older checkpoints), and the public half of its key file.
+    With ``agency`` (another agency's export), that agency's keys in the node's trust list."""
     from gateway.crypto.keys import load_signing_key
     from gateway.node.config import load_config
 
     config = load_config(Path(config_path))
+    whose = agency or config.agency
     keys: dict[str, bytes] = {}
     errors: list[str] = []
     try:
         trust = _node_trust(config)
-        agency = trust.agency(config.agency)
-        for key in agency.keys if agency is not None else ():
+        listed = trust.agency(whose)
+        if listed is None:
+            errors.append(f"{whose} is not on the trust list")
+        for key in listed.keys if listed is not None else ():
             if key.use == "sign":
                 keys[key.key_id] = key.public
     except ConfigError as exc:
         errors.append(str(exc))
-    try:
-        signing = load_signing_key(config.keys.signing)
-        keys[signing.key_id] = signing.public
-    except ConfigError as exc:
-        errors.append(str(exc))
+    if whose == config.agency:
+        try:
+            signing = load_signing_key(config.keys.signing)
+            keys[signing.key_id] = signing.public
+        except ConfigError as exc:
+            errors.append(str(exc))
     if not keys:
         raise ConfigError(
             "no public key to check the checkpoints with: "
@@ -480,11 +487,11 @@ def _node_audit_keys(config_path: str) -> tuple[Path, str, dict[str, bytes]]:
             + "; or give --key ID=BASE64",
             file=str(config.path),
         )
-    return config.audit_dir, config.agency, keys
+    return config.audit_dir, whose, keys
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from gateway.audit.store import read_export, verify_export, verify_folder
+    from gateway.audit.store import export_agency, read_export, verify_export, verify_folder
 
     pinned = _pinned_keys(args.key or [])
     target = Path(args.path) if args.path else None
@@ -505,9 +512,17 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         target = target or folder
         report = verify_folder(target, keys)
     else:
-        if not pinned:
+        if args.config and not pinned:
+            # the checkpoints are checked with the keys the federation lists for the exporting
+            # agency, not with the keys the export carries (which whoever wrote it chose)
+            _, _, keys = _node_audit_keys(args.config, agency=export_agency(target))
+            source = "the exporting agency's signing keys in the federation trust list"
+        elif not pinned:
             keys = read_export(target)[0]
-            source = "carried by the export: check them against the federation trust list"
+            source = (
+                "carried by the export, so anyone could have put them there: give -c"
+                " NODE.yaml to check them against the federation trust list"
+            )
         report = verify_export(target, keys)
     _print(f"{target}: {'intact' if report.ok else 'NOT INTACT'}")
     for line in report.summary():

@@ -623,6 +623,36 @@ class TestCommand:
             if not existed:
                 shutil.rmtree(folder, ignore_errors=True)
 
+    def test_an_export_with_a_swapped_key_fails_against_the_trust_list(
+        self, fed: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A log rewritten and signed with an attacker's key carrying NL-POL's real key id, its
+        export carrying that key: intact by the keys it carries, NOT INTACT by the keys the
+        trust list holds for NL-POL (checked with -c of any node of the federation)."""
+        from gateway.crypto.keys import load_signing_key
+        from gateway.node.config import load_config
+
+        real = load_signing_key(load_config(fed.config("NL-POL")).keys.signing)
+        exports = {}
+        for name, signer in (
+            ("genuine", real),
+            ("forged", generate_signing_key(KeyId(real.key_id))),  # same id, another key
+        ):
+            folder = tmp_path / name
+            with AuditLog.open(folder, signer, now=_clock()) as log:
+                log.append("release", _release(1))
+            exports[name] = tmp_path / f"{name}.json"
+            export(folder, exports[name], {signer.key_id: signer.public}, agency="NL-POL")
+        be = str(fed.config("BE-FPJ"))
+        assert EXIT_OK == main(["audit", "verify", str(exports["forged"])])  # its own keys
+        assert "anyone could have put them there" in capsys.readouterr().out
+        assert EXIT_OK == main(["audit", "verify", str(exports["genuine"]), "-c", be])
+        assert "in the federation trust list" in capsys.readouterr().out
+        assert EXIT_REJECTED == main(["audit", "verify", str(exports["forged"]), "-c", be])
+        out = capsys.readouterr().out
+        assert "NOT INTACT" in out
+        assert "signature does not verify" in out
+
     @pytest.mark.parametrize(
         "args",
         [
