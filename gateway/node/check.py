@@ -22,11 +22,23 @@ from pathlib import Path
 from gateway._yamlfile import YamlDocument, read_yaml, validate_all
 from gateway.contract.schemas import FieldNotFound, SchemaRegistry
 from gateway.contract.versions import Contract
-from gateway.crypto.keys import load_encryption_key, load_pseudonym_key, load_signing_key
+from gateway.crypto.keys import (
+    AgencyKeys,
+    load_encryption_key,
+    load_pseudonym_key,
+    load_signing_key,
+)
 from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
 from gateway.errors import ConfigError, UnknownEventType
 from gateway.node.config import NodeConfig, RouteModel
-from gateway.node.files import check_own_keys, load_agency_keys, load_checked_policy, own_entry
+from gateway.node.files import (
+    check_own_keys,
+    load_agency_keys,
+    load_checked_policy,
+    own_agency,
+    own_entry,
+    own_version,
+)
 
 
 def check_node(path: Path, now: datetime) -> list[ConfigError]:
@@ -45,11 +57,13 @@ def check_node(path: Path, now: datetime) -> list[ConfigError]:
     for block, cluster in (("exchange", config.exchange.cluster), ("local", config.local.cluster)):
         line = document.line_of((block, "security"))
         problems += [ConfigError(p, file=where, line=line) for p in cluster.problems()]
-    problems += _attempt(partial(load_signing_key, config.keys.signing))
-    for key in config.keys.encryption:
-        problems += _attempt(partial(load_encryption_key, key))
-    if config.keys.pseudonym is not None:
-        problems += _attempt(partial(load_pseudonym_key, config.keys.pseudonym))
+    keys: AgencyKeys | None = None
+    try:
+        keys = load_agency_keys(config)
+    except ConfigError as exc:
+        # the node stops at the first bad key file: each on its own, to name every bad one
+        found = _key_file_problems(config)
+        problems += found or [exc]  # none alone: the files disagree with each other
     contract: Contract | None = None
     try:
         contract = Contract.load(config.schemas)
@@ -67,16 +81,15 @@ def check_node(path: Path, now: datetime) -> list[ConfigError]:
         problems.append(exc)
     if contract is None or trust is None:
         return problems
-    key_files = {str(config.keys.signing), *map(str, config.keys.encryption)}
-    key_files.add(str(config.keys.pseudonym))
+    registry = contract.newest.registry
     try:
-        keys = load_agency_keys(config)
-        registry = own_entry(config, trust, contract, keys.signing.key_id, now).registry
-        check_own_keys(config, trust, keys, now)
-    except ConfigError as exc:  # a key file's own problem is reported above
-        if exc.file not in key_files:
-            problems.append(exc)
-        registry = contract.newest.registry
+        if keys is None:  # the key files' problems are reported above
+            registry = own_version(config, contract, own_agency(config, trust)).registry
+        else:
+            registry = own_entry(config, trust, contract, keys.signing.key_id, now).registry
+            check_own_keys(config, trust, keys, now)
+    except ConfigError as exc:
+        problems.append(exc)
     problems += _attempt(
         lambda: load_checked_policy(
             config,
@@ -87,6 +100,15 @@ def check_node(path: Path, now: datetime) -> list[ConfigError]:
         )
     )
     problems += route_problems(config, document, registry, trust)
+    return problems
+
+
+def _key_file_problems(config: NodeConfig) -> list[ConfigError]:
+    problems = _attempt(partial(load_signing_key, config.keys.signing))
+    for key in config.keys.encryption:
+        problems += _attempt(partial(load_encryption_key, key))
+    if config.keys.pseudonym is not None:
+        problems += _attempt(partial(load_pseudonym_key, config.keys.pseudonym))
     return problems
 
 

@@ -104,3 +104,17 @@ class TestConfigCheck:
         assert f"{good}: OK" in out
         assert f"{bad}: 1 problem(s)" in out
         assert 0 == main(["config", "check", "-c", str(good)])
+
+    def test_two_key_files_under_one_id_are_named(self, own_fed: Federation) -> None:
+        """Each key file loads alone, but two of keys.encryption hold different keys under one
+        id: that is reported (the node would refuse it at start)."""
+        from gateway.crypto.keys import generate_encryption_key, load_encryption_key, write_key_file
+
+        path = own_fed.config("NL-POL")
+        keys = path.parent / "keys"
+        key_id = load_encryption_key(keys / "NL-POL.enc.key").key_id
+        write_key_file(keys / "other.enc.key", generate_encryption_key(key_id), owner="NL-POL")
+        _edit(path, lambda n: n["keys"]["encryption"].append("keys/other.enc.key"))
+        problems = check_node(path, datetime.now(UTC))
+        assert [str(keys / "other.enc.key")] == [p.file for p in problems]
+        assert "holds another key under the id" in problems[0].message
