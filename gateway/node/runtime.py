@@ -51,8 +51,7 @@ from gateway.node.transport import (
     Message,
     Producer,
     TopicSpec,
-    cluster_id,
-    ensure_topics,
+    prepare_topics,
 )
 from gateway.node.watch import Watching
 
@@ -99,7 +98,7 @@ class Node(Watching):
                 config.envelope.data_key_max_age, config.envelope.data_key_max_uses
             ),
             pseudonymiser=loaded.pseudonymiser,
-            limits=config.limits.sizes,
+            limits=self.limits,
             contract=loaded.contract,
         )
         self.inbound = InboundCore(
@@ -111,7 +110,7 @@ class Node(Watching):
             contract=loaded.contract,
         )
         self.receipts = ReceiptsCore(
-            config.agency, loaded.registry, loaded.trust, config.limits.sizes, loaded.contract
+            config.agency, loaded.registry, loaded.trust, self.limits, loaded.contract
         )
         self.counters: Counter[str] = Counter()
         self.ready = asyncio.Event()
@@ -223,7 +222,7 @@ class Node(Watching):
             sink=sink,
             delivered=journal,
             received=self.received,
-            parked=Parked(c.state_dir / "parked", c.limits.sizes.max_parked_bytes),
+            parked=Parked(c.state_dir / "parked", self.limits.max_parked_bytes),
             refuse=lambda d, detail: self.inbound.refused_delivery(
                 d, detail, self._now(), self.limits
             ),
@@ -241,20 +240,16 @@ class Node(Watching):
         :raises ConfigError: outside development mode, naming each problem and the fix.
         """
         c = self.config
-        problems = await ensure_topics(c.exchange.cluster, self._exchange_topics())
-        problems += await ensure_topics(c.local.cluster, self._local_topics())
-        if c.local.bootstrap_servers != c.exchange.bootstrap_servers:
-            local_id, exchange_id = (
-                await cluster_id(c.local.cluster),
-                await cluster_id(c.exchange.cluster),
-            )
-            if local_id == exchange_id:
-                problems.append(
-                    f"local.bootstrap_servers and exchange.bootstrap_servers reach one cluster"
-                    f" ({local_id}): the local topics must stay on the agency's own cluster"
-                )
-        else:
+        exchange_id, problems = await prepare_topics(c.exchange.cluster, self._exchange_topics())
+        local_id, local_problems = await prepare_topics(c.local.cluster, self._local_topics())
+        problems += local_problems
+        if c.local.bootstrap_servers == c.exchange.bootstrap_servers:
             problems.append("the local topics are on the exchange cluster (one bootstrap list)")
+        elif local_id == exchange_id:
+            problems.append(
+                f"local.bootstrap_servers and exchange.bootstrap_servers reach one cluster"
+                f" ({local_id}): the local topics must stay on the agency's own cluster"
+            )
         if not problems:
             return
         if c.development:

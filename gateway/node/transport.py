@@ -876,43 +876,42 @@ def _decompress(codec: int, data: bytes) -> bytes:
 
 
 async def ensure_topics(bootstrap_servers: Cluster | str, topics: Iterable[TopicSpec]) -> list[str]:
-    """Create every topic that does not exist yet; check the ones that do.
+    """Create every topic that does not exist yet; check the ones that do (see
+    :func:`prepare_topics`, which also says which cluster it reached).
 
-    A topic is created with its partitions, replication factor, ``min.insync.replicas``,
-    ``max.message.bytes`` and further configs. An existing topic is left as it is, and each way
-    it falls short of its spec (fewer replicas, a lower ``min.insync.replicas``, a smaller
-    ``max.message.bytes``) is returned, one line per topic and shortfall: whether that refuses
-    the start is the caller's call.
+    :raises TransportError: the cluster cannot be reached or refuses.
+    """
+    return (await prepare_topics(bootstrap_servers, topics))[1]
+
+
+async def prepare_topics(
+    cluster: Cluster | str, topics: Iterable[TopicSpec]
+) -> tuple[str, list[str]]:
+    """The id of the cluster reached (two bootstrap lists may reach one cluster), and how its
+    topics fall short of ``topics``.
+
+    A missing topic is created with its partitions, replication factor,
+    ``min.insync.replicas``, ``max.message.bytes`` and further configs. An existing topic is
+    left as it is, and each way it falls short of its spec (fewer replicas, a lower
+    ``min.insync.replicas``, a smaller ``max.message.bytes``) is returned, one line per topic
+    and shortfall: whether that refuses the start is the caller's call.
 
     :raises TransportError: the cluster cannot be reached or refuses.
     """
     specs = {t.name: t for t in topics}
-    admin = AIOKafkaAdminClient(**_options(bootstrap_servers), client_id="fxgw-admin")
+    admin = AIOKafkaAdminClient(**_options(cluster), client_id="fxgw-admin")
     async with _translated("topic administration"):
         await admin.start()
         try:
+            found_id = str((await admin.describe_cluster())["cluster_id"])
             existing = set(await admin.list_topics())
             missing = [_new_topic(t) for name, t in specs.items() if name not in existing]
             if missing:
                 # another replica may create it between our listing and our request
                 with contextlib.suppress(aiokafka.errors.TopicAlreadyExistsError):
                     await admin.create_topics(missing)
-            present = sorted(name for name in specs if name in existing)
-            return await _shortfalls(admin, [specs[n] for n in present]) if present else []
-        finally:
-            await admin.close()
-
-
-async def cluster_id(cluster: Cluster | str) -> str:
-    """The id of the cluster ``cluster`` reaches (two bootstrap lists may reach one cluster).
-
-    :raises TransportError: the cluster cannot be reached or refuses.
-    """
-    admin = AIOKafkaAdminClient(**_options(cluster), client_id="fxgw-admin")
-    async with _translated("describe cluster"):
-        await admin.start()
-        try:
-            return str((await admin.describe_cluster())["cluster_id"])
+            present = [specs[n] for n in sorted(specs) if n in existing]
+            return found_id, await _shortfalls(admin, present) if present else []
         finally:
             await admin.close()
 
