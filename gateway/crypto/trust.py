@@ -310,29 +310,13 @@ def _verify_signature(
     )
 
 
-def parse_trust_list(
-    document: YamlDocument,
-    signature_file: bytes | None,
-    authorities: Mapping[str, bytes],
-    *,
-    now: datetime,
-    min_version: int = 0,
-    threshold: int = 1,
-) -> TrustList:
-    """Verify and parse a trust list: ``threshold`` valid signatures by distinct pinned
-    authority keys are needed.
+def _accepted(document: YamlDocument, *, now: datetime, min_version: int) -> TrustList:
+    """A trust list whose signatures verified: parsed, and refused when malformed (with the
+    line), expired, not yet issued, or older than ``min_version``.
 
-    :raises TrustError: unsigned, too few valid signatures by pinned authorities, malformed (with
-        the line), expired, not yet issued, or older than ``min_version``.
+    :raises TrustError: as said.
     """
     path = document.path
-    if signature_file is None:
-        raise TrustError(
-            f"the trust list is unsigned ({path}.sig is missing); a node accepts only a list "
-            "signed by the federation authority",
-            file=str(path),
-        )
-    _verify_signature(path, document.raw, signature_file, authorities, threshold)
     model = load_model(document, TrustListModel, "trust list", TrustError)
     if model.expires_at <= now:
         raise TrustError(
@@ -408,25 +392,25 @@ def load_trust_list(
     min_version: int = 0,
     threshold: int = 1,
 ) -> TrustList:
-    """Read ``path`` and ``path.sig`` and verify them (see :func:`parse_trust_list`).
+    """Read ``path`` and ``path.sig``, verify the signatures (``threshold`` valid ones by
+    distinct pinned authority keys), then parse the list.
 
-    :raises TrustError: as :func:`parse_trust_list`, or the file cannot be read.
+    :raises TrustError: the files cannot be read; the list is unsigned, or has too few valid
+        signatures by pinned authorities; or it is malformed (with the line), expired, not yet
+        issued, or older than ``min_version``.
     """
     raw = read_bytes(path, "trust list", TrustError)
     sig_path = Path(f"{path}.sig")
-    signature = sig_path.read_bytes() if sig_path.exists() else None
-    if signature is not None:
-        # the authority's signature is checked on the raw bytes before any YAML is parsed
-        _verify_signature(path, raw, signature, authorities, threshold)
+    if not sig_path.exists():
+        raise TrustError(
+            f"the trust list is unsigned ({sig_path} is missing); a node accepts only a list "
+            "signed by the federation authority",
+            file=str(path),
+        )
+    # the authorities' signatures are checked on the raw bytes, once, before any YAML is parsed
+    _verify_signature(path, raw, sig_path.read_bytes(), authorities, threshold)
     document = parse_yaml(path, raw, "trust list", TrustError)
-    return parse_trust_list(
-        document,
-        signature,
-        authorities,
-        now=now,
-        min_version=min_version,
-        threshold=threshold,
-    )
+    return _accepted(document, now=now, min_version=min_version)
 
 
 def authority_keys(entries: Iterable[tuple[str, str]]) -> dict[str, bytes]:
