@@ -82,6 +82,25 @@ def retain_until(header: Header) -> datetime | None:
     return None if days is None else header.created_at + timedelta(days=days)
 
 
+def restriction(header: Header) -> dict[str, object]:
+    """The sender's conditions as answers a national system can act on without reading the
+    handling code: whether the record may be passed on, whose consent it needs otherwise, until
+    when it may be kept, and the id an event made from it must name in ``derived_from`` so that
+    this node holds that event to the same restriction."""
+    h = header.handling
+    free = h.code != "H2" and h.onward_transfer == "ALLOWED"
+    until = retain_until(header)
+    return {
+        "onward_transfer": h.onward_transfer,
+        "forward_without_consent": free,
+        "consent_from": None if free else header.sender,
+        "judicial_use_without_consent": h.code != "H1",
+        "conditions": h.conditions if h.code == "H3" else None,
+        "retain_until": None if until is None else _stamp(until),
+        "derived_from": header.event_id,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """An opened, checked envelope and its decoded record."""
@@ -111,6 +130,7 @@ class Delivery:
             "policy_digest": h.policy_digest.hex(),
             "handling": h.handling.to_avro(),
             "handling_notice": handling_notice(h.handling, h.sender),
+            "restriction": restriction(h),
             "retain_until": _stamp(until) if (until := retain_until(h)) is not None else None,
             "withheld": [
                 *h.withheld,

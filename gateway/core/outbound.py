@@ -39,6 +39,9 @@ from gateway.policy.engine import Denied, Plan, Policy, Released, apply_plan
 from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, EventId, EventType
 
+MAX_DERIVED_FROM = 64
+"""How many received events one outbound event may declare it was made from."""
+
 
 @dataclass(frozen=True, slots=True)
 class PlainEvent:
@@ -48,6 +51,8 @@ class PlainEvent:
     event_id: EventId
     record: dict[str, object]
     recipients: tuple[str, ...] = ()
+    derived_from: tuple[EventId, ...] = ()
+    """Ids of received events this one was made from: each one's restriction applies to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +77,10 @@ class Outcome:
 
 
 def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegistry) -> PlainEvent:
-    """Parse the national system's JSON form: ``{"event_type", "record", "recipients"?}``.
+    """Parse the national system's JSON form:
+    ``{"event_type", "record", "recipients"?, "derived_from"?}``, where ``derived_from`` lists the
+    ids of received events (``provenance.restriction.derived_from`` of their deliveries) whose
+    data went into this one, at most :data:`MAX_DERIVED_FROM` of them.
 
     :raises RecordInvalid: not JSON, not an object, or the record does not conform (the error
         names the field).
@@ -89,11 +97,22 @@ def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegist
         obj = data
     if not isinstance(obj, Mapping):
         raise RecordInvalid("the event is not a JSON object")
-    unexpected = set(obj) - {"event_type", "record", "recipients"}
+    unexpected = set(obj) - {"event_type", "record", "recipients", "derived_from"}
     if unexpected:
         raise RecordInvalid(
-            "unexpected key; an event has 'event_type', 'record' and optional 'recipients'",
+            "unexpected key; an event has 'event_type', 'record' and optional 'recipients'"
+            " and 'derived_from'",
             field=sorted(unexpected)[0],
+        )
+    derived_from = obj.get("derived_from", [])
+    if (
+        not isinstance(derived_from, list)
+        or len(derived_from) > MAX_DERIVED_FROM
+        or not all(isinstance(d, str) and is_valid_event_id(d) for d in derived_from)
+    ):
+        raise RecordInvalid(
+            f"must be a list of at most {MAX_DERIVED_FROM} event ids of received events",
+            field="derived_from",
         )
     event_type = obj.get("event_type")
     if not isinstance(event_type, str):
@@ -114,7 +133,13 @@ def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegist
             "must be 1-128 letters, digits or . _ : - (starting with a letter or digit)",
             field="event_id",
         )
-    return PlainEvent(EventType(event_type), EventId(event_id), record, tuple(recipients))
+    return PlainEvent(
+        EventType(event_type),
+        EventId(event_id),
+        record,
+        tuple(recipients),
+        tuple(EventId(d) for d in dict.fromkeys(derived_from)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +347,8 @@ class OutboundCore:
             "envelope_sha256": hashlib.sha256(sealed.data).hexdigest(),
             "recipient_key_id": h.recipient_key_id,
         }
+        if outcome.event.derived_from:
+            data["derived_from"] = list(outcome.event.derived_from)
         # the log line counts the field paths the audit entry lists
         brief = {k: v for k, v in data.items() if not isinstance(v, list)}
         brief.update({k: len(v) for k, v in data.items() if isinstance(v, list)})
@@ -349,9 +376,21 @@ class OutboundCore:
         denied: list[Denied] = []
         envelopes: list[Sealed] = []
         kept: dict[str, tuple[str, ...]] = {}
-        origin = self.received.get(event.event_id)
+        # the event itself, or one it declares it was made from, may have come from a peer
+        origins = [
+            (source, received)
+            for source in (event.event_id, *event.derived_from)
+            if (received := self.received.get(source)) is not None
+        ]
         for recipient in routing.recipients:
-            refusal = origin.forward_refusal(recipient) if origin is not None else None
+            refusal = next(
+                (
+                    why if source == event.event_id else f"derived from {source}, {why}"
+                    for source, origin in origins
+                    if (why := origin.forward_refusal(recipient)) is not None
+                ),
+                None,
+            )
             if refusal is not None:
                 refused.append(Refused(recipient, "onward_transfer_refused", refusal))
                 continue

@@ -253,7 +253,8 @@ class TestExplainPredictsDelivery:
 
 
 class TestOnwardTransfer:
-    """A receiving node refuses to pass on what it was given under H2."""
+    """A receiving node refuses to pass on what it was given under H2, also inside a new event
+    that declares it was made from it."""
 
     async def test_h2_seizure_is_not_forwarded_but_may_go_back(
         self, federation: Federation
@@ -273,13 +274,31 @@ class TestOnwardTransfer:
                 "recipients": ["US-ATF", "NL-POL"],
             }
             await national_send(federation, "BE-FPJ", onward)
+            # a new Belgian event made from the received one, declared as such
+            restriction = provenance["restriction"]
+            assert isinstance(restriction, dict)
+            assert (False, "NL-POL") == (
+                restriction["forward_without_consent"],
+                restriction["consent_from"],
+            )
+            copied = dict(received["record"])  # type: ignore[arg-type]
+            copied["event_id"] = "BE-FPJ-SZ-derived-1"
+            copied["reporting_agency"] = {"agency_id": "BE-FPJ", "country": "BE", "name": None}
+            derived = {
+                "event_type": "fxgw.SeizureEvent",
+                "record": copied,
+                "recipients": ["US-ATF"],
+                "derived_from": [restriction["derived_from"]],
+            }
+            await national_send(federation, "BE-FPJ", derived)
             await wait_until(
-                lambda: _count(quarantined(federation, "BE-FPJ"), 1), "refusal at BE-FPJ"
+                lambda: _count(quarantined(federation, "BE-FPJ"), 2), "refusals at BE-FPJ"
             )
             await wait_until(lambda: _count(delivered(federation, "NL-POL"), 1), "back at NL")
-        (refusal,) = await quarantined(federation, "BE-FPJ")
-        assert b"onward_transfer_refused" == refusal.header("fxgw-reason")
-        assert b"US-ATF" == refusal.header("fxgw-recipient")
+        refusals = await quarantined(federation, "BE-FPJ")
+        assert [b"onward_transfer_refused"] * 2 == [r.header("fxgw-reason") for r in refusals]
+        assert [b"US-ATF"] * 2 == [r.header("fxgw-recipient") for r in refusals]
+        assert b"derived from" in (refusals[1].header("fxgw-detail") or b"")
         assert 1 == len(await delivered(federation, "US-ATF"))  # only NL-POL's own release
 
 

@@ -15,6 +15,7 @@ from gateway.contract.schemas import SchemaRegistry
 from gateway.core.effects import DeliveredEntry, Limits
 from gateway.core.inbound import Delivery, DuplicateDrop, Expired, InboundCore, Rejection
 from gateway.core.outbound import (
+    MAX_DERIVED_FROM,
     OutboundCore,
     Outcome,
     PlainEvent,
@@ -745,6 +746,94 @@ class TestReceivingSideHandling:
         else:
             assert () == outcome.refused
             assert "US-ATF" in sealed_to
+
+    @pytest.mark.parametrize(
+        ("code", "onward", "refused"), [("H2", "ALLOWED", True), ("H0", "ALLOWED", False)]
+    )
+    def test_an_event_made_from_a_received_one_keeps_its_restriction(
+        self, outbound: OutboundCore, seizure: PlainEvent, code: str, onward: str, refused: bool
+    ) -> None:
+        """A new event (its own id) that declares ``derived_from`` a received H2 event is held
+        to that event's restriction: not to US-ATF, still back to the agency it came from."""
+        outbound.received = {"be-ev-9": ReceivedEvent("BE-FPJ", code, onward)}
+        record = outbound.registry.to_json_decoded(SEIZURE, seizure.record)
+        raw = {"event_type": SEIZURE, "record": record, "derived_from": ["be-ev-9"]}
+        derived = parse_plain_event(json.dumps(raw).encode(), outbound.registry)
+        assert ("be-ev-9",) == derived.derived_from
+        outcome = outbound.release(derived, NOW)
+        sealed_to = {s.header.recipient for s in outcome.envelopes}
+        assert "BE-FPJ" in sealed_to
+        if refused:
+            (refusal,) = outcome.refused
+            assert ("US-ATF", "onward_transfer_refused") == (refusal.recipient, refusal.reason)
+            assert refusal.detail.startswith("derived from be-ev-9, received from BE-FPJ under H2")
+        else:
+            assert "US-ATF" in sealed_to
+        undeclared = outbound.release(seizure, NOW)  # the same data without the declaration
+        assert "US-ATF" in {s.header.recipient for s in undeclared.envelopes}
+
+    @pytest.mark.parametrize(
+        "derived_from",
+        [
+            "be-ev-9",
+            [1],
+            ["bad id with spaces"],
+            [f"ev-{i}" for i in range(MAX_DERIVED_FROM + 1)],
+        ],
+    )
+    def test_derived_from_must_be_a_short_list_of_event_ids(
+        self, registry: SchemaRegistry, seizure: PlainEvent, derived_from: object
+    ) -> None:
+        """Anything but a list of at most MAX_DERIVED_FROM event ids is refused, naming the key."""
+        record = registry.to_json_decoded(SEIZURE, seizure.record)
+        raw = {"event_type": SEIZURE, "record": record, "derived_from": derived_from}
+        with pytest.raises(RecordInvalid) as caught:
+            parse_plain_event(json.dumps(raw).encode(), registry)
+        assert "derived_from" == caught.value.field
+
+    @pytest.mark.parametrize(
+        ("handling", "free", "consent", "judicial"),
+        [
+            (Handling("H2", "trace", "A", 1, "ALLOWED"), False, "NL-POL", True),
+            (Handling("H1", "trace", "A", 1, "WITH_CONSENT"), False, "NL-POL", False),
+            (Handling("H0", "trace", "A", 1, "ALLOWED", 30), True, None, True),
+            (Handling("H3", "trace", "A", 1, "ALLOWED", None, "no copies"), True, None, True),
+        ],
+    )
+    def test_every_delivery_states_its_restriction_for_machines(
+        self,
+        be_inbound: InboundCore,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        seizure: PlainEvent,
+        handling: Handling,
+        free: bool,
+        consent: str | None,
+        judicial: bool,
+    ) -> None:
+        """The delivery's provenance says, as plain values, whether the record may be passed
+        on, whose consent it needs, until when it may be kept and what to declare in
+        ``derived_from``."""
+        body = registry.encode(SEIZURE, seizure.record)
+        data = _seal_raw(
+            registry, trust, nl_keys, body, handling=handling, event_id=seizure.event_id
+        )
+        result = be_inbound.receive(data, NOW, set())
+        assert isinstance(result, Delivery)
+        restriction = result.provenance()["restriction"]
+        assert isinstance(restriction, dict)
+        assert free == restriction["forward_without_consent"]
+        assert consent == restriction["consent_from"]
+        assert judicial == restriction["judicial_use_without_consent"]
+        assert handling.onward_transfer == restriction["onward_transfer"]
+        assert seizure.event_id == restriction["derived_from"]
+        assert ("no copies" if handling.code == "H3" else None) == restriction["conditions"]
+        days = handling.retention_days
+        until = None if days is None else (NOW + timedelta(days=days))
+        assert (None if until is None else until.isoformat().replace("+00:00", "Z")) == (
+            restriction["retain_until"]
+        )
 
 
 class _Seen(dict[str, DeliveredEntry]):
