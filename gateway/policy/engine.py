@@ -24,6 +24,15 @@ Rules must not disagree: if two rules with different plans or handling could cov
 recipient and event, loading fails and names both (with the trust list at hand, per agency;
 without, wherever their selectors name the same agency, group or country, or one says ``all``).
 
+The shape of a release reveals nothing withheld: the withheld and transformed lists, the rule
+and handling that travel with a view, which fields are null or set, and the form of each value
+depend only on values the recipient sees. Loading enforces the one rule that guarantees it:
+every condition a rule uses (its own ``when`` and those of its field actions) may test only
+fields the same rule releases in clear, i.e. kept unchanged and unconditionally (named with
+``keep``, inside a kept record, or required by the schema). Otherwise the policy does not load,
+and the error names the rule, the condition, the hidden field and the fix (keep the field, or
+drop the condition).
+
 Pure: loading reads one file; compiling, matching and applying plans is computation.
 """
 
@@ -705,6 +714,60 @@ def _check_pairs(path: str, rules: list[Rule], scope: str | None) -> None:
             )
 
 
+def _clear_paths(plans: tuple[FieldPlan, ...]) -> Iterator[str]:
+    """The paths a plan releases unchanged and unconditionally (a kept record: its subtree)."""
+    for plan in plans:
+        if plan.when is not None:
+            continue
+        if plan.kind == "keep":
+            yield plan.path
+        elif plan.kind == "descend":
+            yield from _clear_paths(plan.children)
+
+
+def _check_shape(
+    rule_id: str,
+    when: When | None,
+    fields: tuple[FieldPlan, ...],
+    document: YamlDocument,
+    index: int,
+) -> None:
+    """Check the shape rule: every condition of a rule (its own ``when`` and those of its field
+    actions) tests only fields the rule releases in clear, so which rule applies, and which
+    fields are withheld, transformed, null or set, never depends on a value the recipient may
+    not see.
+
+    :raises PolicyError: naming the rule, the condition, the hidden field and the fix.
+    """
+    clear = tuple(_clear_paths(fields))
+    sites: list[tuple[When, tuple[str | int, ...], str]] = []
+    if when is not None:
+        sites.append((when, ("rules", index, "when"), "the rule's 'when'"))
+    sites += [
+        (plan.when, ("rules", index, "fields", plan.path, "when"), f"the 'when' of '{plan.path}'")
+        for plan in _walk_plans(fields)
+        if plan.when is not None
+    ]
+    for condition, loc, where in sites:
+        for path, _ in condition.tests:
+            if any(path == c or _is_below(path, c) for c in clear):
+                continue
+            raise PolicyError(
+                f"rule '{rule_id}': {where} tests '{path}', which the rule does not release "
+                "in clear, so whether the rule applies or which fields it withholds would "
+                f"reveal that hidden value to the recipient; keep '{path}' in this rule "
+                f"(fields: {{{path}: keep}}) or remove the condition",
+                file=str(document.path),
+                line=document.line_of((*loc, path)),
+            )
+
+
+def _walk_plans(plans: tuple[FieldPlan, ...]) -> Iterator[FieldPlan]:
+    for plan in plans:
+        yield plan
+        yield from _walk_plans(plan.children)
+
+
 def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
     """Validate a policy document against the schemas and compile it.
 
@@ -773,6 +836,7 @@ def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
         )
         plan = Plan(rule.id, schema.full_name, handling, fields, _reference_field(schema))
         when = compiler.when(rule.when, ("rules", index, "when"))
+        _check_shape(rule.id, when, fields, document, index)
         rules.append(Rule(rule.id, selector, when, plan, line))
     _check_pairs(str(document.path), rules, None)
     header = model.policy

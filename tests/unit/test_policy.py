@@ -203,6 +203,83 @@ class TestBrokenPolicies:
         assert "did you mean" not in info.value.message
 
 
+class TestShapeRule:
+    """A condition may test only fields its rule releases in clear (unchanged, always)."""
+
+    @pytest.mark.parametrize(
+        ("fields", "when"),
+        [
+            ("{exchange_flagged: keep}", "{exchange_flagged: true}"),
+            ("{recovery_location: keep}", "{recovery_location.country: NL}"),
+            ("{recovery_location.country: keep}", "{recovery_location.country: [NL, BE]}"),
+            ("{}", "{reporting_agency.country: NL}"),  # required: every view carries it
+        ],
+    )
+    def test_condition_on_a_field_in_clear_loads(
+        self, registry: SchemaRegistry, tmp_path: Path, fields: str, when: str
+    ) -> None:
+        """A field kept as is, inside a kept record, or required may be tested."""
+        rules = f"""\
+            - id: r
+              event: fxgw.SeizureEvent
+              to: {{all: true}}
+              when: {when}
+              handling: {HANDLING}
+              fields: {fields}
+            """
+        assert ("r",) == tuple(rule.rule_id for rule in _policy(tmp_path, registry, rules).rules)
+
+    @pytest.mark.parametrize(
+        ("fields", "when", "hidden"),
+        [
+            ("{}", "{exchange_flagged: true}", "exchange_flagged"),
+            (
+                "{exchange_flagged: {keep: true, when: {crime_code: X}}, crime_code: keep}",
+                "{exchange_flagged: true}",
+                "exchange_flagged",
+            ),
+            (
+                "{recovery_location.country: redact}",
+                "{recovery_location.country: NL}",
+                "recovery_location.country",
+            ),
+            (
+                "{recovery_location: {keep: true, when: {crime_code: X}}, crime_code: keep}",
+                "{recovery_location.country: NL}",
+                "recovery_location.country",
+            ),
+        ],
+    )
+    def test_condition_on_a_hidden_field_is_refused(
+        self, registry: SchemaRegistry, tmp_path: Path, fields: str, when: str, hidden: str
+    ) -> None:
+        """Withheld, transformed or itself conditional: the field's value would show through."""
+        rules = f"""\
+            - id: r
+              event: fxgw.SeizureEvent
+              to: {{all: true}}
+              when: {when}
+              handling: {HANDLING}
+              fields: {fields}
+            """
+        with pytest.raises(PolicyError) as info:
+            _policy(tmp_path, registry, rules)
+        assert f"rule 'r': the rule's 'when' tests '{hidden}'" in info.value.message
+        assert f"keep '{hidden}' in this rule" in info.value.message
+
+    def test_every_shipped_condition_tests_a_field_in_clear(
+        self, examples: dict[str, Policy]
+    ) -> None:
+        """The example policies keep every field their conditions test (they load at all)."""
+        flagged = [
+            rule.rule_id
+            for policy in examples.values()
+            for rule in policy.rules
+            if any(p.when is not None for p in _walk(rule.plan.fields))
+        ]
+        assert ["seizure-eu", "seizure-partners"] == flagged
+
+
 class TestSelector:
     """A selector covers agencies, groups, countries or all, minus except, with a legal basis."""
 
@@ -348,6 +425,7 @@ class TestPlanFor:
               to: {{all: true}}
               when: {{exchange_flagged: true}}
               handling: {HANDLING}
+              fields: {{exchange_flagged: keep}}
             """,
         )
         assert isinstance(policy.plan_for(SEIZURE, BE, {"exchange_flagged": True}), Plan)

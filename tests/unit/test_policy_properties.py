@@ -4,6 +4,9 @@
   transformed there), and every withheld path is null in the release.
 - A pseudonym never equals or contains the original value.
 - A generalised value is never more precise than the rule allows.
+- The shape of a release reveals nothing withheld: for the shipped policies and their
+  recipients, changing every value a recipient cannot see leaves the rule, the handling, the
+  withheld, transformed and kept lists, and which fields are null or set, as they were.
 """
 
 from __future__ import annotations
@@ -13,13 +16,24 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway._yamlfile import YamlDocument
+from gateway._yamlfile import YamlDocument, load_model, read_yaml
 from gateway.contract.schemas import FieldInfo, SchemaRegistry
 from gateway.crypto.trust import Agency
-from gateway.policy.engine import FieldPlan, Plan, Policy, apply_plan, parse_policy
+from gateway.errors import PolicyError
+from gateway.policy.engine import (
+    Denied,
+    FieldPlan,
+    Plan,
+    Policy,
+    apply_plan,
+    load_policy,
+    parse_policy,
+)
+from gateway.policy.tools import PolicyTestFile, case_recipients
 from gateway.policy.transforms import (
     AgeBand,
     Pseudonymise,
@@ -29,6 +43,7 @@ from gateway.policy.transforms import (
 )
 from gateway.types import AgencyId, CountryCode
 from tests.strategies import records_for
+from tests.unit.conftest import repo_file
 
 PSEUDONYMISER = Pseudonymiser(b"property-test-secret")
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -270,3 +285,119 @@ class TestTransforms:
         assert "20-29" == age_band(date(1994, 11, 21), date(2024, 11, 20), 10)
         assert age_band(date(2030, 1, 1), date(2026, 1, 1), 10) is None
         assert isinstance(AgeBand(10, "age_band").describe(), str)
+
+
+def _test_file(path: Path) -> PolicyTestFile:
+    document = read_yaml(path, "policy test file", PolicyError)
+    return load_model(document, PolicyTestFile, "policy test file", PolicyError)
+
+
+SHIPPED = {path: _test_file(path) for path in sorted(repo_file("policies").glob("*.test.yaml"))}
+"""The shipped policies' test files: each names its policy and recipients."""
+PAIRS = [(path, name) for path, model in SHIPPED.items() for name in model.recipients]
+
+
+@pytest.fixture(scope="module")
+def shipped(registry: SchemaRegistry) -> dict[Path, Policy]:
+    """The shipped policies, by test file."""
+    return {path: load_policy(path.parent / m.policy, registry) for path, m in SHIPPED.items()}
+
+
+def _hide(
+    plans: tuple[FieldPlan, ...],
+    seen: Mapping[str, object],
+    other: Mapping[str, object],
+    root: Mapping[str, object],
+) -> dict[str, object]:
+    """``seen`` with every value ``plans`` does not show its recipient taken from ``other``
+    (null where ``other`` has no record there): withheld fields, fields whose condition fails,
+    and fields a transform overwrites (an age band)."""
+    out = dict(seen)
+    for plan in plans:
+        mine, theirs = seen.get(plan.name), other.get(plan.name)
+        if plan.kind in ("withhold", "derived") or (
+            plan.when is not None and not plan.when.holds(root)
+        ):
+            out[plan.name] = theirs
+        elif plan.kind == "descend" and isinstance(mine, Mapping):
+            out[plan.name] = _hide(plan.children, mine, _record_or_empty(theirs), root)
+        elif plan.kind == "descend" and isinstance(mine, list):
+            donors = theirs if isinstance(theirs, list) and theirs else [{}]
+            out[plan.name] = [
+                _hide(plan.children, item, _record_or_empty(donors[i % len(donors)]), root)
+                if isinstance(item, Mapping)
+                else item
+                for i, item in enumerate(mine)
+            ]
+    return out
+
+
+def _record_or_empty(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _shape(value: object) -> object:
+    """Which fields are null or set, and the type of each value set."""
+    if isinstance(value, Mapping):
+        return {key: _shape(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return type(value).__name__
+
+
+def _outcome(
+    policy: Policy, agency: Agency, event_type: str, record: Mapping[str, object]
+) -> object:
+    """Everything the recipient sees of a release except the values themselves."""
+    decision = policy.plan_for(event_type, agency, record)
+    if isinstance(decision, Denied):
+        return decision
+    released = apply_plan(
+        decision, record, recipient=agency.agency_id, pseudonymiser=PSEUDONYMISER, now=NOW
+    )
+    return (
+        decision.rule_id,
+        decision.handling,
+        released.withheld,
+        released.transformed,
+        released.kept,
+        _shape(released.record),
+    )
+
+
+class TestShapeRevealsNothingWithheld:
+    """What a recipient cannot see never changes what the release looks like."""
+
+    @pytest.mark.parametrize("event_type", EVENTS)
+    @pytest.mark.parametrize(
+        ("test_file", "recipient"), PAIRS, ids=[f"{p.stem}-{r}" for p, r in PAIRS]
+    )
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(data=st.data())
+    def test_hidden_values_do_not_change_the_shape(
+        self,
+        registry: SchemaRegistry,
+        shipped: dict[Path, Policy],
+        test_file: Path,
+        recipient: str,
+        event_type: str,
+        data: st.DataObject,
+    ) -> None:
+        """For every shipped policy, recipient and event type, an event and the same event with
+        every hidden value changed (or nulled) give the same rule, handling, lists and shape;
+        an event the policy does not release to the recipient is left out."""
+        policy, agency = shipped[test_file], case_recipients(SHIPPED[test_file])[recipient]
+        schema = registry.get(event_type)
+        record = data.draw(records_for(schema), label="event")
+        decision = policy.plan_for(event_type, agency, record)
+        if isinstance(decision, Denied):
+            return
+        other = data.draw(records_for(schema), label="hidden values")
+        changed = _hide(decision.fields, record, other, record)
+        assert _outcome(policy, agency, event_type, record) == _outcome(
+            policy, agency, event_type, changed
+        )
