@@ -10,7 +10,8 @@ trust list credits with one of the named legal bases (an MLAT in force, EU membe
 
 Field plan actions, by dotted path (``[]`` walks a list: ``persons[].family_name``):
 ``keep`` (on a record or list: the whole subtree, which inner paths may still narrow),
-``drop``, ``redact``, ``pseudonymise``, ``generalise``, ``truncate`` (see
+``drop``, ``redact``, ``pseudonymise`` (with its linking scope: ``link_by``, the fields of the
+value's record that form the key, and ``epoch_days``), ``generalise``, ``truncate`` (see
 :mod:`gateway.policy.transforms`), each optionally with its own ``when``.
 
 Default deny everywhere:
@@ -26,7 +27,9 @@ without, wherever their selectors name the same agency, group or country, or one
 
 The shape of a release reveals nothing withheld: the withheld and transformed lists, the rule
 and handling that travel with a view, which fields are null or set, and the form of each value
-depend only on values the recipient sees. Loading enforces the one rule that guarantees it:
+depend only on values the recipient sees (a pseudonym's value also depends on its linking key,
+which may hold hidden fields, but only through which pseudonyms are equal: its form and whether
+it is null do not). Loading enforces the one rule that guarantees it:
 every condition a rule uses (its own ``when`` and those of its field actions) may test only
 fields the same rule releases in clear, i.e. kept unchanged and unconditionally (named with
 ``keep``, inside a kept record, or required by the schema). Otherwise the policy does not load,
@@ -56,6 +59,8 @@ from gateway.crypto.limits import MAX_NAME, MAX_TEXT
 from gateway.crypto.trust import Agency, TrustList
 from gateway.errors import PolicyError
 from gateway.policy.transforms import (
+    DEFAULT_EPOCH_DAYS,
+    MAX_EPOCH_DAYS,
     AgeBand,
     Context,
     Pseudonymise,
@@ -139,13 +144,22 @@ class GeneraliseModel(_Strict):
         return self
 
 
+class PseudonymiseModel(_Strict):
+    """How far a pseudonym links: the fields of its record that form the linking key (the
+    field itself among them), and how many days of event time the key holds."""
+
+    # bounds are checked when compiling (see _pseudonymise), where the error can name the field
+    link_by: list[str] | None = None
+    epoch_days: int = DEFAULT_EPOCH_DAYS
+
+
 class FieldActionModel(_Strict):
     """One field's action in the long form (a mapping), with an optional condition."""
 
     keep: bool | None = None
     drop: bool | None = None
     redact: bool | None = None
-    pseudonymise: bool | None = None
+    pseudonymise: bool | PseudonymiseModel | None = None
     generalise: GeneraliseModel | Literal["hour", "day", "month", "year"] | None = None
     truncate: int | None = Field(default=None, ge=1)
     when: Condition | None = None
@@ -442,7 +456,7 @@ def _transform_for(
         )
     if spec.pseudonymise:
         if kind == "string" or _is_list_of(info, _STRING_KINDS):
-            return Pseudonymise()
+            return _pseudonymise(spec.pseudonymise, info, siblings)
         raise ValueError(
             f"pseudonymise applies to strings (names, identifiers); '{info.path}' is {kind}: "
             "use drop, or generalise for numbers and dates"
@@ -489,6 +503,47 @@ def _transform_for(
     if options is None:
         raise ValueError(f"'{info.path}' is {kind}, which cannot be generalised; use drop")
     raise ValueError(f"'{info.path}' is {kind}: generalise it with {options}")
+
+
+def _pseudonymise(
+    spec: PseudonymiseModel | Literal[True], info: FieldInfo, siblings: Mapping[str, FieldInfo]
+) -> Pseudonymise:
+    """The pseudonym transform, its linking key checked against the field's record.
+
+    :raises ValueError: with the message to show; the caller adds file and line.
+    """
+    if spec is True:
+        return Pseudonymise()
+    if not 1 <= spec.epoch_days <= MAX_EPOCH_DAYS:
+        raise ValueError(
+            f"pseudonymise of '{info.path}': epoch_days must be 1 to {MAX_EPOCH_DAYS}, not "
+            f"{spec.epoch_days}: pseudonyms rotate at least once a year (default "
+            f"{DEFAULT_EPOCH_DAYS})"
+        )
+    if spec.link_by is None:
+        return Pseudonymise(epoch_days=spec.epoch_days)
+    for name in spec.link_by:
+        other = siblings.get(name)
+        if other is None:
+            close = difflib.get_close_matches(name, sorted(siblings), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(
+                f"pseudonymise of '{info.path}': link_by names '{name}', which is not a field "
+                f"of the same record; {hint}(link_by lists fields beside '{info.name}')"
+            )
+        if other.children or other.kind in ("array", "map"):
+            raise ValueError(
+                f"pseudonymise of '{info.path}': link_by field '{name}' is a {other.kind}; "
+                "name single values (strings, dates, numbers, enums)"
+            )
+    if info.name not in spec.link_by:
+        raise ValueError(
+            f"pseudonymise of '{info.path}': link_by lists the whole linking key, so it must "
+            f"name '{info.name}' itself, e.g. link_by: [{info.name}, ...]; leave link_by out "
+            "to link within one event only"
+        )
+    others = tuple(dict.fromkeys(n for n in spec.link_by if n != info.name))
+    return Pseudonymise(others, spec.epoch_days)
 
 
 def _is_below(path: str, parent: str) -> bool:
@@ -740,23 +795,27 @@ def _check_shape(
     :raises PolicyError: naming the rule, the condition, the hidden field and the fix.
     """
     clear = tuple(_clear_paths(fields))
-    sites: list[tuple[When, tuple[str | int, ...], str]] = []
+    sites: list[tuple[When, tuple[str | int, ...], str, str]] = []
     if when is not None:
-        sites.append((when, ("rules", index, "when"), "the rule's 'when'"))
+        sites.append((when, ("rules", index, "when"), "the rule's 'when'", "whether it applies"))
     sites += [
-        (plan.when, ("rules", index, "fields", plan.path, "when"), f"the 'when' of '{plan.path}'")
+        (
+            plan.when,
+            ("rules", index, "fields", plan.path, "when"),
+            f"the 'when' of '{plan.path}'",
+            f"whether '{plan.path}' is withheld",
+        )
         for plan in _walk_plans(fields)
         if plan.when is not None
     ]
-    for condition, loc, where in sites:
+    for condition, loc, where, shows in sites:
         for path, _ in condition.tests:
             if any(path == c or _is_below(path, c) for c in clear):
                 continue
             raise PolicyError(
                 f"rule '{rule_id}': {where} tests '{path}', which the rule does not release "
-                "in clear, so whether the rule applies or which fields it withholds would "
-                f"reveal that hidden value to the recipient; keep '{path}' in this rule "
-                f"(fields: {{{path}: keep}}) or remove the condition",
+                f"in clear, so {shows} would tell the recipient that hidden value; keep "
+                f"'{path}' in this rule (fields: {{{path}: keep}}) or remove the condition",
                 file=str(document.path),
                 line=document.line_of((*loc, path)),
             )
@@ -931,7 +990,7 @@ def _apply(
             out[plan.name] = None
         elif plan.kind == "transform":
             assert plan.transform is not None
-            result = apply_transform(plan.transform, value, ctx)
+            result = apply_transform(plan.transform, value, ctx, record)
             if isinstance(plan.transform, AgeBand):
                 out[plan.name] = None
                 derived[plan.transform.into] = result
@@ -993,7 +1052,8 @@ def apply_plan(
     """
     trail = _Trail()
     _list_paths(plan.fields, record, trail)
-    ctx = Context(recipient, pseudonymiser, reference_time(plan, record, now or datetime.now(UTC)))
+    reference = reference_time(plan, record, now or datetime.now(UTC))
+    ctx = Context(recipient, pseudonymiser, reference, str(record.get("event_id", "")))
     released = _apply(plan.fields, record, record, ctx)
     return Released(released, tuple(trail.withheld), tuple(trail.transformed), tuple(trail.kept))
 
