@@ -204,6 +204,18 @@ class TestBrokenPolicies:
         assert "did you mean" not in info.value.message
 
 
+def _conditional_rule(when: str, fields: str) -> str:
+    """One seizure rule for everyone with a rule condition and a field plan (YAML mappings)."""
+    return f"""\
+        - id: r
+          event: fxgw.SeizureEvent
+          to: {{all: true}}
+          when: {when}
+          handling: {HANDLING}
+          fields: {fields}
+        """
+
+
 class TestShapeRule:
     """A condition may test only fields its rule releases in clear (unchanged, always)."""
 
@@ -220,15 +232,8 @@ class TestShapeRule:
         self, registry: SchemaRegistry, tmp_path: Path, fields: str, when: str
     ) -> None:
         """A field kept as is, inside a kept record, or required may be tested."""
-        rules = f"""\
-            - id: r
-              event: fxgw.SeizureEvent
-              to: {{all: true}}
-              when: {when}
-              handling: {HANDLING}
-              fields: {fields}
-            """
-        assert ("r",) == tuple(rule.rule_id for rule in _policy(tmp_path, registry, rules).rules)
+        policy = _policy(tmp_path, registry, _conditional_rule(when, fields))
+        assert ("r",) == tuple(rule.rule_id for rule in policy.rules)
 
     @pytest.mark.parametrize(
         ("fields", "when", "hidden"),
@@ -255,16 +260,8 @@ class TestShapeRule:
         self, registry: SchemaRegistry, tmp_path: Path, fields: str, when: str, hidden: str
     ) -> None:
         """Withheld, transformed or itself conditional: the field's value would show through."""
-        rules = f"""\
-            - id: r
-              event: fxgw.SeizureEvent
-              to: {{all: true}}
-              when: {when}
-              handling: {HANDLING}
-              fields: {fields}
-            """
         with pytest.raises(PolicyError) as info:
-            _policy(tmp_path, registry, rules)
+            _policy(tmp_path, registry, _conditional_rule(when, fields))
         assert f"rule 'r': the rule's 'when' tests '{hidden}'" in info.value.message
         assert f"keep '{hidden}' in this rule" in info.value.message
 
