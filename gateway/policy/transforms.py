@@ -1,8 +1,9 @@
 """Field transforms of the release policy: redact, pseudonymise, generalise, truncate.
 
 Each transform maps one field value (in the Avro record's Python form) to a value that says less.
-Pure and deterministic: the same value, secret and recipient always give the same result, so a
-recipient can link events about the same person or place without learning who or where.
+Pure and deterministic: the same value, secret, recipient and linking scope always give the
+same result, so a recipient can link events about the same person or place, as far as the
+policy states, without learning who or where.
 
 - **redact** keeps the field and replaces its value with a marker: ``[REDACTED]`` for a string
   (each item of a list of strings), empty bytes for bytes. The recipient learns that a value
