@@ -184,11 +184,13 @@ def _key_part(value: object) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
-def link_scope(t: Pseudonymise, record: Mapping[str, object], ctx: Context) -> tuple[str, ...]:
-    """What a pseudonym links on besides its value: the other linking fields of ``record`` (the
-    value's own record) and the epoch of the event's time; the event alone when ``t`` names no
-    linking key or one of its fields is null or blank in ``record``."""
-    if t.link_by is not None:
+def link_scope(
+    t: Pseudonymise, value: str, record: Mapping[str, object], ctx: Context
+) -> tuple[str, ...]:
+    """What the pseudonym of ``value`` links on besides the value: the other linking fields of
+    ``record`` (the value's own record) and the epoch of the event's time; the event alone when
+    ``t`` names no linking key, or the value or another linking field is null or blank."""
+    if t.link_by is not None and _key_part(value) is not None:
         parts = [_key_part(record.get(name)) for name in t.link_by]
         if None not in parts:
             epoch = math.floor(ctx.reference.timestamp() / (t.epoch_days * _DAY))
@@ -271,7 +273,7 @@ def apply_transform(
         return REDACTED if isinstance(value, str) else None
     if isinstance(t, Pseudonymise):
         if isinstance(value, str) and ctx.pseudonymiser is not None:
-            scope = link_scope(t, record or {}, ctx)
+            scope = link_scope(t, value, record or {}, ctx)
             return ctx.pseudonymiser.pseudonym(value, ctx.recipient, scope)
         return None
     if isinstance(t, RoundNumber):

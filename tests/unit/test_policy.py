@@ -568,15 +568,21 @@ class TestPseudonymScope:
         assert family not in pseudonym and family.casefold() not in pseudonym.casefold()
 
     @pytest.mark.parametrize(
-        ("given", "born"), [(None, date(1988, 4, 17)), ("Pieter", None), ("  ", date(1988, 4, 17))]
+        ("family", "given", "born"),
+        [
+            ("Jansen", None, date(1988, 4, 17)),
+            ("Jansen", "Pieter", None),
+            ("Jansen", "  ", date(1988, 4, 17)),
+            (" ", "Pieter", date(1988, 4, 17)),
+        ],
     )
     def test_missing_linking_field_links_within_the_event_only(
-        self, plan: Plan, given: str | None, born: date | None
+        self, plan: Plan, family: str, given: str | None, born: date | None
     ) -> None:
-        """A person without given names or birth date still gets a pseudonym (so the view does
-        not show which fields were known), but it links within that event only: surname twins
-        in one event share it, the same surname in another event of the epoch does not."""
-        incomplete = _person("Jansen", given, born)
+        """A person without a family name, given names or birth date still gets a pseudonym (so
+        the view does not show which fields were known), but it links within that event only:
+        the same person twice in one event shares it, another event of the epoch does not."""
+        incomplete = _person(family, given, born)
         one, twin = _pseudonyms(plan, incomplete, incomplete, event_id="E1")
         (other,) = _pseudonyms(plan, incomplete, event_id="E2")
         assert one == twin != other

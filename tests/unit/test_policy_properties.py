@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,10 +36,12 @@ from gateway.policy.engine import (
 from gateway.policy.tools import PolicyTestFile, case_recipients
 from gateway.policy.transforms import (
     AgeBand,
+    Context,
     Pseudonymise,
     Pseudonymiser,
     RoundNumber,
     TruncateTime,
+    link_scope,
 )
 from gateway.types import AgencyId, CountryCode
 from tests.strategies import records_for
@@ -274,6 +276,47 @@ class TestTransforms:
         assert value != pseudonym
         assert value not in pseudonym
         assert pseudonym == PSEUDONYMISER.pseudonym(value, recipient, scope)
+
+    @given(
+        people=st.lists(
+            st.tuples(
+                st.sampled_from(["Jansen", "JANSEN ", "Peeters"]),
+                st.sampled_from(["Pieter", "pieter", "Anouk", None]),
+                st.sampled_from([date(1988, 4, 17), date(1990, 1, 1)]),
+                st.sampled_from(["E1", "E2"]),
+            ),
+            min_size=2,
+            max_size=2,
+        ),
+        days=st.integers(0, 200),
+    )
+    def test_pseudonyms_are_equal_exactly_when_the_scope_says(
+        self, people: list[tuple[str, str | None, date, str]], days: int
+    ) -> None:
+        """Two mentions (family name, given names, birth date, event) get one pseudonym exactly
+        when their whole key matches after normalisation in one epoch, or, both lacking a
+        linking field, when they name the same family name in one event."""
+        t = Pseudonymise(("given_names", "birth_date"), 90)
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        at = [start, start + timedelta(days)]
+        released = []
+        for (family, given_names, born, event), when in zip(people, at, strict=True):
+            record = {"given_names": given_names, "birth_date": born}
+            scope = link_scope(t, family, record, Context("US-ATF", None, when, event))
+            released.append(PSEUDONYMISER.pseudonym(family, "US-ATF", scope))
+        names = [family.strip().casefold() for family, *_ in people]
+        givens = [g and g.casefold() for _, g, *_ in people]
+        if None not in givens:
+            epochs = {when.timestamp() // (90 * 86_400) for when in at}
+            key = {
+                (n, g, born) for n, g, (_, _, born, _) in zip(names, givens, people, strict=True)
+            }
+            linked = 1 == len(key) == len(epochs)
+        else:
+            linked = (
+                givens == [None, None] and names[0] == names[1] and people[0][3] == people[1][3]
+            )
+        assert linked == (released[0] == released[1])
 
     def test_age_band_is_computed_at_the_event_date(self) -> None:
         """A birth date becomes the band of the age at the event's time."""
