@@ -10,7 +10,8 @@ trust list credits with one of the named legal bases (an MLAT in force, EU membe
 
 Field plan actions, by dotted path (``[]`` walks a list: ``persons[].family_name``):
 ``keep`` (on a record or list: the whole subtree, which inner paths may still narrow),
-``drop``, ``redact``, ``pseudonymise``, ``generalise``, ``truncate`` (see
+``drop``, ``redact``, ``pseudonymise`` (with its linking scope: ``link_by``, the fields of the
+value's record that form the key, and ``epoch_days``), ``generalise``, ``truncate`` (see
 :mod:`gateway.policy.transforms`), each optionally with its own ``when``.
 
 Default deny everywhere:
@@ -23,6 +24,17 @@ Default deny everywhere:
 Rules must not disagree: if two rules with different plans or handling could cover the same
 recipient and event, loading fails and names both (with the trust list at hand, per agency;
 without, wherever their selectors name the same agency, group or country, or one says ``all``).
+
+The shape of a release reveals nothing withheld: the withheld and transformed lists, the rule
+and handling that travel with a view, which fields are null or set, and the form of each value
+depend only on values the recipient sees (a pseudonym's value also depends on its linking key,
+which may hold hidden fields, but only through which pseudonyms are equal: its form and whether
+it is null do not). Loading enforces the one rule that guarantees it:
+every condition a rule uses (its own ``when`` and those of its field actions) may test only
+fields the same rule releases in clear, i.e. kept unchanged and unconditionally (named with
+``keep``, inside a kept record, or required by the schema). Otherwise the policy does not load,
+and the error names the rule, the condition, the hidden field and the fix (keep the field, or
+drop the condition).
 
 Pure: loading reads one file; compiling, matching and applying plans is computation.
 """
@@ -47,6 +59,8 @@ from gateway.crypto.limits import MAX_NAME, MAX_TEXT
 from gateway.crypto.trust import Agency, TrustList
 from gateway.errors import PolicyError
 from gateway.policy.transforms import (
+    DEFAULT_EPOCH_DAYS,
+    MAX_EPOCH_DAYS,
     AgeBand,
     Context,
     Pseudonymise,
@@ -130,13 +144,22 @@ class GeneraliseModel(_Strict):
         return self
 
 
+class PseudonymiseModel(_Strict):
+    """How far a pseudonym links: the fields of its record that form the linking key (the
+    field itself among them), and how many days of event time the key holds."""
+
+    # bounds are checked when compiling (see _pseudonymise), where the error can name the field
+    link_by: list[str] | None = None
+    epoch_days: int = DEFAULT_EPOCH_DAYS
+
+
 class FieldActionModel(_Strict):
     """One field's action in the long form (a mapping), with an optional condition."""
 
     keep: bool | None = None
     drop: bool | None = None
     redact: bool | None = None
-    pseudonymise: bool | None = None
+    pseudonymise: bool | PseudonymiseModel | None = None
     generalise: GeneraliseModel | Literal["hour", "day", "month", "year"] | None = None
     truncate: int | None = Field(default=None, ge=1)
     when: Condition | None = None
@@ -433,7 +456,7 @@ def _transform_for(
         )
     if spec.pseudonymise:
         if kind == "string" or _is_list_of(info, _STRING_KINDS):
-            return Pseudonymise()
+            return _pseudonymise(spec.pseudonymise, info, siblings)
         raise ValueError(
             f"pseudonymise applies to strings (names, identifiers); '{info.path}' is {kind}: "
             "use drop, or generalise for numbers and dates"
@@ -480,6 +503,47 @@ def _transform_for(
     if options is None:
         raise ValueError(f"'{info.path}' is {kind}, which cannot be generalised; use drop")
     raise ValueError(f"'{info.path}' is {kind}: generalise it with {options}")
+
+
+def _pseudonymise(
+    spec: PseudonymiseModel | Literal[True], info: FieldInfo, siblings: Mapping[str, FieldInfo]
+) -> Pseudonymise:
+    """The pseudonym transform, its linking key checked against the field's record.
+
+    :raises ValueError: with the message to show; the caller adds file and line.
+    """
+    if spec is True:
+        return Pseudonymise()
+    if not 1 <= spec.epoch_days <= MAX_EPOCH_DAYS:
+        raise ValueError(
+            f"pseudonymise of '{info.path}': epoch_days must be 1 to {MAX_EPOCH_DAYS}, not "
+            f"{spec.epoch_days}: pseudonyms rotate at least once a year (default "
+            f"{DEFAULT_EPOCH_DAYS})"
+        )
+    if spec.link_by is None:
+        return Pseudonymise(epoch_days=spec.epoch_days)
+    for name in spec.link_by:
+        other = siblings.get(name)
+        if other is None:
+            close = difflib.get_close_matches(name, sorted(siblings), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(
+                f"pseudonymise of '{info.path}': link_by names '{name}', which is not a field "
+                f"of the same record; {hint}(link_by lists fields beside '{info.name}')"
+            )
+        if other.children or other.kind in ("array", "map"):
+            raise ValueError(
+                f"pseudonymise of '{info.path}': link_by field '{name}' is a {other.kind}; "
+                "name single values (strings, dates, numbers, enums)"
+            )
+    if info.name not in spec.link_by:
+        raise ValueError(
+            f"pseudonymise of '{info.path}': link_by lists the whole linking key, so it must "
+            f"name '{info.name}' itself, e.g. link_by: [{info.name}, ...]; leave link_by out "
+            "to link within one event only"
+        )
+    others = tuple(dict.fromkeys(n for n in spec.link_by if n != info.name))
+    return Pseudonymise(others, spec.epoch_days)
 
 
 def _is_below(path: str, parent: str) -> bool:
@@ -705,6 +769,64 @@ def _check_pairs(path: str, rules: list[Rule], scope: str | None) -> None:
             )
 
 
+def _clear_paths(plans: tuple[FieldPlan, ...]) -> Iterator[str]:
+    """The paths a plan releases unchanged and unconditionally (a kept record: its subtree)."""
+    for plan in plans:
+        if plan.when is not None:
+            continue
+        if plan.kind == "keep":
+            yield plan.path
+        elif plan.kind == "descend":
+            yield from _clear_paths(plan.children)
+
+
+def _check_shape(
+    rule_id: str,
+    when: When | None,
+    fields: tuple[FieldPlan, ...],
+    document: YamlDocument,
+    index: int,
+) -> None:
+    """Check the shape rule: every condition of a rule (its own ``when`` and those of its field
+    actions) tests only fields the rule releases in clear, so which rule applies, and which
+    fields are withheld, transformed, null or set, never depends on a value the recipient may
+    not see.
+
+    :raises PolicyError: naming the rule, the condition, the hidden field and the fix.
+    """
+    clear = tuple(_clear_paths(fields))
+    sites: list[tuple[When, tuple[str | int, ...], str, str]] = []
+    if when is not None:
+        sites.append((when, ("rules", index, "when"), "the rule's 'when'", "whether it applies"))
+    sites += [
+        (
+            plan.when,
+            ("rules", index, "fields", plan.path, "when"),
+            f"the 'when' of '{plan.path}'",
+            f"whether '{plan.path}' is withheld",
+        )
+        for plan in _walk_plans(fields)
+        if plan.when is not None
+    ]
+    for condition, loc, where, shows in sites:
+        for path, _ in condition.tests:
+            if any(path == c or _is_below(path, c) for c in clear):
+                continue
+            raise PolicyError(
+                f"rule '{rule_id}': {where} tests '{path}', which the rule does not release "
+                f"in clear, so {shows} would tell the recipient that hidden value; keep "
+                f"'{path}' in this rule (fields: {{{path}: keep}}) or remove the condition",
+                file=str(document.path),
+                line=document.line_of((*loc, path)),
+            )
+
+
+def _walk_plans(plans: tuple[FieldPlan, ...]) -> Iterator[FieldPlan]:
+    for plan in plans:
+        yield plan
+        yield from _walk_plans(plan.children)
+
+
 def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
     """Validate a policy document against the schemas and compile it.
 
@@ -773,6 +895,7 @@ def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
         )
         plan = Plan(rule.id, schema.full_name, handling, fields, _reference_field(schema))
         when = compiler.when(rule.when, ("rules", index, "when"))
+        _check_shape(rule.id, when, fields, document, index)
         rules.append(Rule(rule.id, selector, when, plan, line))
     _check_pairs(str(document.path), rules, None)
     header = model.policy
@@ -867,7 +990,7 @@ def _apply(
             out[plan.name] = None
         elif plan.kind == "transform":
             assert plan.transform is not None
-            result = apply_transform(plan.transform, value, ctx)
+            result = apply_transform(plan.transform, value, ctx, record)
             if isinstance(plan.transform, AgeBand):
                 out[plan.name] = None
                 derived[plan.transform.into] = result
@@ -929,7 +1052,8 @@ def apply_plan(
     """
     trail = _Trail()
     _list_paths(plan.fields, record, trail)
-    ctx = Context(recipient, pseudonymiser, reference_time(plan, record, now or datetime.now(UTC)))
+    reference = reference_time(plan, record, now or datetime.now(UTC))
+    ctx = Context(recipient, pseudonymiser, reference, str(record.get("event_id", "")))
     released = _apply(plan.fields, record, record, ctx)
     return Released(released, tuple(trail.withheld), tuple(trail.transformed), tuple(trail.kept))
 

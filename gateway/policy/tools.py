@@ -243,17 +243,9 @@ def _check(explanation: Explanation, expect: ExpectModel) -> list[str]:
     return failures
 
 
-def run_policy_tests(path: Path, registry: SchemaRegistry) -> list[CaseResult]:
-    """Run every case of one test file.
-
-    :raises PolicyError: the test file, its policy or an event file is invalid.
-    """
-    document = read_yaml(path, "policy test file", PolicyError)
-    model = load_model(document, PolicyTestFile, "policy test file", PolicyError)
-    policy = load_policy(path.parent / model.policy, registry)
-    pseudonymiser = Pseudonymiser(model.pseudonym_secret.encode())
-    now = model.now or datetime.now(UTC)
-    agencies = {
+def case_recipients(model: PolicyTestFile) -> dict[str, Agency]:
+    """The recipients of a test file, as the trust list would describe them."""
+    return {
         name: Agency(
             AgencyId(name),
             CountryCode(r.country),
@@ -265,6 +257,19 @@ def run_policy_tests(path: Path, registry: SchemaRegistry) -> list[CaseResult]:
         )
         for name, r in model.recipients.items()
     }
+
+
+def run_policy_tests(path: Path, registry: SchemaRegistry) -> list[CaseResult]:
+    """Run every case of one test file.
+
+    :raises PolicyError: the test file, its policy or an event file is invalid.
+    """
+    document = read_yaml(path, "policy test file", PolicyError)
+    model = load_model(document, PolicyTestFile, "policy test file", PolicyError)
+    policy = load_policy(path.parent / model.policy, registry)
+    pseudonymiser = Pseudonymiser(model.pseudonym_secret.encode())
+    now = model.now or datetime.now(UTC)
+    agencies = case_recipients(model)
     results: list[CaseResult] = []
     for index, case in enumerate(model.cases):
         line = document.line_of(("cases", index))

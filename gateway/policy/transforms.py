@@ -1,8 +1,9 @@
 """Field transforms of the release policy: redact, pseudonymise, generalise, truncate.
 
 Each transform maps one field value (in the Avro record's Python form) to a value that says less.
-Pure and deterministic: the same value, secret and recipient always give the same result, so a
-recipient can link events about the same person or place without learning who or where.
+Pure and deterministic: the same value, secret, recipient and linking scope always give the
+same result, so a recipient can link events about the same person or place, as far as the
+policy states, without learning who or where.
 
 - **redact** keeps the field and replaces its value with a marker: ``[REDACTED]`` for a string
   (each item of a list of strings), empty bytes for bytes. The recipient learns that a value
@@ -10,10 +11,20 @@ recipient can link events about the same person or place without learning who or
 - **pseudonymise** replaces a string with 26 base32 characters of an HMAC-SHA256 under the
   sending agency's secret (the header's ``transformed`` list tells the recipient which fields hold
   pseudonyms; there is no marker prefix, because a fixed prefix would contain short originals).
-  The recipient's id is part of the input, so two recipients
-  get different pseudonyms for the same person and cannot join their data on them. Values are
+  The input is the value, its linking scope and the recipient's id, so two recipients get
+  different pseudonyms for the same person and cannot join their data on them. Values are
   normalised (Unicode NFKC, case-folded, spaces collapsed) first, so "JANSEN" and "Jansen" link.
-  A pseudonym never contains the original value.
+  A pseudonym never contains the original value. The linking scope is stated in the policy:
+
+  - ``link_by`` names the fields of the value's record that together form the linking key (for a
+    person: family name, given names and birth date), so the same person links across events
+    while two people who only share a surname do not. The key holds for one epoch of
+    ``epoch_days`` days (default 90, counted from 1970-01-01 UTC) of the *event's* time, its
+    top-level timestamp: re-releasing an event (a replay, a parked recipient, ``policy
+    explain``) gives the same pseudonym, and an event is linked with those of its own period.
+  - without ``link_by``, or when a linking field is null or blank in the record, the scope is
+    the one event: the pseudonym links within that event only. It is still a pseudonym of the
+    same form, so whether the other fields were known does not show.
 - **generalise** lowers precision: a float or double to ``precision`` decimal places or to a
   ``grid`` of the given size (both round down); an int or long down to a multiple of ``step``; a
   date to its ``month`` or ``year``; a timestamp to its ``hour``, ``day``, ``month`` or
@@ -28,8 +39,10 @@ import base64
 import decimal
 import hashlib
 import hmac
+import json
 import math
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_FLOOR, Decimal, localcontext
@@ -38,7 +51,11 @@ from typing import Literal
 REDACTED = "[REDACTED]"
 PSEUDONYM_LENGTH = 26
 _MAX_DERIVATIONS = 1024
-_PSEUDONYM_CONTEXT = b"fxgw.pseudonym.v1\x00"
+_PSEUDONYM_CONTEXT = b"fxgw.pseudonym.v2\x00"
+DEFAULT_EPOCH_DAYS = 90
+MAX_EPOCH_DAYS = 365
+"""Longest a linking key may hold: pseudonyms rotate at least once a year."""
+_DAY = 86_400
 
 TimeUnit = Literal["hour", "day", "month", "year"]
 
@@ -53,10 +70,22 @@ class Redact:
 
 @dataclass(frozen=True, slots=True)
 class Pseudonymise:
-    """Replace a string with a keyed, per-recipient pseudonym."""
+    """Replace a string with a keyed pseudonym, per recipient and linking scope.
+
+    ``link_by`` names the other fields of the value's record that join it in the linking key
+    (empty: the value alone), for epochs of ``epoch_days``; None links within one event only.
+    """
+
+    link_by: tuple[str, ...] | None = None
+    epoch_days: int = DEFAULT_EPOCH_DAYS
 
     def describe(self) -> str:
-        return "pseudonymised (HMAC-SHA256, stable per recipient)"
+        if self.link_by is None:
+            scope = "links within one event only"
+        else:
+            with_ = f" with the same {', '.join(self.link_by)}" if self.link_by else ""
+            scope = f"links the same value{with_} for {self.epoch_days}-day epochs of event time"
+        return f"pseudonymised (HMAC-SHA256 per recipient; {scope})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +148,11 @@ class Pseudonymiser:
 
     secret: bytes
 
-    def pseudonym(self, value: str, recipient: str) -> str:
-        """The pseudonym of ``value`` for ``recipient``; never contains ``value``."""
+    def pseudonym(self, value: str, recipient: str, scope: tuple[str, ...]) -> str:
+        """The pseudonym of ``value`` for ``recipient`` within ``scope`` (see
+        :func:`link_scope`); never contains ``value``."""
         normal = _normalise(value)
-        message = _PSEUDONYM_CONTEXT + recipient.encode() + b"\x00" + normal.encode()
+        message = _PSEUDONYM_CONTEXT + json.dumps([recipient, *scope, normal]).encode()
         for counter in range(_MAX_DERIVATIONS):
             digest = hmac.new(self.secret, message + counter.to_bytes(4, "big"), hashlib.sha256)
             text = base64.b32encode(digest.digest()).decode("ascii")[:PSEUDONYM_LENGTH]
@@ -140,7 +170,32 @@ class Context:
     recipient: str
     pseudonymiser: Pseudonymiser | None
     reference: datetime
-    """The event's own time: age bands are computed at this instant."""
+    """The event's own time: age bands are computed at this instant, pseudonym epochs from it."""
+    event_id: str = ""
+    """The event's id: the scope of a pseudonym that links within one event."""
+
+
+def _key_part(value: object) -> str | None:
+    """A linking field's value as key text; None when it is null or blank."""
+    if isinstance(value, str):
+        return _normalise(value) or None
+    if isinstance(value, date):
+        return value.isoformat()
+    return None if value is None else json.dumps(value, default=str)
+
+
+def link_scope(
+    t: Pseudonymise, value: str, record: Mapping[str, object], ctx: Context
+) -> tuple[str, ...]:
+    """What the pseudonym of ``value`` links on besides the value: the other linking fields of
+    ``record`` (the value's own record) and the epoch of the event's time; the event alone when
+    ``t`` names no linking key, or the value or another linking field is null or blank."""
+    if t.link_by is not None and _key_part(value) is not None:
+        parts = [_key_part(record.get(name)) for name in t.link_by]
+        if None not in parts:
+            epoch = math.floor(ctx.reference.timestamp() / (t.epoch_days * _DAY))
+            return ("epoch", str(t.epoch_days), str(epoch), *(p for p in parts if p is not None))
+    return ("event", ctx.event_id)
 
 
 _EXACT_INTEGERS = 2.0**52
@@ -200,22 +255,26 @@ def age_band(born: date, at: date, width: int) -> str | None:
     return f"{low}-{low + width - 1}"
 
 
-def apply_transform(t: Transform, value: object, ctx: Context) -> object:
-    """``value`` transformed by ``t`` (None stays None). The load-time checks of the policy make
-    sure ``t`` suits the field's type; a value of another type is withheld (None)."""
+def apply_transform(
+    t: Transform, value: object, ctx: Context, record: Mapping[str, object] | None = None
+) -> object:
+    """``value`` transformed by ``t`` (None stays None); ``record`` is the record holding it (a
+    pseudonym's linking fields). The load-time checks of the policy make sure ``t`` suits the
+    field's type; a value of another type is withheld (None)."""
     if value is None:
         return None
     if isinstance(value, list):
         if isinstance(t, Truncate):
             return value[: t.length]
-        return [apply_transform(t, item, ctx) for item in value]
+        return [apply_transform(t, item, ctx, record) for item in value]
     if isinstance(t, Redact):
         if isinstance(value, bytes):
             return b""
         return REDACTED if isinstance(value, str) else None
     if isinstance(t, Pseudonymise):
         if isinstance(value, str) and ctx.pseudonymiser is not None:
-            return ctx.pseudonymiser.pseudonym(value, ctx.recipient)
+            scope = link_scope(t, value, record or {}, ctx)
+            return ctx.pseudonymiser.pseudonym(value, ctx.recipient, scope)
         return None
     if isinstance(t, RoundNumber):
         if isinstance(value, int | float) and not isinstance(value, bool):

@@ -332,14 +332,14 @@ class TestKeyReload:
         linkage recipients are told about)."""
         _, node = self._node(tmp_path)
         assert node.outbound.pseudonymiser is not None
-        before = node.outbound.pseudonymiser.pseudonym("Jansen", "US-ATF")
+        before = node.outbound.pseudonymiser.pseudonym("Jansen", "US-ATF", ("event", "E"))
         assert node.config.keys.pseudonym is not None
         _put_in_place(
             node.config.keys.pseudonym, generate_pseudonym_key(KeyId("NL-POL/pseudonym/r"))
         )
         assert node.reload({"keys"})
         assert node.outbound.pseudonymiser is not None
-        assert before != node.outbound.pseudonymiser.pseudonym("Jansen", "US-ATF")
+        assert before != node.outbound.pseudonymiser.pseudonym("Jansen", "US-ATF", ("event", "E"))
         assert "NL-POL/pseudonym/r" == node.outbound.keys.pseudonym.key_id  # type: ignore[union-attr]
 
     def test_a_bad_key_file_does_not_hold_back_a_trust_list_changed_with_it(

@@ -8,6 +8,7 @@ import json
 import re
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,80 @@ class TestBrokenPolicies:
         assert "did you mean" not in info.value.message
 
 
+def _conditional_rule(when: str, fields: str) -> str:
+    """One seizure rule for everyone with a rule condition and a field plan (YAML mappings)."""
+    return f"""\
+        - id: r
+          event: fxgw.SeizureEvent
+          to: {{all: true}}
+          when: {when}
+          handling: {HANDLING}
+          fields: {fields}
+        """
+
+
+class TestShapeRule:
+    """A condition may test only fields its rule releases in clear (unchanged, always)."""
+
+    @pytest.mark.parametrize(
+        ("fields", "when"),
+        [
+            ("{exchange_flagged: keep}", "{exchange_flagged: true}"),
+            ("{recovery_location: keep}", "{recovery_location.country: NL}"),
+            ("{recovery_location.country: keep}", "{recovery_location.country: [NL, BE]}"),
+            ("{}", "{reporting_agency.country: NL}"),  # required: every view carries it
+        ],
+    )
+    def test_condition_on_a_field_in_clear_loads(
+        self, registry: SchemaRegistry, tmp_path: Path, fields: str, when: str
+    ) -> None:
+        """A field kept as is, inside a kept record, or required may be tested."""
+        policy = _policy(tmp_path, registry, _conditional_rule(when, fields))
+        assert ("r",) == tuple(rule.rule_id for rule in policy.rules)
+
+    @pytest.mark.parametrize(
+        ("fields", "when", "hidden"),
+        [
+            ("{}", "{exchange_flagged: true}", "exchange_flagged"),
+            (
+                "{exchange_flagged: {keep: true, when: {crime_code: X}}, crime_code: keep}",
+                "{exchange_flagged: true}",
+                "exchange_flagged",
+            ),
+            (
+                "{recovery_location.country: redact}",
+                "{recovery_location.country: NL}",
+                "recovery_location.country",
+            ),
+            (
+                "{recovery_location: {keep: true, when: {crime_code: X}}, crime_code: keep}",
+                "{recovery_location.country: NL}",
+                "recovery_location.country",
+            ),
+        ],
+    )
+    def test_condition_on_a_hidden_field_is_refused(
+        self, registry: SchemaRegistry, tmp_path: Path, fields: str, when: str, hidden: str
+    ) -> None:
+        """Withheld, transformed or itself conditional: the field's value would show through."""
+        with pytest.raises(PolicyError) as info:
+            _policy(tmp_path, registry, _conditional_rule(when, fields))
+        assert f"rule 'r': the rule's 'when' tests '{hidden}'" in info.value.message
+        assert f"keep '{hidden}' in this rule" in info.value.message
+
+    def test_every_shipped_condition_tests_a_field_in_clear(
+        self, examples: dict[str, Policy]
+    ) -> None:
+        """The example policies keep every field their conditions test (they load at all)."""
+        flagged = [
+            rule.rule_id
+            for policy in examples.values()
+            for rule in policy.rules
+            if any(p.when is not None for p in _walk(rule.plan.fields))
+        ]
+        assert ["seizure-eu", "seizure-partners"] == flagged
+
+
 class TestSelector:
     """A selector covers agencies, groups, countries or all, minus except, with a legal basis."""
 
@@ -348,6 +423,7 @@ class TestPlanFor:
               to: {{all: true}}
               when: {{exchange_flagged: true}}
               handling: {HANDLING}
+              fields: {{exchange_flagged: keep}}
             """,
         )
         assert isinstance(policy.plan_for(SEIZURE, BE, {"exchange_flagged": True}), Plan)
@@ -399,6 +475,161 @@ class TestPlanFor:
         assert isinstance(decision, Denied)
         assert ("ambiguous_rules", "rules eu, belgium") == (decision.reason, decision.detail)
         assert isinstance(policy.plan_for(SEIZURE, DE, {}), Plan)
+
+
+PERSON_KEY = (
+    "{'persons[].family_name': {pseudonymise: {link_by: [family_name, given_names, birth_date]}}}"
+)
+EPOCH = timedelta(days=90)
+BOUNDARY = datetime.fromtimestamp(
+    NOW.timestamp() // EPOCH.total_seconds() * EPOCH.total_seconds(), UTC
+)
+"""The start of the 90-day epoch NOW falls in (epochs are counted from 1970-01-01 UTC)."""
+
+
+def _person(
+    family: str, given: str | None = "Pieter", born: date | None = date(1988, 4, 17)
+) -> dict[str, object]:
+    return {"role": "POSSESSOR", "family_name": family, "given_names": given, "birth_date": born}
+
+
+def _pseudonyms(
+    plan: Plan,
+    *persons: dict[str, object],
+    event_id: str = "NL-POL-SZ-1",
+    at: datetime = NOW,
+    recipient: str = "US-ATF",
+) -> list[object]:
+    """The pseudonyms of the persons' family names in one seizure released to ``recipient``."""
+    record = {"event_id": event_id, "reported_at": at, "persons": list(persons)}
+    released = apply_plan(plan, record, recipient=recipient, pseudonymiser=PSEUDONYMS, now=NOW)
+    return values_at(released.record, "persons[].family_name")
+
+
+class TestPseudonymScope:
+    """Pseudonyms link what their policy says, for as long as it says, for one recipient."""
+
+    @pytest.fixture
+    def plan(self, registry: SchemaRegistry, tmp_path: Path) -> Plan:
+        """Family names pseudonymised, linked by family name, given names and birth date."""
+        return _seizure_plan(tmp_path, registry, PERSON_KEY)
+
+    def test_same_person_same_epoch_same_pseudonym(self, plan: Plan) -> None:
+        """One person, written differently, in two events of one epoch: one pseudonym."""
+        first = _pseudonyms(plan, _person("Jansen"), event_id="E1", at=BOUNDARY)
+        later = _pseudonyms(
+            plan,
+            _person(" JANSEN", "pieter"),
+            event_id="E2",
+            at=BOUNDARY + EPOCH - timedelta(seconds=1),
+        )
+        assert first == later
+        assert re.fullmatch("[A-Z2-7]{26}", str(first[0]))
+
+    def test_surname_twins_differ(self, plan: Plan) -> None:
+        """Two people who share only a surname get different pseudonyms."""
+        a, b, c = _pseudonyms(
+            plan,
+            _person("Jansen"),
+            _person("Jansen", "Anouk"),
+            _person("Jansen", born=date(1990, 1, 1)),
+        )
+        assert 3 == len({a, b, c})
+
+    def test_epoch_boundary_changes_it(self, plan: Plan) -> None:
+        """The same person on either side of an epoch boundary gets two pseudonyms."""
+        before = _pseudonyms(plan, _person("Jansen"), at=BOUNDARY - timedelta(seconds=1))
+        after = _pseudonyms(plan, _person("Jansen"), at=BOUNDARY)
+        assert before != after
+
+    def test_epoch_length_is_the_policys(self, registry: SchemaRegistry, tmp_path: Path) -> None:
+        """With epoch_days: 1 the same person links within a day of event time only."""
+        fields = PERSON_KEY.replace("birth_date]", "birth_date], epoch_days: 1")
+        plan = _seizure_plan(tmp_path, registry, fields)
+        day = datetime(2026, 11, 28, tzinfo=UTC)
+        morning, evening = (
+            _pseudonyms(plan, _person("Jansen"), at=day + timedelta(hours=h)) for h in (1, 23)
+        )
+        assert (
+            morning == evening != _pseudonyms(plan, _person("Jansen"), at=day + timedelta(days=1))
+        )
+
+    def test_other_recipient_differs(self, plan: Plan) -> None:
+        """Two recipients get different pseudonyms of one person and cannot join on them."""
+        assert _pseudonyms(plan, _person("Jansen")) != _pseudonyms(
+            plan, _person("Jansen"), recipient="BE-FPJ"
+        )
+
+    @pytest.mark.parametrize("family", ["Jansen", "J", "a", "2"])
+    def test_never_contains_the_original(self, plan: Plan, family: str) -> None:
+        """The pseudonym holds neither the name nor its normalised form."""
+        (pseudonym,) = _pseudonyms(plan, _person(family))
+        assert isinstance(pseudonym, str)
+        assert family not in pseudonym and family.casefold() not in pseudonym.casefold()
+
+    @pytest.mark.parametrize(
+        ("family", "given", "born"),
+        [
+            ("Jansen", None, date(1988, 4, 17)),
+            ("Jansen", "Pieter", None),
+            ("Jansen", "  ", date(1988, 4, 17)),
+            (" ", "Pieter", date(1988, 4, 17)),
+        ],
+    )
+    def test_missing_linking_field_links_within_the_event_only(
+        self, plan: Plan, family: str, given: str | None, born: date | None
+    ) -> None:
+        """A person without a family name, given names or birth date still gets a pseudonym (so
+        the view does not show which fields were known), but it links within that event only:
+        the same person twice in one event shares it, another event of the epoch does not."""
+        incomplete = _person(family, given, born)
+        one, twin = _pseudonyms(plan, incomplete, incomplete, event_id="E1")
+        (other,) = _pseudonyms(plan, incomplete, event_id="E2")
+        assert one == twin != other
+        assert [one] != _pseudonyms(plan, _person("Jansen"), event_id="E1")
+
+    def test_default_links_within_the_event_only(
+        self, registry: SchemaRegistry, tmp_path: Path
+    ) -> None:
+        """``pseudonymise`` without link_by never links across events, not even by surname."""
+        plan = _seizure_plan(tmp_path, registry, "{'persons[].family_name': pseudonymise}")
+        assert _pseudonyms(plan, _person("Jansen"), event_id="E1") != _pseudonyms(
+            plan, _person("Jansen"), event_id="E2"
+        )
+        assert "links within one event only" in _walk_reason(plan, "persons[].family_name")
+
+    @pytest.mark.parametrize(
+        ("option", "fragment"),
+        [
+            (
+                "{link_by: [family_name, givn_names]}",
+                "link_by names 'givn_names', which is not a field of the same record; "
+                "did you mean 'given_names'?",
+            ),
+            ("{link_by: [given_names, birth_date]}", "it must name 'family_name' itself"),
+            ("{link_by: [family_name, agency]}", "link_by field 'agency' is a record"),
+            ("{link_by: []}", "it must name 'family_name' itself"),
+            ("{epoch_days: 0}", "epoch_days must be 1 to 365, not 0"),
+            ("{link_by: [family_name], epoch_days: 366}", "epoch_days must be 1 to 365, not 366"),
+        ],
+    )
+    def test_bad_scope_is_refused(
+        self, registry: SchemaRegistry, tmp_path: Path, option: str, fragment: str
+    ) -> None:
+        """A linking key naming fields the record lacks, a record, or not the field itself, and
+        an epoch outside 1 to 365 days, are refused naming the field."""
+        with pytest.raises(PolicyError) as info:
+            _seizure_plan(
+                tmp_path, registry, f"{{'persons[].family_name': {{pseudonymise: {option}}}}}"
+            )
+        message = info.value.message
+        assert message.startswith("rule 'seizure-eu': pseudonymise of 'persons[].family_name': ")
+        assert fragment in message
+        assert info.value.line is not None
+
+
+def _walk_reason(plan: Plan, path: str) -> str:
+    return next(p.reason for p in _walk(plan.fields) if p.path == path)
 
 
 class TestApplyPlan:

@@ -90,12 +90,17 @@ _WRONG_CASE = """\
 """
 
 
+SCOPE = "links the same value with the same given_names, birth_date for 90-day epochs"
+"""How explain states the linking scope of NL-POL's pseudonyms of family names."""
+
+
 @pytest.mark.parametrize("as_json", [False, True])
 def test_explain_names_the_rule_and_every_field(
     fed: Federation, tmp_path: Path, as_json: bool
 ) -> None:
-    """`fxgw policy explain` says, field by field, what would leave for US-ATF and why; for an
-    agency no rule covers it says nothing would be released."""
+    """`fxgw policy explain` says, field by field, what would leave for US-ATF and why (for a
+    pseudonym, how far it links); for an agency no rule covers it says nothing would be
+    released."""
     event = tmp_path / "seizure.json"
     event.write_text(json.dumps(seizure_nl()))
     args = ["policy", "explain", "-c", str(fed.config("NL-POL")), "--event", str(event)]
@@ -108,8 +113,13 @@ def test_explain_names_the_rule_and_every_field(
         assert "withheld" == outcomes["case_reference"]
         assert "transformed" == outcomes["persons[].family_name"]
         assert doc["released"]["case_reference"] is None
+        reasons = {f["path"]: f["reason"] for f in doc["fields"]}
+        assert SCOPE in reasons["persons[].family_name"]
     else:
         assert "released under rule 'seizure-partners'" in result.stdout
+        assert any(
+            "persons[].family_name" in line and SCOPE in line for line in result.stdout.splitlines()
+        )
         assert any(
             line.split()[:2] == ["withheld", "case_reference"]
             for line in result.stdout.splitlines()
