@@ -101,6 +101,27 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
             done += os.write(fd, view[done:])
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Put ``data`` in ``path`` (mode 0600) atomically: written to a temporary file beside it,
+    fsynced, renamed over it, and the folder fsynced.
+
+    :raises OSError: the disk refused (the temporary file is removed).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _segments(folder: Path) -> list[int]:
     numbers = (segment_number(p.name) for p in folder.iterdir() if p.is_file())
     return sorted(n for n in numbers if n is not None)
@@ -512,16 +533,8 @@ class AuditLog:
 
     def _write_head(self, head: Head) -> None:
         path = self._folder / HEAD_FILE
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, head.to_bytes())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(self._folder)
+            replace_file(path, head.to_bytes())
         except OSError as exc:
             raise _storage_error(path, "cannot write the audit head", exc) from exc
         if self._due_head == head:
@@ -711,17 +724,9 @@ def export(
         ],
     }
     data = (json.dumps(document, indent=1, ensure_ascii=True) + "\n").encode("ascii")
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, out)
+        replace_file(out, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise _storage_error(out, "cannot write the export", exc) from exc
     return [name for name, _ in chosen]
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import Counter
 from pathlib import Path
 
 import structlog
 
 from gateway.audit.chain import CHECKPOINT
-from gateway.audit.store import AuditLog, read_entries
+from gateway.audit.store import AuditLog, read_entries, replace_file
 from gateway.audit.witness import WitnessBook, checkpoint_of, witnessed_from
 from gateway.errors import ConfigError, InfrastructureError, PeerError, StorageError
 from gateway.node.transport import Producer
@@ -43,15 +42,8 @@ def save_book(state_dir: Path, book: WitnessBook) -> None:
     :raises StorageError: the disk refused (retriable).
     """
     path = state_dir / BOOK_FILE
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, book.to_bytes())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        replace_file(path, book.to_bytes())
     except OSError as exc:
         raise StorageError(f"{path}: cannot write the witness book: {exc.strerror}") from exc
 
