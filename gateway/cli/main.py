@@ -1015,7 +1015,8 @@ def build_parser() -> argparse.ArgumentParser:
     tsub2 = topics.add_subparsers(dest="topics_command", required=True)
     p = tsub2.add_parser(
         "provision",
-        help="create every agency's inbox and receipts topics as the config's exchange.topics"
+        help="create every agency's inbox, receipts, checkpoints and witness topics as the"
+        " config's exchange.topics"
         " says; report existing ones that fall short",
     )
     p.add_argument(
