@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -39,8 +40,11 @@ def _publish_often(fed: Federation, *agencies: str) -> None:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _kinds(fed: Federation, agency: str, kind: str) -> list[dict[str, object]]:
-    return [e["data"] for e in audit_entries(fed, agency) if e["kind"] == kind]  # type: ignore[misc]
+def _kinds(fed: Federation, agency: str, kind: str) -> list[dict[str, Any]]:
+    """The data of ``agency``'s audit entries of ``kind``."""
+    return [
+        cast(dict[str, Any], e["data"]) for e in audit_entries(fed, agency) if e["kind"] == kind
+    ]
 
 
 def _segment(folder: Path) -> Path:
@@ -103,7 +107,7 @@ class TestWitnessedCheckpoints:
                     any(
                         e["kind"] == "release"
                         for e in audit_entries(fed, "NL-POL")[: int(w["seq"])]
-                    )  # type: ignore[call-overload]
+                    )
                     for w in _kinds(fed, "BE-FPJ", "witnessed")
                 ),
                 "a witnessed checkpoint covering NL-POL's releases",
@@ -133,8 +137,9 @@ class TestWitnessedCheckpoints:
         out = capsys.readouterr().out
         assert f"the log was cut: it ends at seq {end}, but BE-FPJ witnessed" in out
 
-        async with running(fed, "NL-POL", "BE-FPJ"):
+        async with running(fed, "NL-POL", "BE-FPJ") as nodes:
             await wait_until(lambda: _kinds(fed, "BE-FPJ", "witness_fork"), "BE-FPJ's fork")
+            assert nodes["BE-FPJ"].counters["witness_fork"] >= 1  # fxgw_outcomes_total
         [fork, *_] = _kinds(fed, "BE-FPJ", "witness_fork")
         assert "NL-POL" == fork["agency"] and "witnessed" in str(fork["detail"])
 
@@ -146,5 +151,14 @@ class TestWitnessedCheckpoints:
         assert EXIT_REJECTED == main(["audit", "verify", "-c", nl, "--witnessed", str(w_file)])
         out = capsys.readouterr().out
         assert "was rewritten" in out and "BE-FPJ witnessed" in out
-        rewritten = [int(w["seq"]) for w in witnessed if int(w["seq"]) >= changed]  # type: ignore[call-overload]
+        rewritten = [w["seq"] for w in witnessed if w["seq"] >= changed]
         assert f"entry {min(rewritten)} was rewritten" in out
+
+        # an export of the rewritten log, checked by any node of the federation
+        export = tmp_path / "nl.json"
+        assert EXIT_OK == main(["audit", "export", "-c", nl, "--out", str(export)])
+        capsys.readouterr()
+        assert EXIT_REJECTED == main(
+            ["audit", "verify", str(export), "-c", be, "--witnessed", str(w_file)]
+        )
+        assert f"entry {min(rewritten)} was rewritten" in capsys.readouterr().out
