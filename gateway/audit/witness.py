@@ -93,8 +93,8 @@ def _document(raw: bytes, form: str, keys: Iterable[str]) -> dict[str, object]:
         raise PeerError(f"{len(raw)} bytes, over {MAX_RECORD_BYTES}", reason="too_large")
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PeerError(f"not JSON: {exc}", reason="malformed") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # nesting within the size
+        raise PeerError(f"not JSON: {type(exc).__name__}", reason="malformed") from exc
     if not isinstance(document, dict) or document.get("format") != form:
         raise PeerError(f"not an {form} record", reason="malformed")
     expected = {"format", *keys}

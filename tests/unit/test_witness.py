@@ -86,6 +86,7 @@ class TestRecords:
             (b"not json", "malformed"),
             (b'{"format":"fxgw-checkpoint-1"}', "malformed"),
             (b"[]", "malformed"),
+            (b"[" * 2000, "malformed"),  # nested too deep for the parser, within the size
         ],
     )
     def test_bad_records_are_refused_with_a_reason(self, raw: bytes, reason: str) -> None:
