@@ -1,10 +1,12 @@
 """The node: wiring of config, cores, Kafka, sinks, journals and loops; no business rule.
 
-Each input (the outbound topic, the outbound spool folder, the inbox, the receipts topic) has
-one generic loop: poll a batch -> hand each record to its core (:mod:`gateway.core`) -> execute
-the effects and make them durable (:class:`~gateway.node.loop.Executor`) -> commit the offsets.
-Nothing is committed before its effects are durable. Records for a topic that refuses them are
-parked and offered again by their own task; hot reload and housekeeping are in
+Each input (the outbound topic, the outbound spool folder, the inbox, the receipts topic, the
+other agencies' checkpoints and the countersignatures of ours) has one generic loop: poll a
+batch -> hand each record to its core (:mod:`gateway.core`, :mod:`gateway.audit.witness`) ->
+execute the effects and make them durable (:class:`~gateway.node.loop.Executor`) -> commit the
+offsets. Nothing is committed before its effects are durable. Records for a topic that refuses
+them are parked and offered again by their own task; our checkpoints are published by theirs
+(:mod:`gateway.node.witnessing`); hot reload and housekeeping are in
 :mod:`gateway.node.watch`; the files a node loads, in :mod:`gateway.node.files`; metrics,
 health and expiry warnings in :mod:`gateway.node.metrics` and :mod:`gateway.node.health`.
 """
@@ -154,8 +156,9 @@ class Node(Watching):
         return frozenset(listed) - {self.config.agency}
 
     def _exchange_topics(self) -> list[TopicSpec]:
-        """Our inbox and receipts topics; with ``provision_inboxes`` (dev and test clusters),
-        every listed agency's too. In production the federation operator creates them."""
+        """Our inbox, receipts, checkpoints and witness topics; with ``provision_inboxes`` (dev
+        and test clusters), every listed agency's too. In production the federation operator
+        creates them."""
         c = self.config
         agencies = (
             sorted(self.outbound.trust.agencies) if c.exchange.provision_inboxes else [c.agency]
