@@ -40,8 +40,14 @@ What :func:`verify` proves, and what it cannot:
 - entries after the last checkpoint (``Report.unsigned_tail``) could be cut or rewritten without
   trace; the report says how many there are;
 - a cut back to an earlier checkpoint (or the deletion of the newest segments) with the head
-  file rewritten to match goes unnoticed: only a copy of a later checkpoint held elsewhere (an
-  export, a peer) shows it. Whoever holds the signing key can forge a whole new log.
+  file rewritten to match goes unnoticed here, and whoever holds the signing key can rewrite
+  the log and sign it again, or forge a whole new one.
+
+Those last two are what witnessed checkpoints (:mod:`gateway.audit.witness`) answer: other
+agencies countersign and keep the node's published checkpoints, and
+:func:`gateway.audit.witness.check_log` finds a log that ends before, or differs at, a witnessed
+seq. Still unproven with them: the entries after the newest witnessed checkpoint, and a log
+forged by the node and its witnesses together.
 """
 
 from __future__ import annotations
@@ -282,13 +288,26 @@ def check_checkpoint(
             if head_seq != head.seq
             else f"names a hash for entry {head_seq} that is not the hash of the entry before it"
         )
+    return check_signature(head_seq, head_hash, key_id, signature, public_keys)
+
+
+def check_signature(
+    head_seq: int, head_hash: str, key_id: str, signature: str, public_keys: Mapping[str, bytes]
+) -> str | None:
+    """Why ``signature`` (base64) by ``key_id`` is not a checkpoint signature over head
+    ``head_seq``/``head_hash`` with one of ``public_keys``, or None if it is."""
     public = public_keys.get(key_id)
     if public is None:
         known = ", ".join(sorted(public_keys)) or "none"
         return f"is signed with key {key_id}, which is not a trusted key (trusted: {known})"
+    return check_ed25519(public, checkpoint_message(head_seq, head_hash), signature, key_id)
+
+
+def check_ed25519(public: bytes, message: bytes, signature: str, key_id: str) -> str | None:
+    """Why ``signature`` (base64) is not ``public``'s Ed25519 signature of ``message``, or None."""
     try:
         raw = base64.b64decode(signature, validate=True)
-        nacl.signing.VerifyKey(public).verify(checkpoint_message(head_seq, head_hash), raw)
+        nacl.signing.VerifyKey(public).verify(message, raw)
     except (binascii.Error, ValueError, nacl.exceptions.BadSignatureError) as exc:
         return f"signature does not verify with key {key_id} ({type(exc).__name__})"
     return None

@@ -101,6 +101,27 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
             done += os.write(fd, view[done:])
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Put ``data`` in ``path`` (mode 0600) atomically: written to a temporary file beside it,
+    fsynced, renamed over it, and the folder fsynced.
+
+    :raises OSError: the disk refused (the temporary file is removed).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _segments(folder: Path) -> list[int]:
     numbers = (segment_number(p.name) for p in folder.iterdir() if p.is_file())
     return sorted(n for n in numbers if n is not None)
@@ -138,6 +159,8 @@ class AuditLog:
         self._synced_size = 0
         self._broken = False
         self._last: Entry | None = None
+        self._last_checkpoint: Entry | None = None
+        self._log_id: str | None = None
         self._since_checkpoint = 0
         self._due_checkpoint = False
         self._due_rotate = False
@@ -273,6 +296,7 @@ class AuditLog:
             )
         last = self._parse_last(path, lines[-1])
         self._last, self._number, self._lines = last, number, len(lines)
+        self._last_checkpoint = last
 
     def _resume(self, number: int, lines: list[bytes]) -> None:
         path = self._folder / segment_name(number)
@@ -281,6 +305,7 @@ class AuditLog:
         self._since_checkpoint = len(lines)
         for index in range(len(lines) - 1, -1, -1):
             if parse_line_kind(lines[index]) == CHECKPOINT:
+                self._last_checkpoint = parse_line(lines[index])
                 self._since_checkpoint = len(lines) - 1 - index
                 if not (self._folder / HEAD_FILE).exists():
                     self._write_head(Head(path.name, index + 1, lines[index]))
@@ -309,6 +334,21 @@ class AuditLog:
     def last(self) -> Entry | None:
         """The newest entry (written or still buffered)."""
         return self._last
+
+    @property
+    def last_checkpoint(self) -> Entry | None:
+        """The newest checkpoint on disk (None until the first is written)."""
+        return self._last_checkpoint
+
+    @property
+    def log_id(self) -> str | None:
+        """The hash of the log's first entry, which names this log among an agency's (each
+        replica keeps its own); None when the first segment cannot be read."""
+        if self._log_id is None:
+            path = self._folder / segment_name(1)
+            with contextlib.suppress(OSError, EntryError), path.open("rb") as f:
+                self._log_id = parse_line(f.readline()).hash
+        return self._log_id
 
     @property
     def written(self) -> int:
@@ -480,27 +520,21 @@ class AuditLog:
             self._sync_data()
             if self._due_head is not None:
                 self._write_head(self._due_head)
+            self._last_checkpoint = last
             return last
         entry = self._write(CHECKPOINT, checkpoint_data(last, self._signer))
         self._since_checkpoint = 0
         self._due_checkpoint = False
         self._due_head = Head(self.segment.name, self._lines, entry.to_line())
         self._sync_data()
+        self._last_checkpoint = entry  # durable now: it may be published
         self._write_head(self._due_head)
         return entry
 
     def _write_head(self, head: Head) -> None:
         path = self._folder / HEAD_FILE
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, head.to_bytes())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(self._folder)
+            replace_file(path, head.to_bytes())
         except OSError as exc:
             raise _storage_error(path, "cannot write the audit head", exc) from exc
         if self._due_head == head:
@@ -690,17 +724,9 @@ def export(
         ],
     }
     data = (json.dumps(document, indent=1, ensure_ascii=True) + "\n").encode("ascii")
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, out)
+        replace_file(out, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise _storage_error(out, "cannot write the export", exc) from exc
     return [name for name, _ in chosen]
 
@@ -759,6 +785,15 @@ def read_export(path: Path) -> tuple[dict[str, bytes], list[tuple[str, list[byte
     if bad:
         raise ConfigError(f"public key {bad[0]} is not 32 bytes", file=str(path))
     return keys, segments, head_raw
+
+
+def log_segments(path: Path) -> list[tuple[str, list[bytes]]]:
+    """The segments of an audit folder or an export, as :func:`gateway.audit.chain.verify`
+    takes them.
+
+    :raises ConfigError: neither a readable audit folder nor a readable export.
+    """
+    return _read_folder(path)[0] if path.is_dir() else read_export(path)[1]
 
 
 def verify_export(path: Path, public_keys: Mapping[str, bytes] | None = None) -> Report:

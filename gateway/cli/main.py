@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import logging
@@ -31,6 +32,7 @@ from gateway.errors import ConfigError, GatewayError, InfrastructureError, PeerE
 from gateway.types import AgencyId, KeyId
 
 if TYPE_CHECKING:
+    from gateway.audit.witness import WitnessReport
     from gateway.crypto.keys import KeyUse
     from gateway.crypto.trust import TrustList
     from gateway.node.config import NodeConfig
@@ -497,9 +499,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     target = Path(args.path) if args.path else None
     keys = pinned
     source = "given with --key"
+    agency: str | None = None
     if target is None or target.is_dir():
         if args.config and not pinned:
-            folder, _, keys = _node_audit_keys(args.config)
+            folder, agency, keys = _node_audit_keys(args.config)
             source = "the agency's signing keys in the trust list and key file"
         elif args.config:
             from gateway.node.config import load_config
@@ -515,7 +518,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         if args.config and not pinned:
             # the checkpoints are checked with the keys the federation lists for the exporting
             # agency, not with the keys the export carries (which whoever wrote it chose)
-            _, _, keys = _node_audit_keys(args.config, agency=export_agency(target))
+            agency = export_agency(target)
+            _, _, keys = _node_audit_keys(args.config, agency=agency)
             source = "the exporting agency's signing keys in the federation trust list"
         elif not pinned:
             keys = read_export(target)[0]
@@ -524,13 +528,73 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 " NODE.yaml to check them against the federation trust list"
             )
         report = verify_export(target, keys)
-    _print(f"{target}: {'intact' if report.ok else 'NOT INTACT'}")
-    for line in report.summary():
+    lines = report.summary()
+    ok = report.ok
+    if args.witnessed:
+        if agency is None and not target.is_dir():
+            agency = export_agency(target)
+        witnessed = _witnessed_report(target, args, agency, keys)
+        ok = ok and not witnessed.problems
+        lines += witnessed.summary(report.last_seq)
+    _print(f"{target}: {'intact' if ok else 'NOT INTACT'}")
+    for line in lines:
         _print(f"  {line}")
     _print(f"  public keys ({source}):")
     for key_id, public in sorted(keys.items()):
         _print(f"    {key_id}  {base64.b64encode(public).decode()}")
-    return EXIT_OK if report.ok else EXIT_REJECTED
+    return EXIT_OK if ok else EXIT_REJECTED
+
+
+def _witnessed_report(
+    target: Path, args: argparse.Namespace, agency: str | None, keys: dict[str, bytes]
+) -> WitnessReport:
+    """The log at ``target`` against the checkpoints in the ``--witnessed`` files (those of
+    ``agency``, when known), their countersignatures checked with -c's trust list."""
+    from gateway.audit.store import log_segments
+    from gateway.audit.witness import check_log, parse_export
+    from gateway.node.config import load_config
+
+    records = []
+    for name in args.witnessed:
+        try:
+            records += parse_export(Path(name).read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", file=name) from exc
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=name) from exc
+    records = [w for w in records if agency is None or w.checkpoint.agency == agency]
+    witness_keys: dict[str, dict[str, bytes]] | None = None
+    if args.config:
+        trust = _node_trust(load_config(Path(args.config)))
+        witness_keys = {
+            w.witness: {k.key_id: k.public for k in listed.keys if k.use == "sign"}
+            for w in records
+            if (listed := trust.agency(w.witness)) is not None
+        }
+    report = check_log(log_segments(target), records, keys, witness_keys)
+    if witness_keys is None:
+        _print("  warning: countersignatures not checked (give -c NODE.yaml for the trust list)")
+    return report
+
+
+def cmd_audit_witnessed(args: argparse.Namespace) -> int:
+    from gateway.audit.store import format_time, read_entries
+    from gateway.audit.witness import export_witnessed, witnessed_from
+    from gateway.node.config import load_config
+
+    config = load_config(Path(args.config))
+    records = []
+    for entry in read_entries(config.audit_dir):
+        if entry.kind == "witnessed" and entry.data.get("agency") == args.agency:
+            with contextlib.suppress(PeerError):
+                records.append(witnessed_from(entry.data))
+    data = export_witnessed(config.agency, args.agency, records, format_time(datetime.now(UTC)))
+    if args.out:
+        Path(args.out).write_bytes(data)
+        _print(f"{len(records)} checkpoint(s) of {args.agency} witnessed by {config.agency}")
+    else:
+        sys.stdout.write(data.decode("ascii"))
+    return EXIT_OK
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -845,7 +909,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="an audit folder or an export file (default: -c's)")
     p.add_argument("-c", "--config", help="the node's node.yaml")
     p.add_argument("--key", action="append", help="ID=BASE64 public key (repeat for each)")
+    p.add_argument(
+        "--witnessed",
+        action="append",
+        metavar="FILE",
+        help="checkpoints another agency witnessed ('fxgw audit witnessed'): the log must hold "
+        "each of them (repeat for each witness)",
+    )
     p.set_defaults(func=cmd_audit_verify)
+    p = asub.add_parser(
+        "witnessed",
+        help="the checkpoints of another agency this node witnessed, as JSON",
+        description="Read from the node's audit trail ('witnessed' entries); give the file to "
+        "'fxgw audit verify --witnessed' to check that agency's log against them.",
+    )
+    p.add_argument("-c", "--config", required=True, help="the witness node's node.yaml")
+    p.add_argument("--agency", required=True, help="whose checkpoints")
+    p.add_argument("--out", help="write to this file (default: standard output)")
+    p.set_defaults(func=cmd_audit_witnessed)
     p = asub.add_parser(
         "export", help="write the log, or some segments, with the public keys, as one JSON file"
     )
@@ -934,7 +1015,8 @@ def build_parser() -> argparse.ArgumentParser:
     tsub2 = topics.add_subparsers(dest="topics_command", required=True)
     p = tsub2.add_parser(
         "provision",
-        help="create every agency's inbox and receipts topics as the config's exchange.topics"
+        help="create every agency's inbox, receipts, checkpoints and witness topics as the"
+        " config's exchange.topics"
         " says; report existing ones that fall short",
     )
     p.add_argument(

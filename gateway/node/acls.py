@@ -3,9 +3,13 @@
 An agency's principal (``User:<agency id>``: its SASL user name, or the common name of its client
 certificate) may:
 
-- read and describe its own inbox and receipts topics (and describe their configs, which the
-  node checks at start);
-- write to, and describe, every other agency's inbox and receipts topics;
+- read and describe its own inbox, receipts and witness topics (and describe their configs,
+  which the node checks at start);
+- write to, and describe, its own checkpoints topic (its signed audit checkpoints: hashes and
+  signatures, no event metadata);
+- write to, and describe, every other agency's inbox, receipts and witness topics (any agency
+  may witness another's checkpoints and send its countersignature back);
+- read and describe every other agency's checkpoints topic (to witness them);
 - use its own consumer groups (``fxgw.<agency>.*``, or ``fxgw.<prefix>.<agency>.*`` on an
   exchange whose topic prefix is not ``fx``).
 
@@ -48,16 +52,27 @@ class Grant:
 def agency_grants(agency: str, agencies: Iterable[str], prefix: str = "fx") -> list[Grant]:
     """What ``agency`` may do on an exchange shared with ``agencies`` (topic prefix ``prefix``)."""
     principal = f"User:{agency}"
-    own = (f"{prefix}.inbox.{agency}", f"{prefix}.receipts.{agency}")
-    others = tuple(
-        f"{prefix}.{kind}.{other}"
-        for other in sorted(set(agencies) - {agency})
-        for kind in ("inbox", "receipts")
-    )
+    own = tuple(f"{prefix}.{kind}.{agency}" for kind in ("inbox", "receipts", "witness"))
+    rest = sorted(set(agencies) - {agency})
+
+    def others(*kinds: str) -> tuple[str, ...]:
+        return tuple(f"{prefix}.{kind}.{other}" for other in rest for kind in kinds)
+
     scope = "" if prefix == "fx" else f"{prefix}."
-    grants = [Grant(principal, ("Read", "Describe", "DescribeConfigs"), "topic", own)]
-    if others:
-        grants.append(Grant(principal, ("Write", "Describe"), "topic", others))
+    grants = [
+        Grant(principal, ("Read", "Describe", "DescribeConfigs"), "topic", own),
+        Grant(
+            principal,
+            ("Write", "Describe", "DescribeConfigs"),
+            "topic",
+            (f"{prefix}.checkpoints.{agency}",),
+        ),
+    ]
+    if rest:
+        grants.append(
+            Grant(principal, ("Write", "Describe"), "topic", others("inbox", "receipts", "witness"))
+        )
+        grants.append(Grant(principal, ("Read", "Describe"), "topic", others("checkpoints")))
     grants.append(
         Grant(principal, ("Read", "Describe"), "group", (f"fxgw.{scope}{agency}.",), True)
     )

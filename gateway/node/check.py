@@ -100,6 +100,16 @@ def check_node(path: Path, now: datetime) -> list[ConfigError]:
         )
     )
     problems += route_problems(config, document, registry, trust)
+    for i, agency in enumerate(config.witness.agencies or ()):
+        if agency not in trust.agencies:
+            problems.append(
+                ConfigError(
+                    f"witness.agencies[{i}]: {agency} is not on the trust list"
+                    f"{_suggest(agency, trust.agencies)}",
+                    file=str(config.path),
+                    line=document.line_of(("witness", "agencies", i)),
+                )
+            )
     return problems
 
 

@@ -274,6 +274,20 @@ class EnvelopeModel(_Strict):
         return timedelta(minutes=self.data_key_max_age_minutes)
 
 
+class WitnessModel(_Strict):
+    """Witnessed checkpoints (:mod:`gateway.audit.witness`)."""
+
+    agencies: list[str] | None = None
+    """Whose checkpoints this node witnesses: None (the default) every other agency on the trust
+    list in force; [] none."""
+    publish_every_seconds: float = Field(default=10, gt=0)
+    """How often the node publishes its newest checkpoint (when there is a new one)."""
+    max_per_minute: int = Field(default=30, ge=1, le=6000)
+    """Checkpoints witnessed per agency and minute; more are ignored (reason rate_limited)."""
+    keep: int = Field(default=1000, ge=1, le=1_000_000)
+    """Hashes remembered per witnessed log for fork detection (older ones are forgotten)."""
+
+
 _LIMITS = Limits()
 
 
@@ -341,6 +355,7 @@ class NodeConfig(_Strict):
     envelope: EnvelopeModel = EnvelopeModel()
     limits: LimitsModel = LimitsModel()
     routes: list[RouteModel] = []
+    witness: WitnessModel = WitnessModel()
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = Field(default="127.0.0.1", min_length=1)
     expiry_warning_days: float = Field(default=14, ge=0)
@@ -381,6 +396,15 @@ class NodeConfig(_Strict):
     def receipts_topic(self, agency: str) -> str:
         """The exchange topic an agency reads receipts from."""
         return f"{self.exchange.topic_prefix}.receipts.{agency}"
+
+    def checkpoints_topic(self, agency: str) -> str:
+        """The exchange topic an agency publishes its audit checkpoints on, for witnesses."""
+        return f"{self.exchange.topic_prefix}.checkpoints.{agency}"
+
+    def witness_topic(self, agency: str) -> str:
+        """The exchange topic witnesses send their countersignatures of an agency's checkpoints
+        back on."""
+        return f"{self.exchange.topic_prefix}.witness.{agency}"
 
     def group_id(self, loop: str) -> str:
         """The consumer group of one of the node's loops (``inbox``, ``receipts``,
@@ -480,9 +504,11 @@ def topic_spec(name: str, settings: TopicsModel) -> TopicSpec:
 
 
 def exchange_topic_specs(config: NodeConfig, agencies: Iterable[str]) -> list[TopicSpec]:
-    """The inbox and receipts topics of ``agencies`` on the exchange cluster."""
+    """The inbox, receipts, checkpoints and witness topics of ``agencies`` on the exchange
+    cluster."""
     agencies = list(agencies)
-    names = [config.inbox_topic(a) for a in agencies] + [config.receipts_topic(a) for a in agencies]
+    kinds = (config.inbox_topic, config.receipts_topic, config.checkpoints_topic)
+    names = [topic(a) for topic in (*kinds, config.witness_topic) for a in agencies]
     return [topic_spec(n, config.exchange.topics) for n in names]
 
 

@@ -398,6 +398,32 @@ class Executor:
         )
         batch.late = True
 
+    async def send_dropping(self, records: list[tuple[str, bytes, bytes | None, Headers]]) -> None:
+        """Publish records nothing depends on (countersignatures): retriable faults are retried,
+        a record or topic refused is logged, counted as ``record_dropped`` and dropped.
+
+        :raises InfrastructureError: a fatal fault.
+        """
+        attempt = 0
+        while records:
+            results = await self.exchange.send_each(records)
+            again, first = [], None
+            for record, result in zip(records, results, strict=True):
+                if result is None:
+                    continue
+                if result.fatal:
+                    raise result
+                if result.retriable and not isinstance(result, RecordRefused | TopicRefused):
+                    again.append(record)
+                    first = first or result
+                    continue
+                self.counters["record_dropped"] += 1
+                self.bound.warning("record_dropped", topic=record[0], error=str(result)[:512])
+            records = again
+            if first is not None:
+                await self.retry.backoff("send", first, attempt)
+                attempt += 1
+
     async def _sync_parked(self) -> None:
         if self.parked is not None:
             self.parked.sync()

@@ -1,10 +1,12 @@
 """The node: wiring of config, cores, Kafka, sinks, journals and loops; no business rule.
 
-Each input (the outbound topic, the outbound spool folder, the inbox, the receipts topic) has
-one generic loop: poll a batch -> hand each record to its core (:mod:`gateway.core`) -> execute
-the effects and make them durable (:class:`~gateway.node.loop.Executor`) -> commit the offsets.
-Nothing is committed before its effects are durable. Records for a topic that refuses them are
-parked and offered again by their own task; hot reload and housekeeping are in
+Each input (the outbound topic, the outbound spool folder, the inbox, the receipts topic, the
+other agencies' checkpoints and the countersignatures of ours) has one generic loop: poll a
+batch -> hand each record to its core (:mod:`gateway.core`, :mod:`gateway.audit.witness`) ->
+execute the effects and make them durable (:class:`~gateway.node.loop.Executor`) -> commit the
+offsets. Nothing is committed before its effects are durable. Records for a topic that refuses
+them are parked and offered again by their own task; our checkpoints are published by theirs
+(:mod:`gateway.node.witnessing`); hot reload and housekeeping are in
 :mod:`gateway.node.watch`; the files a node loads, in :mod:`gateway.node.files`; metrics,
 health and expiry warnings in :mod:`gateway.node.metrics` and :mod:`gateway.node.health`.
 """
@@ -15,13 +17,14 @@ import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
 import structlog
 
 from gateway.audit.store import AuditLog
+from gateway.audit.witness import WitnessBook, WitnessCore
 from gateway.core.effects import Batch, DeliveredEntry, Effects, unreadable
 from gateway.core.inbound import InboundCore
 from gateway.core.outbound import OutboundCore, ReceivedEvent
@@ -54,6 +57,7 @@ from gateway.node.transport import (
     prepare_topics,
 )
 from gateway.node.watch import Watching
+from gateway.node.witnessing import load_book, publish_checkpoints, save_book
 
 log = structlog.get_logger("fxgw.node")
 
@@ -67,6 +71,11 @@ def _close_quietly(journals: Journals) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+async def _async(function: Callable[..., None], *args: object) -> None:
+    """``function(*args)`` as an awaitable, for :class:`Retry`."""
+    function(*args)
 
 
 def _ms(moment: datetime) -> int:
@@ -112,6 +121,14 @@ class Node(Watching):
         self.receipts = ReceiptsCore(
             config.agency, loaded.registry, loaded.trust, self.limits, loaded.contract
         )
+        self.witness = WitnessCore(
+            config.agency,
+            lambda: self.outbound.trust,
+            lambda: self.outbound.keys.signing,
+            witnessed=self._witnessed,
+            per_minute=config.witness.max_per_minute,
+            book=WitnessBook(keep=config.witness.keep),
+        )
         self.counters: Counter[str] = Counter()
         self.ready = asyncio.Event()
         self._audit_log: AuditLog | None = None
@@ -132,9 +149,16 @@ class Node(Watching):
 
     # --- wiring ----------------------------------------------------------------------------------
 
+    def _witnessed(self) -> frozenset[str]:
+        """The agencies whose checkpoints this node witnesses (never itself)."""
+        chosen = self.config.witness.agencies
+        listed = self.outbound.trust.agencies if chosen is None else chosen
+        return frozenset(listed) - {self.config.agency}
+
     def _exchange_topics(self) -> list[TopicSpec]:
-        """Our inbox and receipts topics; with ``provision_inboxes`` (dev and test clusters),
-        every listed agency's too. In production the federation operator creates them."""
+        """Our inbox, receipts, checkpoints and witness topics; with ``provision_inboxes`` (dev
+        and test clusters), every listed agency's too. In production the federation operator
+        creates them."""
         c = self.config
         agencies = (
             sorted(self.outbound.trust.agencies) if c.exchange.provision_inboxes else [c.agency]
@@ -200,6 +224,7 @@ class Node(Watching):
         # the audit trail first: it holds the state folder's lock (one node per folder)
         self._audit_log = AuditLog.open(c.audit_dir, self.outbound.keys.signing, now=self._now)
         stack.callback(self._audit_log.close)
+        load_book(c.state_dir, c.audit_dir, self.witness.book)
         audit = self._audit_log
         self.metrics.audit_written = lambda: audit.written
         self.readiness.audit_dir = c.audit_dir
@@ -278,25 +303,57 @@ class Node(Watching):
                 stop,
                 "inbox",
                 c.exchange.cluster,
-                c.inbox_topic(c.agency),
-                partial(self._take_envelopes, pending),
+                [c.inbox_topic(c.agency)],
+                self._executing(partial(self._take_envelopes, pending)),
                 ready=True,
             ),
             "receipts": self._consume(
                 stop,
                 "receipts",
                 c.exchange.cluster,
-                c.receipts_topic(c.agency),
-                self._take_receipts,
+                [c.receipts_topic(c.agency)],
+                self._executing(self._take_receipts),
                 gather_ms=250,  # on no event's path: a few large batches, not many small ones
+            ),
+            "checkpoints": publish_checkpoints(
+                self.audit,
+                self._executor.exchange,
+                c.checkpoints_topic(c.agency),
+                c.agency,
+                every_s=c.witness.publish_every_seconds,
+                stop=stop,
+                counters=self.counters,
+                bound=self._log,
+            ),
+            "countersigned": self._consume(
+                stop,
+                "countersigned",
+                c.exchange.cluster,
+                [c.witness_topic(c.agency)],
+                self._executing(self._take_countersigned),
+                gather_ms=250,
             ),
             "watch": self._watch_loop(stop, sink),
             "observe": self._observe_loop(stop),
             "parked": offer_parked(self._executor, stop),
         }
+        witnessed = sorted(self._witnessed())
+        if witnessed:
+            loops["witness"] = self._consume(
+                stop,
+                "witness",
+                c.exchange.cluster,
+                [c.checkpoints_topic(a) for a in witnessed],
+                self._take_checkpoints,
+                gather_ms=250,
+            )
         if c.local.outbound_topic:
             loops["outbound"] = self._consume(
-                stop, "outbound", c.local.cluster, c.local.outbound_topic, self._take_events
+                stop,
+                "outbound",
+                c.local.cluster,
+                [c.local.outbound_topic],
+                self._executing(self._take_events),
             )
         if c.spool.outbound_dir:
             loops["spool"] = self._spool_loop(stop)
@@ -323,15 +380,15 @@ class Node(Watching):
         stop: asyncio.Event,
         name: str,
         cluster: Cluster,
-        topic: str,
-        handle: Callable[[Sequence[Message]], Batch],
+        topics: list[str],
+        handle: Callable[[Sequence[Message]], Awaitable[None]],
         *,
         ready: bool = False,
         gather_ms: int | None = None,
     ) -> None:
         c = self.config
         consumer = Consumer(
-            [topic],
+            topics,
             bootstrap_servers=cluster,
             group_id=c.group_id(name),
             client_id=f"fxgw-{c.agency}-{name}",
@@ -353,10 +410,11 @@ class Node(Watching):
                     f"poll {name}", partial(consumer.poll, timeout_ms=300, max_records=500)
                 )
                 self.readiness.polled(name)
+                topic = topics[0] if len(topics) == 1 else name
                 self.metrics.polled(name, topic, len(messages), consumer.lag())
                 if not messages:
                     continue
-                await self._executor.execute(handle(messages))
+                await handle(messages)
                 # a batch's effects are durable: its commit goes on while the next batch is
                 # polled and handled, and the next commit waits for it (offsets move in order)
                 await committed(name, committing, self._log)
@@ -421,6 +479,39 @@ class Node(Watching):
         finally:
             for probe in probes:
                 await probe.close()
+
+    def _executing(
+        self, take: Callable[[Sequence[Message]], Batch]
+    ) -> Callable[[Sequence[Message]], Awaitable[None]]:
+        """A loop's handler that executes the batch ``take`` makes of the records polled."""
+
+        async def handle(messages: Sequence[Message]) -> None:
+            await self._executor.execute(take(messages))
+
+        return handle
+
+    async def _take_checkpoints(self, messages: Sequence[Message]) -> None:
+        """Witness other agencies' checkpoints: audit, keep the book, countersign back."""
+        now = self._now()
+        effects = [self.witness.take(m.value, now) for m in messages]
+        await self._executor.execute(Batch(audit=[a for e in effects for a in e.audit]))
+        c = self.config
+        await self._executor.retry(
+            "save witness book", partial(_async, save_book, c.state_dir, self.witness.book)
+        )
+        await self._executor.send_dropping(
+            [
+                (c.witness_topic(w.checkpoint.agency), w.to_bytes(), w.checkpoint.log.encode(), ())
+                for e in effects
+                for w in e.send
+            ]
+        )
+
+    def _take_countersigned(self, messages: Sequence[Message]) -> Batch:
+        now = self._now()
+        return Batch(
+            audit=[a for m in messages for a in self.witness.take_receipt(m.value, now).audit]
+        )
 
     def _take(self, messages: Sequence[Message], core: Callable[[bytes], Effects]) -> Batch:
         """Each record's effects; a record the client could not parse is quarantined by where

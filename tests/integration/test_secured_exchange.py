@@ -148,6 +148,12 @@ def _all_grants(prefix: str) -> list[Grant]:
     return [g for a in AGENCIES for g in agency_grants(a, AGENCIES, prefix)]
 
 
+def _audited(fed: Federation, agency: str, kind: str) -> bool:
+    """Whether ``agency``'s audit trail holds an entry of ``kind``."""
+    folder = load_config(fed.config(agency)).audit_dir
+    return any(f'"kind":"{kind}"' in p.read_text() for p in folder.glob("audit-*.jsonl"))
+
+
 async def _count(pending: object, at_least: int) -> bool:
     return len(await pending) >= at_least  # type: ignore[arg-type, misc]
 
@@ -172,6 +178,14 @@ class TestSecuredExchange:
                     == {k: v for k, v in _states(fed, "NL-POL").items()}
                 ),
                 "both receipts at NL-POL",
+            )
+            # the least privilege covers witnessed checkpoints, both ways
+            await wait_until(
+                lambda: (
+                    _audited(fed, "US-ATF", "witnessed")
+                    and _audited(fed, "NL-POL", "witness_receipt")
+                ),
+                "NL-POL's checkpoints witnessed by US-ATF and countersigned back",
             )
         assert 2 == len(await delivered(fed, "BE-FPJ"))
         assert 2 == len(await delivered(fed, "US-ATF"))
@@ -203,6 +217,8 @@ class TestSecuredExchange:
 
         with pytest.raises(aiokafka.errors.TopicAuthorizationFailedError):
             await read("fxs2.inbox.BE-FPJ", None)
+        with pytest.raises(aiokafka.errors.TopicAuthorizationFailedError):
+            await read("fxs2.witness.BE-FPJ", None)  # BE-FPJ's countersignatures: its own
         with pytest.raises(aiokafka.errors.GroupAuthorizationFailedError):
             await read("fxs2.inbox.NL-POL", "fxgw.fxs2.BE-FPJ.inbox")
         await read("fxs2.inbox.NL-POL", "fxgw.fxs2.NL-POL.inbox")  # its own: allowed

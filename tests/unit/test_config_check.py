@@ -31,6 +31,16 @@ class TestConfigCheck:
         for agency in ("NL-POL", "BE-FPJ", "US-ATF"):
             assert [] == check_node(own_fed.config(agency), datetime.now(UTC))
 
+    def test_witnessed_agency_not_on_the_trust_list(self, own_fed: Federation) -> None:
+        """An agency to witness that the trust list does not name is reported with its line."""
+        path = own_fed.config("BE-FPJ")
+        _edit(path, lambda node: node.update(witness={"agencies": ["US-ATF", "NL-PLO"]}))
+        [problem] = check_node(path, datetime.now(UTC))
+        assert "witness.agencies[1]: NL-PLO is not on the trust list; did you mean NL-POL?" in str(
+            problem
+        )
+        assert problem.line is not None
+
     def test_every_problem_at_once(self, own_fed: Federation) -> None:
         """A broken key, a missing secret, unknown names in routes: all reported, each with
         its file, its line where it has one, and a way out."""
