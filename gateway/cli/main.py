@@ -248,11 +248,12 @@ def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, Trust
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.policy.engine import check_versions, load_policy
 
-    trust = None
+    trust = agency = None
     if args.config:
         from gateway.node.config import load_config
 
         config = load_config(Path(args.config))
+        agency = config.agency
         if args.schemas:  # another contract (a draft, say), against the node's trust list
             trust = _node_trust(config)
             contract = Contract.load(Path(args.schemas))
@@ -268,10 +269,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     failed = 0
     for name in args.files:
         try:
-            policy = load_policy(Path(name), own.registry)
+            policy = load_policy(Path(name), own.registry, trust, agency)
             check_versions(policy, others)
-            if trust is not None:
-                policy.check_against(trust)
         except ConfigError as exc:
             _print(f"error: {exc}")
             failed += 1

@@ -160,20 +160,15 @@ def load_checked_policy(
     """Load the node's policy and check it against the trust list, the node's keys and every
     version of its ``contract`` (``registry`` being its own version's).
 
-    :raises ConfigError: invalid, another agency's, rules that disagree for some agency, a
+    :raises ConfigError: invalid, another agency's, naming recipients the trust list does not
+        know, rules that disagree for some agency, a
         field a rule may leave null that another version requires, or pseudonyms asked for
         without a pseudonym secret.
     """
-    policy = load_policy(config.policy, registry)
+    policy = load_policy(config.policy, registry, trust, config.agency)
     if contract is not None:
         own = contract.version_of(registry)
         check_versions(policy, {v.label: v.registry for v in contract if v is not own})
-    if policy.agency != config.agency:
-        raise ConfigError(
-            f"policy belongs to {policy.agency}, but this node is {config.agency}",
-            file=str(config.policy),
-        )
-    policy.check_against(trust)
     if policy.uses_pseudonyms and not can_pseudonymise:
         raise ConfigError(
             "the policy pseudonymises fields but keys.pseudonym names no secret; create one "

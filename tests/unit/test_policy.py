@@ -18,7 +18,7 @@ from gateway.contract.schemas import SchemaRegistry
 from gateway.core.outbound import parse_plain_event
 from gateway.core.routing import values_at
 from gateway.crypto.trust import Agency, TrustList
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, PolicyProblems
 from gateway.policy.engine import Denied, FieldPlan, Plan, Policy, Selector, apply_plan, load_policy
 from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, CountryCode, EventType
@@ -27,10 +27,17 @@ from tests.unit.conftest import NOW, repo_file
 
 EXAMPLES = ("nl-pol", "be-fpj", "us-atf")
 BROKEN = sorted(repo_file("tests", "data", "policies", "broken").glob("*.yaml"))
+BROKEN_ON_TRUST = sorted(repo_file("tests", "data", "policies", "broken-on-trust").glob("*.yaml"))
 SEIZURE = EventType("fxgw.SeizureEvent")
 TRACE = EventType("fxgw.TraceRequest")
 PSEUDONYMS = Pseudonymiser(b"\x07" * 32)
 HANDLING = "{code: H2, purpose: testing, source: B, information: 2}"
+PERSON_NAMES = "{'persons[].role': keep, 'persons[].family_name': keep}"
+REQUIRED = (
+    "event_id: keep, reported_at: keep, reporting_agency.agency_id: keep,"
+    " reporting_agency.country: keep, 'firearms[].item_id': keep"
+)
+"""The fields a seizure requires, which every seizure rule must name."""
 
 
 def _agency(
@@ -89,8 +96,8 @@ def _seizure_plan(tmp_path: Path, registry: SchemaRegistry, fields: str) -> Plan
           event: fxgw.SeizureEvent
           to: {{groups: [EU]}}
           handling: {HANDLING}
-          fields: {fields}
-        """,
+          fields: {{{REQUIRED}, {fields.strip()[1:]}
+        """.replace(", }", "}"),
     )
     plan = policy.plan_for(SEIZURE, BE, {})
     assert isinstance(plan, Plan)
@@ -109,13 +116,19 @@ def _nulls(registry: SchemaRegistry, path: str) -> dict[str, object]:
     return {info.name: None for info in registry.get(SEIZURE).field(path).children}
 
 
-def _expectations(path: Path) -> tuple[list[str], int]:
-    """The message fragments (``# expect:`` lines) and the marked line (``# <-- error``)."""
+def _expectations(
+    path: Path, tag: str = "expect", mark: str = "error"
+) -> tuple[list[str], list[int]]:
+    """The message fragments (``# expect:`` lines) and the marked lines (``# <-- error``)."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    fragments = [line.removeprefix("# expect: ") for line in lines if line.startswith("# expect: ")]
-    marked = [number for number, line in enumerate(lines, 1) if "# <-- error" in line]
-    assert fragments and 1 == len(marked), f"{path.name}: needs '# expect:' and one marked line"
-    return fragments, marked[0]
+    fragments = [line.removeprefix(f"# {tag}: ") for line in lines if line.startswith(f"# {tag}: ")]
+    marked = [number for number, line in enumerate(lines, 1) if f"# <-- {mark}" in line]
+    assert fragments and marked, f"{path.name}: needs '# {tag}:' and a marked line"
+    return fragments, marked
+
+
+def _problems(error: PolicyError) -> tuple[PolicyError, ...]:
+    return error.problems if isinstance(error, PolicyProblems) else (error,)
 
 
 class TestExamplePolicies:
@@ -159,16 +172,31 @@ class TestBrokenPolicies:
 
     @pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
     def test_broken_policy_is_refused(self, registry: SchemaRegistry, path: Path) -> None:
-        """PolicyError names the file, the marked line and every expected fragment."""
-        fragments, line = _expectations(path)
+        """PolicyError names the file, every marked line (and no other) and every expected
+        fragment, all at once."""
+        fragments, lines = _expectations(path)
         with pytest.raises(PolicyError) as info:
             load_policy(path, registry)
         error = info.value
-        assert line == error.line
-        assert str(path) == error.file
-        assert str(error).startswith(f"{path}:{line}: ")
+        assert lines == sorted({p.line for p in _problems(error) if p.line is not None})
+        assert {str(path)} == {p.file for p in _problems(error)}
+        assert str(error).startswith(f"{path}:{lines[0]}: ")
         for fragment in fragments:
             assert fragment in error.message
+
+    @pytest.mark.parametrize("path", BROKEN_ON_TRUST, ids=[p.stem for p in BROKEN_ON_TRUST])
+    def test_refused_on_the_trust_list(
+        self, registry: SchemaRegistry, trust: TrustList, path: Path
+    ) -> None:
+        """A file that loads alone is refused with the sandbox trust list at hand on node
+        NL-POL, at every marked line, with every expected fragment."""
+        fragments, lines = _expectations(path)
+        load_policy(path, registry)
+        with pytest.raises(PolicyError) as info:
+            load_policy(path, registry, trust, AgencyId("NL-POL"))
+        assert lines == sorted({p.line for p in _problems(info.value) if p.line is not None})
+        for fragment in fragments:
+            assert fragment in info.value.message
 
     def test_the_table_covers_the_required_cases(self) -> None:
         """The table holds at least the cases every policy author runs into."""
@@ -277,6 +305,7 @@ class TestSelector:
                 except: {{groups: [EU], agencies: [US-CBP], countries: [CH]}}
                 legal_basis: [MLAT-EU-US]
               handling: {HANDLING}
+              fields: {{{REQUIRED}}}
             """,
         )
         expected = Selector(
@@ -306,7 +335,8 @@ class TestPlanFor:
         policy = _policy(
             tmp_path,
             registry,
-            f"- {{id: s, event: fxgw.SeizureEvent, to: {{all: true}}, handling: {HANDLING}}}\n",
+            f"- {{id: s, event: fxgw.SeizureEvent, to: {{all: true}}, handling: {HANDLING},"
+            f" fields: {{{REQUIRED}}}}}\n",
         )
         assert isinstance(policy.plan_for(SEIZURE, BE, {}), Plan)
         assert Denied(AgencyId("BE-FPJ"), TRACE, "no_rule") == policy.plan_for(TRACE, BE, {})
@@ -348,6 +378,7 @@ class TestPlanFor:
               to: {{all: true}}
               when: {{exchange_flagged: true}}
               handling: {HANDLING}
+              fields: {{{REQUIRED}}}
             """,
         )
         assert isinstance(policy.plan_for(SEIZURE, BE, {"exchange_flagged": True}), Plan)
@@ -360,7 +391,8 @@ class TestPlanFor:
     ) -> None:
         """Of several rules releasing the same view, the first in file order decides."""
         body = (
-            f"  event: fxgw.SeizureEvent\n  handling: {HANDLING}\n  fields: {{crime_code: keep}}\n"
+            f"  event: fxgw.SeizureEvent\n  handling: {HANDLING}\n"
+            f"  fields: {{{REQUIRED}, crime_code: keep}}\n"
         )
         eu = "- id: eu\n  to: {groups: [EU]}\n" + body
         be = "- id: be\n  to: {agencies: [BE-FPJ]}\n" + body
@@ -383,12 +415,12 @@ class TestPlanFor:
               event: fxgw.SeizureEvent
               to: {{groups: [EU]}}
               handling: {HANDLING}
-              fields: {{crime_code: keep}}
+              fields: {{{REQUIRED}, crime_code: keep}}
             - id: belgium
               event: fxgw.SeizureEvent
               to: {{countries: [BE]}}
               handling: {HANDLING}
-              fields: {{case_reference: keep}}
+              fields: {{{REQUIRED}, case_reference: keep}}
             """,
         )
         with pytest.raises(PolicyError) as info:
@@ -404,10 +436,26 @@ class TestPlanFor:
 class TestApplyPlan:
     """apply_plan releases what the plan keeps, nulls and lists the rest."""
 
-    def test_required_fields_always_leave(
+    def test_required_fields_must_be_named(self, registry: SchemaRegistry, tmp_path: Path) -> None:
+        """Default deny holds for required fields too: a rule naming none is refused, each
+        required field named at the rule's line."""
+        with pytest.raises(PolicyError) as info:
+            _policy(
+                tmp_path,
+                registry,
+                f"- {{id: s, event: fxgw.SeizureEvent, to: {{all: true}}, handling: {HANDLING}}}\n",
+            )
+        messages = [p.message for p in getattr(info.value, "problems", (info.value,))]
+        assert 4 == len(messages)
+        for name in ("event_id", "reported_at", "reporting_agency", "firearms"):
+            assert any(f"field '{name}' is required" in m for m in messages)
+        assert {3} == {p.line for p in getattr(info.value, "problems", ())}
+
+    def test_named_required_fields_leave(
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
     ) -> None:
-        """A rule naming no field still releases identifiers, timestamps and required records."""
+        """A rule naming only the required fields releases identifiers, timestamps and the
+        required records."""
         plan = _seizure_plan(tmp_path, registry, "{}")
         released, withheld = _release(plan, seizure)
         assert seizure["event_id"] == released["event_id"]
@@ -453,7 +501,7 @@ class TestApplyPlan:
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
     ) -> None:
         """Keeping persons[].family_name keeps every person with role and name, rest null."""
-        plan = _seizure_plan(tmp_path, registry, "{'persons[].family_name': keep}")
+        plan = _seizure_plan(tmp_path, registry, PERSON_NAMES)
         released, withheld = _release(plan, seizure)
         blank = _nulls(registry, "persons")
         assert [
@@ -469,7 +517,7 @@ class TestApplyPlan:
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
     ) -> None:
         """A plan descending into persons releases null when the event has no persons."""
-        plan = _seizure_plan(tmp_path, registry, "{'persons[].family_name': keep}")
+        plan = _seizure_plan(tmp_path, registry, PERSON_NAMES)
         released, _ = _release(plan, {**seizure, "persons": None})
         assert released["persons"] is None
 
@@ -480,7 +528,8 @@ class TestApplyPlan:
         plan = _seizure_plan(
             tmp_path,
             registry,
-            "{recovery_location: keep, firearms: keep, persons: keep, seizing_officer: keep}",
+            "{recovery_location: keep, firearms: keep, persons: {keep: true, whole_person: true},"
+            " seizing_officer: {keep: true, whole_person: true}}",
         )
         released, withheld = _release(plan, seizure)
         for name in ("recovery_location", "firearms", "persons", "seizing_officer"):
@@ -513,7 +562,7 @@ class TestApplyPlan:
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
     ) -> None:
         """The withheld list is the same whether or not the event held the withheld values."""
-        plan = _seizure_plan(tmp_path, registry, "{'persons[].family_name': keep}")
+        plan = _seizure_plan(tmp_path, registry, PERSON_NAMES)
         sparse = {
             **seizure,
             "case_reference": None,

@@ -35,7 +35,8 @@ def test_every_broken_policy_fails_check_naming_its_line() -> None:
     result = _fxgw("policy", "check", *map(str, BROKEN))
     assert 1 == result.returncode
     for path in BROKEN:
-        fragments, line = _expectations(path)
+        fragments, lines = _expectations(path)
+        line = lines[0]
         reports = [r for r in result.stdout.splitlines() if r.startswith(f"error: {path}:")]
         assert 1 == len(reports), f"{path.name}: {reports}"
         assert reports[0].startswith(f"error: {path}:{line}: "), reports[0]
