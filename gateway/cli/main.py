@@ -247,6 +247,7 @@ def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, Trust
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.policy.engine import check_versions, load_policy
+    from gateway.policy.review import review
 
     trust = agency = None
     if args.config:
@@ -275,7 +276,14 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
             _print(f"error: {exc}")
             failed += 1
             continue
-        _print(f"{name}: ok, {policy.policy_id} for {policy.agency}, {len(policy.rules)} rules")
+        warnings = review(policy, own.registry)
+        for warning in warnings:
+            _print(str(warning))
+        failed += bool(warnings and args.strict)
+        note = f", {len(warnings)} warnings" if warnings else ""
+        _print(
+            f"{name}: ok, {policy.policy_id} for {policy.agency}, {len(policy.rules)} rules{note}"
+        )
     return EXIT_REJECTED if failed else EXIT_OK
 
 
@@ -790,7 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser("check", help="validate policy files against the schemas")
     p.add_argument("--schemas")
     p.add_argument(
-        "-c", "--config", help="also check against this node's trust list (rule overlaps)"
+        "-c",
+        "--config",
+        help="also check against this node's trust list and agency (recipients, rule overlaps)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="fail (exit 1) on warnings too, as CI does"
     )
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_policy_check)

@@ -20,6 +20,7 @@ from gateway.core.routing import values_at
 from gateway.crypto.trust import Agency, TrustList
 from gateway.errors import PolicyError, PolicyProblems
 from gateway.policy.engine import Denied, FieldPlan, Plan, Policy, Selector, apply_plan, load_policy
+from gateway.policy.review import review
 from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, CountryCode, EventType
 from tests.strategies import records_for
@@ -739,3 +740,46 @@ class TestApplyPlanProperties:
             for path in released.withheld:
                 when = conditional.get(path)
                 assert when is None or not when.holds(record), path
+
+
+DANGEROUS = sorted(repo_file("tests", "data", "policies", "dangerous").glob("*.yaml"))
+
+
+class TestDangerousPolicies:
+    """Each file of tests/data/policies/dangerous loads, and is warned about at its rules."""
+
+    @pytest.mark.parametrize("path", DANGEROUS, ids=[p.stem for p in DANGEROUS])
+    def test_dangerous_policy_is_warned_about(
+        self, registry: SchemaRegistry, trust: TrustList, path: Path
+    ) -> None:
+        """review() warns at every marked line (and no other) with every ``# warn:`` fragment."""
+        fragments, lines = _expectations(path, "warn", "warning")
+        warnings = review(load_policy(path, registry, trust, AgencyId("NL-POL")), registry)
+        assert lines == sorted({w.line for w in warnings if w.line is not None})
+        text = "\n".join(map(str, warnings))
+        for fragment in fragments:
+            assert fragment in text
+
+    @pytest.mark.parametrize("name", EXAMPLES)
+    def test_examples_give_no_warning(
+        self, examples: dict[str, Policy], registry: SchemaRegistry, name: str
+    ) -> None:
+        """The shipped policies pass ``fxgw policy check --strict``: nothing to warn about."""
+        assert [] == review(examples[name], registry)
+
+    def test_redacted_and_dropped_persons_are_not_personal_data(
+        self, registry: SchemaRegistry, tmp_path: Path
+    ) -> None:
+        """A rule to all that redacts a name and keeps only roles releases no personal data."""
+        plan = _policy(
+            tmp_path,
+            registry,
+            f"""\
+            - id: s
+              event: fxgw.SeizureEvent
+              to: {{all: true}}
+              handling: {HANDLING}
+              fields: {{{REQUIRED}, 'persons[].role': keep, 'persons[].family_name': redact}}
+            """,
+        )
+        assert [] == review(plan, registry)
