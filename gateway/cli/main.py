@@ -287,6 +287,13 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return EXIT_REJECTED if failed else EXIT_OK
 
 
+def cmd_policy_schema(args: argparse.Namespace) -> int:
+    from gateway.policy.engine import policy_schema_json
+
+    sys.stdout.write(policy_schema_json())
+    return EXIT_OK
+
+
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     from gateway.core.outbound import parse_plain_event
     from gateway.node.config import load_config
@@ -807,6 +814,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_policy_check)
+    p = psub.add_parser(
+        "schema", help="print the JSON Schema of policy files (policies/policy.schema.json)"
+    )
+    p.set_defaults(func=cmd_policy_schema)
     p = psub.add_parser("explain", help="what an event would release to a recipient, and why")
     p.add_argument("-c", "--config", required=True, help="the sending node's node.yaml")
     p.add_argument("--policy", help="explain this policy file instead of the node's")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -226,6 +227,20 @@ class PolicyModel(_Strict):
 
     policy: PolicyHeaderModel
     rules: list[RuleModel]
+
+
+def policy_schema_json() -> str:
+    """The JSON Schema of the policy file (generated from the models above), as shipped in
+    ``policies/policy.schema.json`` for editors; ``fxgw policy schema`` prints it. It checks the
+    structure only: field paths, actions against types and the trust list need ``fxgw policy
+    check``."""
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://fxgw.example/schemas/policy.schema.json",
+        **PolicyModel.model_json_schema(by_alias=True),
+        "title": "fxgw release policy",
+    }
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
 # --- compiled values -----------------------------------------------------------------------------
@@ -1138,5 +1153,6 @@ __all__ = [
     "check_versions",
     "load_policy",
     "parse_policy",
+    "policy_schema_json",
     "reference_time",
 ]

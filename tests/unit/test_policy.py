@@ -10,7 +10,9 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +21,16 @@ from gateway.core.outbound import parse_plain_event
 from gateway.core.routing import values_at
 from gateway.crypto.trust import Agency, TrustList
 from gateway.errors import PolicyError, PolicyProblems
-from gateway.policy.engine import Denied, FieldPlan, Plan, Policy, Selector, apply_plan, load_policy
+from gateway.policy.engine import (
+    Denied,
+    FieldPlan,
+    Plan,
+    Policy,
+    Selector,
+    apply_plan,
+    load_policy,
+    policy_schema_json,
+)
 from gateway.policy.review import review
 from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, CountryCode, EventType
@@ -783,3 +794,38 @@ class TestDangerousPolicies:
             """,
         )
         assert [] == review(plan, registry)
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    """A validator for the shipped policy schema (itself checked against the metaschema)."""
+    schema = json.loads(repo_file("policies", "policy.schema.json").read_text("utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+class TestJsonSchema:
+    """policies/policy.schema.json, for editors, is the models' schema and fits the policies."""
+
+    def test_shipped_schema_is_up_to_date(self) -> None:
+        """The shipped file is what `fxgw policy schema` prints now (regenerate it if not)."""
+        assert policy_schema_json() == repo_file("policies", "policy.schema.json").read_text(
+            "utf-8"
+        )
+
+    @pytest.mark.parametrize("name", EXAMPLES)
+    def test_shipped_policies_validate(
+        self, validator: jsonschema.Draft202012Validator, name: str
+    ) -> None:
+        """Each shipped policy is valid against the schema."""
+        data = yaml.safe_load(repo_file("policies", f"{name}.yaml").read_text("utf-8"))
+        assert [] == [e.message for e in validator.iter_errors(data)]
+
+    @pytest.mark.parametrize("name", ["misspelt_key", "booleans_as_numbers", "norway_unquoted"])
+    def test_structural_mistakes_are_flagged(
+        self, validator: jsonschema.Draft202012Validator, name: str
+    ) -> None:
+        """An editor using the schema flags a misspelt key, a boolean as a number and an
+        unquoted NO."""
+        path = repo_file("tests", "data", "policies", "broken", f"{name}.yaml")
+        assert list(validator.iter_errors(yaml.safe_load(path.read_text("utf-8"))))
