@@ -270,7 +270,13 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     failed = 0
     for name in args.files:
         try:
-            policy = load_policy(Path(name), own.registry, trust, agency)
+            policy = load_policy(
+                Path(name),
+                own.registry,
+                trust,
+                agency,
+                versions={v.label: v.registry for v in contract},
+            )
             check_versions(policy, others)
         except ConfigError as exc:
             _print(f"error: {exc}")

@@ -165,7 +165,8 @@ def load_checked_policy(
         field a rule may leave null that another version requires, or pseudonyms asked for
         without a pseudonym secret.
     """
-    policy = load_policy(config.policy, registry, trust, config.agency)
+    versions = {v.label: v.registry for v in contract} if contract is not None else None
+    policy = load_policy(config.policy, registry, trust, config.agency, versions=versions)
     if contract is not None:
         own = contract.version_of(registry)
         check_versions(policy, {v.label: v.registry for v in contract if v is not own})

@@ -33,7 +33,7 @@ import difflib
 import hashlib
 import json
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,6 +122,9 @@ class PolicyHeaderModel(_Strict):
     id: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: int = Field(ge=1, le=999_999_999)  # "<id>@<version>" fits a header's MAX_NAME
     agency: Name
+    contract: str | None = Field(default=None, pattern=r"^[0-9]+\.[0-9]+$")
+    """The contract version the policy was written for: ``keep`` of a record releases the
+    fields the record has in it (default: the oldest version the node holds)."""
     description: str | None = None
 
 
@@ -626,8 +629,10 @@ class _Compiler:
         index: int,
         personal: frozenset[str],
         problems: list[PolicyError],
+        baseline: tuple[str, frozenset[str]] | None = None,
     ) -> None:
         self.schema = schema
+        self.baseline = baseline
         self.rule = rule
         self.document = document
         self.index = index
@@ -776,6 +781,16 @@ class _Compiler:
                         when=when,
                     )
                 )
+            elif inherited == "keep" and self.baseline and info.path not in self.baseline[1]:
+                plans.append(
+                    FieldPlan(
+                        info.name,
+                        info.path,
+                        "withhold",
+                        f"added after contract version {self.baseline[0]}, which the policy "
+                        "was written for: withheld until a rule names it",
+                    )
+                )
             elif info.children and (below or inherited == "keep"):
                 children = self.compile(info.children, inherited)
                 reason = (
@@ -877,14 +892,40 @@ def personal_types(registry: SchemaRegistry) -> frozenset[str]:
     )
 
 
+def _written_for(
+    header: PolicyHeaderModel,
+    versions: Mapping[str, SchemaRegistry] | None,
+    problem: Callable[[str, Loc], None],
+) -> tuple[str, SchemaRegistry] | None:
+    """The contract version the policy was written for, by label, if the node's are known."""
+    if not versions:
+        return None
+    label = header.contract or next(iter(versions))
+    if label not in versions:
+        problem(
+            f"policy.contract names version {label}, which the node's contract does not hold;"
+            f" name one of {', '.join(versions)}",
+            ("policy", "contract"),
+        )
+        return None
+    return label, versions[label]
+
+
 def parse_policy(
     document: YamlDocument,
     registry: SchemaRegistry,
     trust: TrustList | None = None,
     agency: str | None = None,
+    *,
+    versions: Mapping[str, SchemaRegistry] | None = None,
 ) -> Policy:
     """Validate a policy document against the schemas (and ``trust``, the trust list, when
     given; ``agency``, the node's, must then own the policy) and compile it.
+
+    ``versions`` are the contract versions the node holds, oldest first, by label: ``keep`` of
+    a record releases only the fields the record has in the version the policy names
+    (``policy.contract``; by default the oldest), so a field a later version adds is withheld
+    until a rule names it.
 
     :raises PolicyError: naming file, line and fix, for every problem found at once
         (:class:`~gateway.errors.PolicyProblems` when there are several): bad structure or types,
@@ -905,6 +946,7 @@ def parse_policy(
 
     events = set(registry.event_types)
     personal = personal_types(registry)
+    written_for = _written_for(model.policy, versions, problem)
     rules: list[Rule] = []
     seen: set[str] = set()
     for index, rule in enumerate(model.rules):
@@ -933,7 +975,11 @@ def parse_policy(
                 ("rules", index, "handling"),
             )
         schema = registry.get(rule.event)
-        compiler = _Compiler(schema, rule, document, index, personal, problems)
+        baseline = None
+        if written_for is not None and rule.event in written_for[1]:
+            known = written_for[1].get(rule.event).iter_fields()
+            baseline = (written_for[0], frozenset(info.path for info in known))
+        compiler = _Compiler(schema, rule, document, index, personal, problems, baseline)
         compiler.check_paths()
         fields = _mark_derived(compiler.compile(schema.fields, "withhold"), compiler.derived)
         handling = Handling(
@@ -1030,12 +1076,15 @@ def load_policy(
     registry: SchemaRegistry,
     trust: TrustList | None = None,
     agency: str | None = None,
+    *,
+    versions: Mapping[str, SchemaRegistry] | None = None,
 ) -> Policy:
     """Read and validate a policy file (see :func:`parse_policy`).
 
     :raises PolicyError: the file is missing, not YAML, or invalid.
     """
-    return parse_policy(read_yaml(path, "policy file", PolicyError), registry, trust, agency)
+    document = read_yaml(path, "policy file", PolicyError)
+    return parse_policy(document, registry, trust, agency, versions=versions)
 
 
 # --- applying ------------------------------------------------------------------------------------

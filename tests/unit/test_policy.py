@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.versions import Contract
 from gateway.core.outbound import parse_plain_event
 from gateway.core.routing import values_at
 from gateway.crypto.trust import Agency, TrustList
@@ -34,6 +35,7 @@ from gateway.policy.engine import (
 from gateway.policy.review import review
 from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, CountryCode, EventType
+from tests.contracts import V1_1_EDITS, contract
 from tests.strategies import records_for
 from tests.unit.conftest import NOW, repo_file
 
@@ -829,3 +831,50 @@ class TestJsonSchema:
         unquoted NO."""
         path = repo_file("tests", "data", "policies", "broken", f"{name}.yaml")
         assert list(validator.iter_errors(yaml.safe_load(path.read_text("utf-8"))))
+
+
+V1_1 = {"1.0": {}, "1.1": V1_1_EDITS}
+
+
+class TestContractVersions:
+    """keep of a record releases the fields of the contract version the policy was written for."""
+
+    @pytest.mark.parametrize(
+        ("header", "extra", "released"),
+        [
+            ("", "", False),  # written for the oldest version the node holds: 1.0
+            ("", ", 'firearms[].barrel_serial_number': keep", True),  # named: it leaves
+            (", contract: '1.1'", "", True),  # written for 1.1, whose firearms have it
+        ],
+    )
+    def test_a_field_a_later_version_adds_is_withheld_until_named(
+        self, tmp_path: Path, header: str, extra: str, released: bool
+    ) -> None:
+        """A node on 1.1 keeping firearms whole under a policy written for 1.0 withholds the
+        firearm field 1.1 added, until a rule names it or the policy says it is for 1.1."""
+        versions = {v.label: v.registry for v in Contract.load(contract(tmp_path, V1_1))}
+        path = tmp_path / "policy.yaml"
+        path.write_text(
+            f"policy: {{id: p, version: 1, agency: NL-POL{header}}}\nrules:\n"
+            f"  - {{id: s, event: fxgw.SeizureEvent, to: {{groups: [EU]}}, handling: {HANDLING},"
+            f" fields: {{{REQUIRED}, firearms: keep{extra}}}}}\n",
+            encoding="utf-8",
+        )
+        policy = load_policy(path, versions["1.1"], versions=versions)
+        plan = policy.plan_for(SEIZURE, BE, {})
+        assert isinstance(plan, Plan)
+        record = {"firearms": [{"item_id": "1", "barrel_serial_number": "BRL-1"}]}
+        view = apply_plan(plan, record, recipient="BE-FPJ", now=NOW)
+        new = "firearms[].barrel_serial_number"
+        assert (released, not released) == (new in view.kept, new in view.withheld)
+        firearms = view.record["firearms"]
+        assert isinstance(firearms, list)
+        assert ("BRL-1" if released else None) == firearms[0]["barrel_serial_number"]
+
+    def test_an_unknown_contract_version_is_refused(self, tmp_path: Path) -> None:
+        """policy.contract must name a version the node holds."""
+        versions = {v.label: v.registry for v in Contract.load(contract(tmp_path, V1_1))}
+        path = tmp_path / "policy.yaml"
+        path.write_text("policy: {id: p, version: 1, agency: NL-POL, contract: '2.0'}\nrules: []\n")
+        with pytest.raises(PolicyError, match=r"names version 2\.0, which the node's contract"):
+            load_policy(path, versions["1.1"], versions=versions)
