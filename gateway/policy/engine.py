@@ -7,22 +7,33 @@ rule names an event type, the recipients it covers (``to``), optional conditions
 Recipients: listed ``agencies``, members of ``groups`` or ``countries`` of the trust list, or
 ``all``; minus ``except`` (agencies, groups, countries); and, with ``legal_basis``, only those the
 trust list credits with one of the named legal bases (an MLAT in force, EU membership, ...).
+Names are ASCII and exact (a look-alike letter is refused, shown by its code point); with the
+trust list at hand (node start, ``fxgw policy check -c``) every name must be on it, in ``to`` and
+in ``except``: a misspelt ``except`` would otherwise exclude nobody.
 
 Field plan actions, by dotted path (``[]`` walks a list: ``persons[].family_name``):
-``keep`` (on a record or list: the whole subtree, which inner paths may still narrow),
-``drop``, ``redact``, ``pseudonymise``, ``generalise``, ``truncate`` (see
-:mod:`gateway.policy.transforms`), each optionally with its own ``when``.
+``keep`` (on a record or list: every field the record has in the contract version the policy is
+written for, ``policy.contract``, by default the oldest the node holds; inner paths may still
+narrow it), ``drop``, ``redact``, ``pseudonymise``, ``generalise``, ``truncate`` (see
+:mod:`gateway.policy.transforms`), each optionally with its own ``when``. Keeping a person record
+(``fxgw.Person``) whole needs ``{keep: true, whole_person: true}``.
 
 Default deny everywhere:
 
 - an event type, recipient or event no rule covers is not released (a :class:`Denied` decision,
   not an error);
 - a field no action names is withheld: null in the body and listed in the envelope header;
-- only fields the schema requires (identifiers, timestamps, a person's role) always leave.
+- a field the schema requires (identifiers, timestamps, a person's role) cannot be withheld, so a
+  rule must name it (keep it, or transform it into a valid value), or the policy does not load;
+- a field a later contract version adds to a kept record is withheld until a rule names it.
 
 Rules must not disagree: if two rules with different plans or handling could cover the same
 recipient and event, loading fails and names both (with the trust list at hand, per agency;
 without, wherever their selectors name the same agency, group or country, or one says ``all``).
+
+The file's models are strict (a YAML boolean is no number) and text must say something. Loading
+reports every problem of a file at once (:class:`~gateway.errors.PolicyProblems`), each with
+its line; :mod:`gateway.policy.review` warns about valid but dangerous rules.
 
 Pure: loading reads one file; compiling, matching and applying plans is computation.
 """

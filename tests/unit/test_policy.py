@@ -33,6 +33,7 @@ from gateway.policy.engine import (
     policy_schema_json,
 )
 from gateway.policy.review import review
+from gateway.policy.tools import explain
 from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, CountryCode, EventType
 from tests.contracts import V1_1_EDITS, contract
@@ -549,6 +550,20 @@ class TestApplyPlan:
         for name in ("recovery_location", "firearms", "persons", "seizing_officer"):
             assert seizure[name] == released[name]
             assert not [p for p in withheld if p == name or p.startswith((f"{name}.", f"{name}["))]
+
+    def test_explain_lists_the_fields_of_a_kept_record(
+        self, examples: dict[str, Policy], registry: SchemaRegistry, seizure: dict[str, object]
+    ) -> None:
+        """keep of a record is expanded at load: explain lists each field of it, and the one
+        an inner action narrows."""
+        explanation = explain(
+            examples["nl-pol"], registry, SEIZURE, seizure, BE, pseudonymiser=PSEUDONYMS, now=NOW
+        )
+        lines = {f.path: (f.outcome, f.reason) for f in explanation.fields}
+        inside = {info.path for info in registry.get(SEIZURE).field("firearms").children}
+        assert inside <= set(lines)
+        assert ("released", "inside a kept record") == lines["firearms[].proof_marks"]
+        assert "transformed" == lines["firearms[].condition"][0]
 
     def test_inner_drop_narrows_a_kept_list(
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
