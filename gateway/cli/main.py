@@ -313,8 +313,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     if args.policy:
         from gateway.policy.engine import load_policy
 
-        policy = load_policy(Path(args.policy), loaded.registry)
-        policy.check_against(loaded.trust)
+        versions = {v.label: v.registry for v in loaded.contract}
+        policy = load_policy(Path(args.policy), loaded.registry, loaded.trust, versions=versions)
     event_path = Path(args.event)
     try:
         text = event_path.read_bytes().strip()

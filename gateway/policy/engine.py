@@ -852,6 +852,11 @@ def _condition_value_problem(info: FieldInfo, value: Scalar) -> str | None:
             return None
         return f"not a symbol of the enum; expected one of {', '.join(info.symbols)}"
     if kind == "string":
+        if isinstance(value, bool):
+            return (
+                "expected a string; YAML reads an unquoted yes, no, on or off as a boolean:"
+                " quote it"
+            )
         return None if isinstance(value, str) else "expected a string"
     if kind in _INT_KINDS:
         ok = isinstance(value, int) and not isinstance(value, bool)
