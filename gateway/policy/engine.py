@@ -40,6 +40,7 @@ Pure: loading reads one file; compiling, matching and applying plans is computat
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -50,7 +51,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from gateway._yamlfile import Loc, YamlDocument, read_yaml, validate_all
 from gateway.contract.schemas import FieldInfo, Schema, SchemaRegistry
@@ -908,6 +916,16 @@ def personal_types(registry: SchemaRegistry) -> frozenset[str]:
     )
 
 
+def _sound_rules(data: object) -> list[tuple[int, RuleModel]]:
+    """The rules of a policy document that has a structural error, which are valid alone."""
+    items = data.get("rules") if isinstance(data, Mapping) else None
+    sound = []
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        with contextlib.suppress(ValidationError):
+            sound.append((index, RuleModel.model_validate(item)))
+    return sound
+
+
 def _written_for(
     header: PolicyHeaderModel,
     versions: Mapping[str, SchemaRegistry] | None,
@@ -952,20 +970,21 @@ def parse_policy(
     """
     file = str(document.path)
     model, errors = validate_all(document, PolicyModel, "policy", PolicyError, hints=True)
-    if model is None:
-        raise_problems([PolicyError(e.message, file=e.file, line=e.line) for e in errors])
-        raise AssertionError("unreachable: validate_all gives a model or problems")
-    problems: list[PolicyError] = []
+    problems = [PolicyError(e.message, file=e.file, line=e.line) for e in errors]
+    # with a structural error somewhere, the rules that are sound on their own are still
+    # compiled, so that their problems are reported too
+    header = model.policy if model is not None else None
+    indexed = list(enumerate(model.rules)) if model is not None else _sound_rules(document.data)
 
     def problem(message: str, loc: Loc) -> None:
         problems.append(PolicyError(message, file=file, line=document.line_of(loc)))
 
     events = set(registry.event_types)
     personal = personal_types(registry)
-    written_for = _written_for(model.policy, versions, problem)
+    written_for = _written_for(header, versions, problem) if header is not None else None
     rules: list[Rule] = []
     seen: set[str] = set()
-    for index, rule in enumerate(model.rules):
+    for index, rule in indexed:
         if rule.id in seen:
             message = f"rule id '{rule.id}' is used twice; give each rule its own id"
             problem(message, ("rules", index))
@@ -1032,17 +1051,16 @@ def parse_policy(
             )
         )
     problems += _pair_problems(file, rules, None)
-    header = model.policy
     policy = Policy(
-        policy_id=f"{header.id}@{header.version}",
-        agency=AgencyId(header.agency),
+        policy_id=f"{header.id}@{header.version}" if header is not None else "",
+        agency=AgencyId(header.agency if header is not None else ""),
         digest=hashlib.sha256(document.raw).digest(),
         path=file,
         rules=tuple(rules),
         agency_line=document.line_of(("policy", "agency")),
     )
     if trust is not None:
-        problems += policy.trust_problems(trust, agency)
+        problems += policy.trust_problems(trust, agency if header is not None else None)
     raise_problems(sorted(problems, key=lambda p: p.line or 0))
     return policy
 
