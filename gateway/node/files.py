@@ -156,17 +156,25 @@ def load_checked_policy(
     *,
     can_pseudonymise: bool,
     contract: Contract | None = None,
+    names: bool = True,
 ) -> Policy:
     """Load the node's policy and check it against the trust list, the node's keys and every
     version of its ``contract`` (``registry`` being its own version's).
 
+    With ``names`` false (a reload of the trust list alone), recipients the trust list no
+    longer names are let pass: they cover and exclude nobody, and refusing the list would keep
+    the one it replaces, and the keys it may have revoked, in force.
+
     :raises ConfigError: invalid, another agency's, naming recipients the trust list does not
-        know, rules that disagree for some agency, a
-        field a rule may leave null that another version requires, or pseudonyms asked for
-        without a pseudonym secret.
+        know, rules that disagree for some agency, a field a rule may leave null that another
+        version requires, or pseudonyms asked for without a pseudonym secret.
     """
     versions = {v.label: v.registry for v in contract} if contract is not None else None
-    policy = load_policy(config.policy, registry, trust, config.agency, versions=versions)
+    policy = load_policy(
+        config.policy, registry, trust if names else None, config.agency, versions=versions
+    )
+    if not names:
+        policy.check_against(trust, config.agency, names=False)
     if contract is not None:
         own = contract.version_of(registry)
         check_versions(policy, {v.label: v.registry for v in contract if v is not own})

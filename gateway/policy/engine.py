@@ -497,19 +497,22 @@ class Policy:
             )
         return first
 
-    def check_against(self, trust: TrustList, agency: str | None = None) -> None:
+    def check_against(
+        self, trust: TrustList, agency: str | None = None, *, names: bool = True
+    ) -> None:
         """Check the policy against the trust list (see :meth:`trust_problems`).
 
         :raises PolicyError: for every problem found at once.
         """
-        raise_problems(self.trust_problems(trust, agency))
+        raise_problems(self.trust_problems(trust, agency, names=names))
 
-    def trust_problems(self, trust: TrustList, agency: str | None = None) -> list[PolicyError]:
-        """What is wrong with this policy on ``trust``: it is not ``agency``'s (the node's), a
-        rule names an agency, group, country or legal basis the trust list does not know
-        (exact case: a selector that names nobody covers nobody, and an ``except`` that names
-        nobody excludes nobody), or two disagreeing rules cover the same agency."""
-        problems = []
+    def trust_problems(
+        self, trust: TrustList, agency: str | None = None, *, names: bool = True
+    ) -> list[PolicyError]:
+        """What is wrong with this policy on ``trust``: it is not ``agency``'s (the node's),
+        two disagreeing rules cover the same agency, or (with ``names``) it names recipients
+        the trust list does not know (see :meth:`unknown_names`)."""
+        problems = self.unknown_names(trust) if names else []
         if agency is not None and agency != self.agency:
             problems.append(
                 PolicyError(
@@ -519,6 +522,18 @@ class Policy:
                     line=self.agency_line,
                 )
             )
+        pairs: dict[str, PolicyError] = {}  # one per pair of rules, naming the first agency
+        for member in trust.agencies.values():
+            covering = [r for r in self.rules if r.selector.covers(member)]
+            for found in _pair_problems(self.path, covering, f"agency {member.agency_id}"):
+                pairs.setdefault(found.message.partition(" both cover")[0], found)
+        return problems + list(pairs.values())
+
+    def unknown_names(self, trust: TrustList) -> list[PolicyError]:
+        """An agency, group, country or legal basis a rule names, in ``to`` or in ``except``,
+        that the trust list does not know (exact case): a selector that names nobody covers
+        nobody, and an ``except`` that names nobody excludes nobody."""
+        problems = []
         known = {
             "agency": frozenset(trust.agencies),
             "group": frozenset(g for a in trust.agencies.values() for g in a.groups),
@@ -538,12 +553,7 @@ class Policy:
                             line=rule.to_line,
                         )
                     )
-        pairs: dict[str, PolicyError] = {}  # one per pair of rules, naming the first agency
-        for member in trust.agencies.values():
-            covering = [r for r in self.rules if r.selector.covers(member)]
-            for found in _pair_problems(self.path, covering, f"agency {member.agency_id}"):
-                pairs.setdefault(found.message.partition(" both cover")[0], found)
-        return problems + list(pairs.values())
+        return problems
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
