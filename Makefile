@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check gateway tests
 	$(BIN)/mypy --strict gateway
 	$(BIN)/fxgw schema check --against all
+	$(BIN)/fxgw policy check --strict $(filter-out %.test.yaml,$(wildcard policies/*.yaml))
 	$(BIN)/yamllint --strict deploy
 	@if command -v shellcheck >/dev/null; then \
 		shellcheck deploy/kafka/kafka-local .ci/run deploy/compose/init/*.sh; fi

@@ -2,12 +2,15 @@
 
 Every value keeps the line it came from, so a validation error can say ``policy.yaml:14: ...``.
 pydantic validates the structure; :func:`load_model` turns its first error into a
-:class:`~gateway.errors.ConfigError` that names file, line and field.
+:class:`~gateway.errors.ConfigError` that names file, line and field; :func:`validate_all` gives
+every error.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,8 +158,47 @@ _FIXES = {
 }
 
 
+def model_keys(model: type[pydantic.BaseModel]) -> frozenset[str]:
+    """Every key the file form of ``model`` and of the models inside it admits."""
+    keys: set[str] = set()
+    seen: set[type[pydantic.BaseModel]] = set()
+
+    def visit(annotation: object) -> None:
+        if (
+            isinstance(annotation, type)
+            and issubclass(annotation, pydantic.BaseModel)
+            and annotation not in seen
+        ):
+            seen.add(annotation)
+            for name, info in annotation.model_fields.items():
+                keys.add(info.alias or name)
+                visit(info.annotation)
+        for arg in typing.get_args(annotation):
+            visit(arg)
+
+    visit(model)
+    return frozenset(keys)
+
+
+def _hint(detail: Mapping[str, Any], keys: frozenset[str]) -> str:
+    """A "did you mean" for a misspelt key; a reminder to quote a word YAML read as a boolean."""
+    if detail["type"] == "extra_forbidden" and detail["loc"]:
+        close = difflib.get_close_matches(str(detail["loc"][-1]), sorted(keys), n=1)
+        return f"; did you mean '{close[0]}'?" if close else ""
+    if detail["type"] == "string_type" and isinstance(detail.get("input"), bool):
+        return (
+            "; YAML reads an unquoted yes, no, on, off, true or false (any case: NO for Norway)"
+            " as a boolean: put the value in quotes"
+        )
+    return ""
+
+
 def _as_error(
-    document: YamlDocument, detail: Mapping[str, Any], what: str, error: type[ConfigError]
+    document: YamlDocument,
+    detail: Mapping[str, Any],
+    what: str,
+    error: type[ConfigError],
+    keys: frozenset[str] | None = None,
 ) -> ConfigError:
     # pydantic names the member of a union it tried (``literal['keep', ...]``, a model's class
     # name); the file has no such key, so leave those out of the field path
@@ -167,6 +209,8 @@ def _as_error(
     )
     fix = _FIXES.get(str(detail["type"]))
     message = f"{what}: field '{describe_loc(loc)}': {detail['msg']}" + (f"; {fix}" if fix else "")
+    if keys is not None:
+        message += _hint(detail, keys)
     return error(message, file=str(document.path), line=document.line_of(loc))
 
 
@@ -195,10 +239,13 @@ def validate_all(
     error: type[ConfigError],
     *,
     context: dict[str, object] | None = None,
+    hints: bool = False,
 ) -> tuple[M | None, list[ConfigError]]:
     """``document`` as ``model``, or None and every problem pydantic found, each naming file,
-    line and field."""
+    line and field; with ``hints``, a misspelt key gets a "did you mean" and a boolean where
+    text was expected a reminder to quote it."""
     try:
         return model.model_validate(document.data, context=context), []
     except pydantic.ValidationError as exc:
-        return None, [_as_error(document, d, what, error) for d in exc.errors()]
+        keys = model_keys(model) if hints else None
+        return None, [_as_error(document, d, what, error, keys) for d in exc.errors()]

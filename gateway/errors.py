@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class GatewayError(Exception):
     """Base of every error this package raises on purpose."""
@@ -38,6 +40,26 @@ class SchemaError(ConfigError):
 
 class PolicyError(ConfigError):
     """A release policy file is invalid."""
+
+
+class PolicyProblems(PolicyError):
+    """Every problem found in one policy file, reported at once: ``problems`` holds each (with
+    its own line); the message lists them all, one per line, the first giving file and line."""
+
+    def __init__(self, problems: Sequence[PolicyError]) -> None:
+        self.problems = tuple(problems)
+        first = self.problems[0]
+        rest = "".join(f"\n{problem}" for problem in self.problems[1:])
+        super().__init__(first.message + rest, file=first.file, line=first.line)
+
+
+def raise_problems(problems: Sequence[PolicyError]) -> None:
+    """Raise nothing for no problem, the problem itself for one, :class:`PolicyProblems` for
+    more."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise PolicyProblems(problems)
 
 
 class TrustError(ConfigError):

@@ -249,12 +249,14 @@ def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, Trust
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.policy.engine import check_versions, load_policy
+    from gateway.policy.review import review
 
-    trust = None
+    trust = agency = None
     if args.config:
         from gateway.node.config import load_config
 
         config = load_config(Path(args.config))
+        agency = config.agency
         if args.schemas:  # another contract (a draft, say), against the node's trust list
             trust = _node_trust(config)
             contract = Contract.load(Path(args.schemas))
@@ -270,16 +272,34 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     failed = 0
     for name in args.files:
         try:
-            policy = load_policy(Path(name), own.registry)
+            policy = load_policy(
+                Path(name),
+                own.registry,
+                trust,
+                agency,
+                versions={v.label: v.registry for v in contract},
+            )
             check_versions(policy, others)
-            if trust is not None:
-                policy.check_against(trust)
         except ConfigError as exc:
             _print(f"error: {exc}")
             failed += 1
             continue
-        _print(f"{name}: ok, {policy.policy_id} for {policy.agency}, {len(policy.rules)} rules")
+        warnings = review(policy, own.registry)
+        for warning in warnings:
+            _print(str(warning))
+        failed += bool(warnings and args.strict)
+        note = f", {len(warnings)} warnings" if warnings else ""
+        _print(
+            f"{name}: ok, {policy.policy_id} for {policy.agency}, {len(policy.rules)} rules{note}"
+        )
     return EXIT_REJECTED if failed else EXIT_OK
+
+
+def cmd_policy_schema(args: argparse.Namespace) -> int:
+    from gateway.policy.engine import policy_schema_json
+
+    sys.stdout.write(policy_schema_json())
+    return EXIT_OK
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
@@ -295,8 +315,8 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     if args.policy:
         from gateway.policy.engine import load_policy
 
-        policy = load_policy(Path(args.policy), loaded.registry)
-        policy.check_against(loaded.trust)
+        versions = {v.label: v.registry for v in loaded.contract}
+        policy = load_policy(Path(args.policy), loaded.registry, loaded.trust, versions=versions)
     event_path = Path(args.event)
     try:
         text = event_path.read_bytes().strip()
@@ -855,10 +875,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser("check", help="validate policy files against the schemas")
     p.add_argument("--schemas")
     p.add_argument(
-        "-c", "--config", help="also check against this node's trust list (rule overlaps)"
+        "-c",
+        "--config",
+        help="also check against this node's trust list and agency (recipients, rule overlaps)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="fail (exit 1) on warnings too, as CI does"
     )
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_policy_check)
+    p = psub.add_parser(
+        "schema", help="print the JSON Schema of policy files (policies/policy.schema.json)"
+    )
+    p.set_defaults(func=cmd_policy_schema)
     p = psub.add_parser("explain", help="what an event would release to a recipient, and why")
     p.add_argument("-c", "--config", required=True, help="the sending node's node.yaml")
     p.add_argument("--policy", help="explain this policy file instead of the node's")

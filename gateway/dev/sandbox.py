@@ -103,7 +103,8 @@ def seizure_exchange(recipients: int = 1) -> tuple[AgencySpec, ...]:
         "NL-POL",
         "NL",
         ("EU", "INTERPOL"),
-        legal_bases=("EU-LED",),
+        # NL-POL's policy names both bases; a trust list that knows neither would refuse it
+        legal_bases=("EU-LED", "MLAT-EU-US"),
         routes=(
             {
                 "event": "fxgw.SeizureEvent",

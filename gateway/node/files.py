@@ -156,24 +156,28 @@ def load_checked_policy(
     *,
     can_pseudonymise: bool,
     contract: Contract | None = None,
+    names: bool = True,
 ) -> Policy:
     """Load the node's policy and check it against the trust list, the node's keys and every
     version of its ``contract`` (``registry`` being its own version's).
 
-    :raises ConfigError: invalid, another agency's, rules that disagree for some agency, a
-        field a rule may leave null that another version requires, or pseudonyms asked for
-        without a pseudonym secret.
+    With ``names`` false (a reload of the trust list alone), recipients the trust list no
+    longer names are let pass: they cover and exclude nobody, and refusing the list would keep
+    the one it replaces, and the keys it may have revoked, in force.
+
+    :raises ConfigError: invalid, another agency's, naming recipients the trust list does not
+        know, rules that disagree for some agency, a field a rule may leave null that another
+        version requires, or pseudonyms asked for without a pseudonym secret.
     """
-    policy = load_policy(config.policy, registry)
+    versions = {v.label: v.registry for v in contract} if contract is not None else None
+    policy = load_policy(
+        config.policy, registry, trust if names else None, config.agency, versions=versions
+    )
+    if not names:
+        policy.check_against(trust, config.agency, names=False)
     if contract is not None:
         own = contract.version_of(registry)
         check_versions(policy, {v.label: v.registry for v in contract if v is not own})
-    if policy.agency != config.agency:
-        raise ConfigError(
-            f"policy belongs to {policy.agency}, but this node is {config.agency}",
-            file=str(config.policy),
-        )
-    policy.check_against(trust)
     if policy.uses_pseudonyms and not can_pseudonymise:
         raise ConfigError(
             "the policy pseudonymises fields but keys.pseudonym names no secret; create one "

@@ -166,6 +166,7 @@ class Watching:
                 trust,
                 can_pseudonymise=keys.pseudonym is not None,
                 contract=self.outbound.contract,
+                names="policy" in changed,
             )
         except ConfigError as exc:
             # key file errors name the file and what is wrong with it, never its contents
@@ -183,6 +184,9 @@ class Watching:
                 check_own_keys(c, trust, keys, now)
             except ConfigError as exc:  # the list is the federation's word: in force anyway
                 self._log.warning("keys_unfit_for_trust_list", error=str(exc))
+        if "policy" not in changed:
+            for problem in policy.unknown_names(trust):  # refused at the next start
+                self._log.warning("policy_names_unknown_recipient", error=str(problem))
         if keys is not self.outbound.keys:
             self._use_keys(keys)
         self.outbound.trust = trust

@@ -7,19 +7,26 @@ rule names an event type, the recipients it covers (``to``), optional conditions
 Recipients: listed ``agencies``, members of ``groups`` or ``countries`` of the trust list, or
 ``all``; minus ``except`` (agencies, groups, countries); and, with ``legal_basis``, only those the
 trust list credits with one of the named legal bases (an MLAT in force, EU membership, ...).
+Names are ASCII and exact (a look-alike letter is refused, shown by its code point); with the
+trust list at hand (node start, ``fxgw policy check -c``) every name must be on it, in ``to`` and
+in ``except``: a misspelt ``except`` would otherwise exclude nobody.
 
 Field plan actions, by dotted path (``[]`` walks a list: ``persons[].family_name``):
-``keep`` (on a record or list: the whole subtree, which inner paths may still narrow),
-``drop``, ``redact``, ``pseudonymise`` (with its linking scope: ``link_by``, the fields of the
-value's record that form the key, and ``epoch_days``), ``generalise``, ``truncate`` (see
-:mod:`gateway.policy.transforms`), each optionally with its own ``when``.
+``keep`` (on a record or list: every field the record has in the contract version the policy is
+written for, ``policy.contract``, by default the oldest the node holds; inner paths may still
+narrow it), ``drop``, ``redact``, ``pseudonymise`` (with its linking scope: ``link_by``, the
+fields of the value's record that form the key, and ``epoch_days``), ``generalise``,
+``truncate`` (see :mod:`gateway.policy.transforms`), each optionally with its own ``when``.
+Keeping a person record (``fxgw.Person``) whole needs ``{keep: true, whole_person: true}``.
 
 Default deny everywhere:
 
 - an event type, recipient or event no rule covers is not released (a :class:`Denied` decision,
   not an error);
 - a field no action names is withheld: null in the body and listed in the envelope header;
-- only fields the schema requires (identifiers, timestamps, a person's role) always leave.
+- a field the schema requires (identifiers, timestamps, a person's role) cannot be withheld, so a
+  rule must name it (keep it, or transform it into a valid value), or the policy does not load;
+- a field a later contract version adds to a kept record is withheld until a rule names it.
 
 Rules must not disagree: if two rules with different plans or handling could cover the same
 recipient and event, loading fails and names both (with the trust list at hand, per agency;
@@ -36,28 +43,42 @@ fields the same rule releases in clear, i.e. kept unchanged and unconditionally 
 and the error names the rule, the condition, the hidden field and the fix (keep the field, or
 drop the condition).
 
+The file's models are strict (a YAML boolean is no number) and text must say something. Loading
+reports every problem of a file at once (:class:`~gateway.errors.PolicyProblems`), each with
+its line; :mod:`gateway.policy.review` warns about valid but dangerous rules.
+
 Pure: loading reads one file; compiling, matching and applying plans is computation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+import json
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
-from gateway._yamlfile import YamlDocument, load_model, read_yaml
+from gateway._yamlfile import Loc, YamlDocument, read_yaml, validate_all
 from gateway.contract.schemas import FieldInfo, Schema, SchemaRegistry
 from gateway.core.routing import values_at
 from gateway.crypto.envelope import Handling
 from gateway.crypto.limits import MAX_NAME, MAX_TEXT
 from gateway.crypto.trust import Agency, TrustList
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, raise_problems
 from gateway.policy.transforms import (
     DEFAULT_EPOCH_DAYS,
     MAX_EPOCH_DAYS,
@@ -77,10 +98,55 @@ from gateway.types import AgencyId, EventType
 # --- the file ------------------------------------------------------------------------------------
 
 Scalar = str | int | float | bool | None
+PERSONAL_MARK = "personal data"
+"""A record type whose doc says this (``fxgw.Person``) holds personal data: keeping it whole needs
+an acknowledgement in the rule (``whole_person: true``)."""
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be blank; write the text out")
+    return text
+
+
+def _code_points(name: str) -> str:
+    odd = dict.fromkeys(c for c in name if not (c.isascii() and c.isprintable()))
+    return ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'UNNAMED CHARACTER')}" for c in odd)
+
+
+def _ascii_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError("must not be blank")
+    if odd := _code_points(name):
+        raise ValueError(
+            f"'{name}' holds characters outside ASCII that may only look like letters ({odd});"
+            " type the name as the trust list writes it"
+        )
+    return name
+
+
+def _country_code(code: str) -> str:
+    _ascii_name(code)
+    if len(code) != 2 or not code.isalpha() or not code.isupper():
+        hint = f": '{code.upper()}'" if code.upper() != code and code.isalpha() else ""
+        raise ValueError(f"a country is two upper-case letters (ISO 3166-1 alpha-2){hint}")
+    return code
+
+
+Text = Annotated[str, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": r"\S"})]
+"""Text that must say something: not empty, not only blanks."""
+Name = Annotated[
+    str, AfterValidator(_ascii_name), Field(json_schema_extra={"pattern": r"^[!-~]+$"})
+]
+"""An agency, group or legal basis as the trust list writes it (ASCII, exact case)."""
+Country = Annotated[
+    str, AfterValidator(_country_code), Field(json_schema_extra={"pattern": r"^[A-Z]{2}$"})
+]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML boolean is no number (truncate: true), a number no text, and so on
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PolicyHeaderModel(_Strict):
@@ -88,39 +154,42 @@ class PolicyHeaderModel(_Strict):
 
     id: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: int = Field(ge=1, le=999_999_999)  # "<id>@<version>" fits a header's MAX_NAME
-    agency: str = Field(min_length=1)
+    agency: Name
+    contract: str | None = Field(default=None, pattern=r"^[0-9]+\.[0-9]+$")
+    """The contract version the policy was written for: ``keep`` of a record releases the
+    fields the record has in it (default: the oldest version the node holds)."""
     description: str | None = None
 
 
 class ExceptModel(_Strict):
     """Recipients a selector leaves out."""
 
-    agencies: list[str] = []
-    groups: list[str] = []
-    countries: list[str] = []
+    agencies: list[Name] = []
+    groups: list[Name] = []
+    countries: list[Country] = []
 
 
 class SelectorModel(_Strict):
     """Recipients a rule covers."""
 
-    agencies: list[str] = []
-    groups: list[str] = []
-    countries: list[str] = []
+    agencies: list[Name] = []
+    groups: list[Name] = []
+    countries: list[Country] = []
     all: bool = False
     except_: ExceptModel = Field(default=ExceptModel(), alias="except")
-    legal_basis: list[str] = []
+    legal_basis: list[Name] = []
 
 
 class HandlingModel(_Strict):
     """Handling conditions attached to every view a rule releases."""
 
     code: Literal["H0", "H1", "H2", "H3"]
-    purpose: str = Field(min_length=1, max_length=MAX_TEXT)
+    purpose: Text = Field(max_length=MAX_TEXT)
     source: Literal["A", "B", "C", "X"]
     information: int = Field(ge=1, le=4)
     onward_transfer: Literal["NONE", "WITH_CONSENT", "ALLOWED"] = "NONE"
     retention_days: int | None = Field(default=None, ge=1, le=36_525)
-    conditions: str | None = Field(default=None, max_length=MAX_TEXT)
+    conditions: Text | None = Field(default=None, max_length=MAX_TEXT)
 
 
 Condition = dict[str, Scalar | list[Scalar]]
@@ -163,9 +232,14 @@ class FieldActionModel(_Strict):
     generalise: GeneraliseModel | Literal["hour", "day", "month", "year"] | None = None
     truncate: int | None = Field(default=None, ge=1)
     when: Condition | None = None
+    whole_person: bool = False
+    """With ``keep`` on a person record: yes, every field of it leaves (identity numbers and
+    addresses too, and what later contract versions add)."""
 
     @model_validator(mode="after")
     def _one_action(self) -> FieldActionModel:
+        if self.whole_person and not self.keep:
+            raise ValueError("whole_person acknowledges keeping a whole person record: add keep")
         chosen = [
             n
             for n in ("keep", "drop", "redact", "pseudonymise", "generalise", "truncate")
@@ -184,8 +258,8 @@ ShortAction = Literal["keep", "drop", "redact", "pseudonymise"]
 class RuleModel(_Strict):
     """One rule of a policy file."""
 
-    id: str = Field(min_length=1, max_length=MAX_NAME)
-    event: str
+    id: Text = Field(max_length=MAX_NAME)
+    event: Text
     to: SelectorModel
     when: Condition | None = None
     handling: HandlingModel
@@ -198,6 +272,20 @@ class PolicyModel(_Strict):
 
     policy: PolicyHeaderModel
     rules: list[RuleModel]
+
+
+def policy_schema_json() -> str:
+    """The JSON Schema of the policy file (generated from the models above), as shipped in
+    ``policies/policy.schema.json`` for editors; ``fxgw policy schema`` prints it. It checks the
+    structure only: field paths, actions against types and the trust list need ``fxgw policy
+    check``."""
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://fxgw.example/schemas/policy.schema.json",
+        **PolicyModel.model_json_schema(by_alias=True),
+        "title": "fxgw release policy",
+    }
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
 # --- compiled values -----------------------------------------------------------------------------
@@ -231,6 +319,18 @@ class Selector:
             or agency.agency_id in self.agencies
             or agency.country in self.countries
             or bool(self.groups & agency.groups)
+        )
+
+    def named(self) -> tuple[tuple[str, str, frozenset[str]], ...]:
+        """Each name list of the selector: its key in the file, the kind of name, the names."""
+        return (
+            ("to.agencies", "agency", self.agencies),
+            ("to.groups", "group", self.groups),
+            ("to.countries", "country", self.countries),
+            ("to.legal_basis", "legal basis", self.legal_basis),
+            ("to.except.agencies", "agency", self.except_agencies),
+            ("to.except.groups", "group", self.except_groups),
+            ("to.except.countries", "country", self.except_countries),
         )
 
     def _excludes(self, kind: str, value: str) -> bool:
@@ -347,6 +447,11 @@ class Rule:
     when: When | None
     plan: Plan
     line: int | None
+    to_line: int | None = None
+    whole_persons: tuple[str, ...] = ()
+    """Person records the rule keeps whole (acknowledged with ``whole_person: true``)."""
+    overwrites: tuple[str, ...] = ()
+    """Fields the rule names that a transform of another field overwrites (an age band)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +484,7 @@ class Policy:
     digest: bytes
     path: str
     rules: tuple[Rule, ...]
+    agency_line: int | None = None
 
     @property
     def uses_pseudonyms(self) -> bool:
@@ -414,17 +520,71 @@ class Policy:
             )
         return first
 
-    def check_against(self, trust: TrustList) -> None:
-        """Check, agency by agency, that no two disagreeing rules can cover the same recipient.
+    def check_against(
+        self, trust: TrustList, agency: str | None = None, *, names: bool = True
+    ) -> None:
+        """Check the policy against the trust list (see :meth:`trust_problems`).
 
-        :raises PolicyError: naming both rules and an agency they both cover.
+        :raises PolicyError: for every problem found at once.
         """
-        for agency in trust.agencies.values():
-            _check_pairs(
-                self.path,
-                [r for r in self.rules if r.selector.covers(agency)],
-                f"agency {agency.agency_id}",
+        raise_problems(self.trust_problems(trust, agency, names=names))
+
+    def trust_problems(
+        self, trust: TrustList, agency: str | None = None, *, names: bool = True
+    ) -> list[PolicyError]:
+        """What is wrong with this policy on ``trust``: it is not ``agency``'s (the node's),
+        two disagreeing rules cover the same agency, or (with ``names``) it names recipients
+        the trust list does not know (see :meth:`unknown_names`)."""
+        problems = self.unknown_names(trust) if names else []
+        if agency is not None and agency != self.agency:
+            problems.append(
+                PolicyError(
+                    f"policy belongs to {self.agency}, but this node is {agency}; give the node "
+                    "its own agency's policy",
+                    file=self.path,
+                    line=self.agency_line,
+                )
             )
+        pairs: dict[str, PolicyError] = {}  # one per pair of rules, naming the first agency
+        for member in trust.agencies.values():
+            covering = [r for r in self.rules if r.selector.covers(member)]
+            for found in _pair_problems(self.path, covering, f"agency {member.agency_id}"):
+                pairs.setdefault(found.message.partition(" both cover")[0], found)
+        return problems + list(pairs.values())
+
+    def unknown_names(self, trust: TrustList) -> list[PolicyError]:
+        """An agency, group, country or legal basis a rule names, in ``to`` or in ``except``,
+        that the trust list does not know (exact case): a selector that names nobody covers
+        nobody, and an ``except`` that names nobody excludes nobody."""
+        problems = []
+        known = {
+            "agency": frozenset(trust.agencies),
+            "group": frozenset(g for a in trust.agencies.values() for g in a.groups),
+            "country": frozenset(a.country for a in trust.agencies.values()),
+            "legal basis": frozenset(b for a in trust.agencies.values() for b in a.legal_bases),
+        }
+        for rule in self.rules:
+            for key, kind, names in rule.selector.named():
+                for name in sorted(names - known[kind]):
+                    effect = "excludes" if "except" in key else "covers"
+                    problems.append(
+                        PolicyError(
+                            f"rule '{rule.rule_id}': {key} names {kind} '{name}', which the "
+                            f"trust list does not know, so it {effect} nobody"
+                            f"{_suggest(name, known[kind])}",
+                            file=self.path,
+                            line=rule.to_line,
+                        )
+                    )
+        return problems
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    same = [k for k in sorted(known) if k.casefold() == name.casefold()]
+    if same:
+        return f"; names are case-sensitive: did you mean '{same[0]}'?"
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"; did you mean '{close[0]}'?" if close else "; check the trust list"
 
 
 # --- compiling -----------------------------------------------------------------------------------
@@ -551,7 +711,8 @@ def _is_below(path: str, parent: str) -> bool:
 
 
 class _Compiler:
-    """Turns one rule's field actions into a plan, checking each against the schema."""
+    """Turns one rule's field actions into a plan, checking each against the schema; every
+    problem found is added to ``problems`` (and compiling goes on, to find the others)."""
 
     def __init__(
         self,
@@ -559,53 +720,59 @@ class _Compiler:
         rule: RuleModel,
         document: YamlDocument,
         index: int,
+        personal: frozenset[str],
+        problems: list[PolicyError],
+        baseline: tuple[str, frozenset[str]] | None = None,
     ) -> None:
         self.schema = schema
+        self.baseline = baseline
         self.rule = rule
         self.document = document
         self.index = index
+        self.personal = personal
+        self.problems = problems
         self.actions: dict[str, FieldActionModel] = {
-            path: FieldActionModel(**{action: True}) if isinstance(action, str) else action
+            path: FieldActionModel.model_validate({action: True})
+            if isinstance(action, str)
+            else action
             for path, action in rule.fields.items()
         }
         self.derived: set[str] = set()
+        self.overwrites: list[str] = []
+        self.whole_persons: list[str] = []
 
-    def error(self, message: str, path: str | None = None) -> PolicyError:
-        loc: tuple[str | int, ...] = ("rules", self.index, "fields")
-        if path is not None:
-            loc = (*loc, path)
-        return PolicyError(
-            f"rule '{self.rule.id}': {message}",
-            file=str(self.document.path),
-            line=self.document.line_of(loc),
+    def report(self, message: str, path: str | None = None, loc: Loc | None = None) -> None:
+        if loc is None:
+            loc = ("rules", self.index, "fields") + ((path,) if path is not None else ())
+        self.problems.append(
+            PolicyError(
+                f"rule '{self.rule.id}': {message}",
+                file=str(self.document.path),
+                line=self.document.line_of(loc),
+            )
         )
 
-    def when(self, condition: Condition | None, loc: tuple[str | int, ...]) -> When | None:
+    def when(self, condition: Condition | None, loc: Loc) -> When | None:
         if condition is None:
             return None
         known = {info.path: info for info in self.schema.iter_fields()}
         tests: list[tuple[str, frozenset[Scalar]]] = []
         for path, expected in condition.items():
-            line = self.document.line_of((*loc, path))
             info = known.get(path)
             if info is None or "[]" in path:
                 close = difflib.get_close_matches(path, [p for p in known if "[]" not in p], n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise PolicyError(
-                    f"rule '{self.rule.id}': condition on '{path}', which is not a single field "
-                    f"of {self.schema.full_name}{hint}",
-                    file=str(self.document.path),
-                    line=line,
+                self.report(
+                    f"condition on '{path}', which is not a single field of "
+                    f"{self.schema.full_name}{hint}",
+                    loc=(*loc, path),
                 )
+                continue
             values = expected if isinstance(expected, list) else [expected]
-            for value in values:
-                problem = _condition_value_problem(info, value)
-                if problem:
-                    raise PolicyError(
-                        f"rule '{self.rule.id}': condition on '{path}': {problem}",
-                        file=str(self.document.path),
-                        line=line,
-                    )
+            problems = [p for p in (_condition_value_problem(info, v) for v in values) if p]
+            if problems:
+                self.report(f"condition on '{path}': {problems[0]}", loc=(*loc, path))
+                continue
             tests.append((path, frozenset(values)))
         return When(tuple(tests))
 
@@ -616,24 +783,44 @@ class _Compiler:
             if info is None:
                 close = difflib.get_close_matches(path, known, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise self.error(
+                self.report(
                     f"{self.schema.full_name} has no field '{path}'{hint} "
                     "(fxgw schema check --fields lists them)",
                     path,
                 )
-            if (action.drop or action.when is not None) and not info.nullable:
+            elif (action.drop or action.when is not None) and not info.nullable:
                 what = "dropped" if action.drop else "made conditional"
-                raise self.error(
+                self.report(
                     f"field '{path}' is required by {self.schema.full_name} and cannot be "
-                    f"{what}; required fields always leave, remove the line",
+                    f"{what}: every view carries it; keep it, or transform it (pseudonymise, "
+                    "redact, generalise)",
                     path,
                 )
-            if info.children and not (action.keep or action.drop):
-                raise self.error(
+            elif info.children and not (action.keep or action.drop):
+                self.report(
                     f"'{path}' is a record or a list of records: keep or drop it, or name "
                     "the fields inside it",
                     path,
                 )
+            elif info.children and action.keep and info.type_name in self.personal:
+                if not action.whole_person:
+                    inner = next(c.path for c in info.children if c.nullable)
+                    self.report(
+                        f"'{path}' is a person record ({info.type_name}): keep releases every "
+                        "field of it, identity numbers and addresses included; name the fields "
+                        f"to release ('{inner}: keep', ...), or say that the whole record may "
+                        f"leave: '{path}: {{keep: true, whole_person: true}}'",
+                        path,
+                    )
+                self.whole_persons.append(path)
+
+    def _required(self, info: FieldInfo) -> None:
+        self.report(
+            f"field '{info.path}' is required by {self.schema.full_name}, so every view carries "
+            "it, but no action names it (default deny); keep it ("
+            f"'{info.path}: keep') or transform it (pseudonymise, redact, generalise)",
+            loc=("rules", self.index, "fields"),
+        )
 
     def compile(
         self, infos: tuple[FieldInfo, ...], inherited: Literal["keep", "withhold"]
@@ -651,7 +838,9 @@ class _Compiler:
             if spec is not None and spec.drop:
                 plans.append(FieldPlan(info.name, info.path, "withhold", "dropped by the rule"))
             elif spec is not None and spec.keep:
-                if info.children and below:
+                # a kept record is expanded into the fields the schema has now: one a later
+                # contract version adds is not in the plan, so it is withheld until named
+                if info.children:
                     children = self.compile(info.children, "keep")
                     plans.append(
                         FieldPlan(info.name, info.path, "descend", "kept", children, when=when)
@@ -664,13 +853,17 @@ class _Compiler:
                 try:
                     transform = _transform_for(spec, info, siblings)
                 except ValueError as exc:
-                    raise self.error(str(exc), info.path) from exc
+                    self.report(str(exc), info.path)
+                    continue
                 if isinstance(transform, AgeBand):
-                    self.derived.add(
+                    target = (
                         info.path.rsplit(".", 1)[0] + "." + transform.into
                         if "." in info.path
                         else transform.into
                     )
+                    self.derived.add(target)
+                    if target in self.actions:
+                        self.overwrites.append(target)
                 plans.append(
                     FieldPlan(
                         info.name,
@@ -681,16 +874,26 @@ class _Compiler:
                         when=when,
                     )
                 )
-            elif info.children and (below or not info.nullable or inherited == "keep"):
+            elif inherited == "keep" and self.baseline and info.path not in self.baseline[1]:
+                plans.append(
+                    FieldPlan(
+                        info.name,
+                        info.path,
+                        "withhold",
+                        f"added after contract version {self.baseline[0]}, which the policy "
+                        "was written for: withheld until a rule names it",
+                    )
+                )
+            elif info.children and (below or inherited == "keep"):
                 children = self.compile(info.children, inherited)
-                reason = "required" if not info.nullable else "fields inside are named"
+                reason = (
+                    "fields inside are named" if inherited == "withhold" else "inside a kept record"
+                )
                 plans.append(FieldPlan(info.name, info.path, "descend", reason, children))
             elif inherited == "keep":
                 plans.append(FieldPlan(info.name, info.path, "keep", "inside a kept record"))
             elif not info.nullable:
-                plans.append(
-                    FieldPlan(info.name, info.path, "keep", "required: every view carries it")
-                )
+                self._required(info)
             else:
                 plans.append(
                     FieldPlan(info.name, info.path, "withhold", "no action names it (default deny)")
@@ -731,6 +934,11 @@ def _condition_value_problem(info: FieldInfo, value: Scalar) -> str | None:
             return None
         return f"not a symbol of the enum; expected one of {', '.join(info.symbols)}"
     if kind == "string":
+        if isinstance(value, bool):
+            return (
+                "expected a string; YAML reads an unquoted yes, no, on or off as a boolean:"
+                " quote it"
+            )
         return None if isinstance(value, str) else "expected a string"
     if kind in _INT_KINDS:
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -745,7 +953,8 @@ def _reference_field(schema: Schema) -> str | None:
     return None
 
 
-def _check_pairs(path: str, rules: list[Rule], scope: str | None) -> None:
+def _pair_problems(path: str, rules: list[Rule], scope: str | None) -> list[PolicyError]:
+    problems = []
     for i, later in enumerate(rules):
         for earlier in rules[:i]:
             if earlier.plan.event_type != later.plan.event_type:
@@ -759,14 +968,17 @@ def _check_pairs(path: str, rules: list[Rule], scope: str | None) -> None:
             shared = scope or earlier.selector.may_overlap(later.selector)
             if shared is None:
                 continue
-            raise PolicyError(
-                f"rules '{earlier.rule_id}' (line {earlier.line}) and '{later.rule_id}' both "
-                f"cover {shared} for {later.plan.event_type} but release different views; a "
-                "recipient must fall under one rule only: narrow 'to' (e.g. except: {groups: "
-                "[EU]}) or give the rules exclusive 'when' conditions",
-                file=path,
-                line=later.line,
+            problems.append(
+                PolicyError(
+                    f"rules '{earlier.rule_id}' (line {earlier.line}) and '{later.rule_id}' both "
+                    f"cover {shared} for {later.plan.event_type} but release different views; a "
+                    "recipient must fall under one rule only: narrow 'to' (e.g. except: {groups: "
+                    "[EU]}) or give the rules exclusive 'when' conditions",
+                    file=path,
+                    line=later.line,
+                )
             )
+    return problems
 
 
 def _clear_paths(plans: tuple[FieldPlan, ...]) -> Iterator[str]:
@@ -784,15 +996,15 @@ def _check_shape(
     rule_id: str,
     when: When | None,
     fields: tuple[FieldPlan, ...],
-    document: YamlDocument,
     index: int,
+    problem: Callable[[str, Loc], None],
 ) -> None:
     """Check the shape rule: every condition of a rule (its own ``when`` and those of its field
     actions) tests only fields the rule releases in clear, so which rule applies, and which
     fields are withheld, transformed, null or set, never depends on a value the recipient may
     not see.
 
-    :raises PolicyError: naming the rule, the condition, the hidden field and the fix.
+    Each breach goes to ``problem``, naming the rule, the condition, the hidden field and the fix.
     """
     clear = tuple(_clear_paths(fields))
     sites: list[tuple[When, tuple[str | int, ...], str, str]] = []
@@ -812,12 +1024,11 @@ def _check_shape(
         for path, _ in condition.tests:
             if any(path == c or _is_below(path, c) for c in clear):
                 continue
-            raise PolicyError(
+            problem(
                 f"rule '{rule_id}': {where} tests '{path}', which the rule does not release "
                 f"in clear, so {shows} would tell the recipient that hidden value; keep "
                 f"'{path}' in this rule (fields: {{{path}: keep}}) or remove the condition",
-                file=str(document.path),
-                line=document.line_of((*loc, path)),
+                (*loc, path),
             )
 
 
@@ -827,51 +1038,114 @@ def _walk_plans(plans: tuple[FieldPlan, ...]) -> Iterator[FieldPlan]:
         yield from _walk_plans(plan.children)
 
 
-def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
-    """Validate a policy document against the schemas and compile it.
+def personal_types(registry: SchemaRegistry) -> frozenset[str]:
+    """The record types whose doc marks them as personal data (``fxgw.Person``)."""
+    return frozenset(
+        schema.full_name
+        for schema in registry
+        if schema.doc is not None and PERSONAL_MARK in schema.doc.lower()
+    )
 
-    :raises PolicyError: naming file, line and fix: bad structure, unknown event type or field
-        path, dropping a required field, an action that does not fit the field's type, a bad
-        condition, a duplicate rule id, or two rules that could cover the same recipient with
-        different plans.
+
+def _sound_rules(data: object) -> list[tuple[int, RuleModel]]:
+    """The rules of a policy document that has a structural error, which are valid alone."""
+    items = data.get("rules") if isinstance(data, Mapping) else None
+    sound = []
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        with contextlib.suppress(ValidationError):
+            sound.append((index, RuleModel.model_validate(item)))
+    return sound
+
+
+def _written_for(
+    header: PolicyHeaderModel,
+    versions: Mapping[str, SchemaRegistry] | None,
+    problem: Callable[[str, Loc], None],
+) -> tuple[str, SchemaRegistry] | None:
+    """The contract version the policy was written for, by label, if the node's are known."""
+    if not versions:
+        return None
+    label = header.contract or next(iter(versions))
+    if label not in versions:
+        problem(
+            f"policy.contract names version {label}, which the node's contract does not hold;"
+            f" name one of {', '.join(versions)}",
+            ("policy", "contract"),
+        )
+        return None
+    return label, versions[label]
+
+
+def parse_policy(
+    document: YamlDocument,
+    registry: SchemaRegistry,
+    trust: TrustList | None = None,
+    agency: str | None = None,
+    *,
+    versions: Mapping[str, SchemaRegistry] | None = None,
+) -> Policy:
+    """Validate a policy document against the schemas (and ``trust``, the trust list, when
+    given; ``agency``, the node's, must then own the policy) and compile it.
+
+    ``versions`` are the contract versions the node holds, oldest first, by label: ``keep`` of
+    a record releases only the fields the record has in the version the policy names
+    (``policy.contract``; by default the oldest), so a field a later version adds is withheld
+    until a rule names it.
+
+    :raises PolicyError: naming file, line and fix, for every problem found at once
+        (:class:`~gateway.errors.PolicyProblems` when there are several): bad structure or types,
+        unknown event type or field path, a required field no action names or one dropped, a
+        person record kept whole without saying so, an action that does not fit the field's
+        type, a bad condition, a duplicate rule id, two rules that could cover the same
+        recipient with different plans, or recipients the trust list does not know.
     """
-    model = load_model(document, PolicyModel, "policy", PolicyError)
+    file = str(document.path)
+    model, errors = validate_all(document, PolicyModel, "policy", PolicyError, hints=True)
+    problems = [PolicyError(e.message, file=e.file, line=e.line) for e in errors]
+    # with a structural error somewhere, the rules that are sound on their own are still
+    # compiled, so that their problems are reported too
+    header = model.policy if model is not None else None
+    indexed = list(enumerate(model.rules)) if model is not None else _sound_rules(document.data)
+
+    def problem(message: str, loc: Loc) -> None:
+        problems.append(PolicyError(message, file=file, line=document.line_of(loc)))
+
     events = set(registry.event_types)
+    personal = personal_types(registry)
+    written_for = _written_for(header, versions, problem) if header is not None else None
     rules: list[Rule] = []
     seen: set[str] = set()
-    for index, rule in enumerate(model.rules):
-        line = document.line_of(("rules", index))
+    for index, rule in indexed:
         if rule.id in seen:
-            raise PolicyError(
-                f"rule id '{rule.id}' is used twice; give each rule its own id",
-                file=str(document.path),
-                line=line,
-            )
+            message = f"rule id '{rule.id}' is used twice; give each rule its own id"
+            problem(message, ("rules", index))
         seen.add(rule.id)
         if rule.event not in events:
             close = difflib.get_close_matches(rule.event, sorted(events), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise PolicyError(
+            problem(
                 f"rule '{rule.id}': unknown event type '{rule.event}'{hint}",
-                file=str(document.path),
-                line=document.line_of(("rules", index, "event")),
+                ("rules", index, "event"),
             )
+            continue
         to = rule.to
         if not (to.all or to.agencies or to.groups or to.countries):
-            raise PolicyError(
+            problem(
                 f"rule '{rule.id}': 'to' names no recipient; list agencies, groups, countries "
                 "or set all: true",
-                file=str(document.path),
-                line=document.line_of(("rules", index, "to")),
+                ("rules", index, "to"),
             )
         if rule.handling.code == "H3" and not rule.handling.conditions:
-            raise PolicyError(
+            problem(
                 f"rule '{rule.id}': handling code H3 needs 'conditions' stating the restrictions",
-                file=str(document.path),
-                line=document.line_of(("rules", index, "handling")),
+                ("rules", index, "handling"),
             )
         schema = registry.get(rule.event)
-        compiler = _Compiler(schema, rule, document, index)
+        baseline = None
+        if written_for is not None and rule.event in written_for[1]:
+            known = written_for[1].get(rule.event).iter_fields()
+            baseline = (written_for[0], frozenset(info.path for info in known))
+        compiler = _Compiler(schema, rule, document, index, personal, problems, baseline)
         compiler.check_paths()
         fields = _mark_derived(compiler.compile(schema.fields, "withhold"), compiler.derived)
         handling = Handling(
@@ -895,17 +1169,32 @@ def parse_policy(document: YamlDocument, registry: SchemaRegistry) -> Policy:
         )
         plan = Plan(rule.id, schema.full_name, handling, fields, _reference_field(schema))
         when = compiler.when(rule.when, ("rules", index, "when"))
-        _check_shape(rule.id, when, fields, document, index)
-        rules.append(Rule(rule.id, selector, when, plan, line))
-    _check_pairs(str(document.path), rules, None)
-    header = model.policy
-    return Policy(
-        policy_id=f"{header.id}@{header.version}",
-        agency=AgencyId(header.agency),
+        _check_shape(rule.id, when, fields, index, problem)
+        rules.append(
+            Rule(
+                rule.id,
+                selector,
+                when,
+                plan,
+                document.line_of(("rules", index)),
+                to_line=document.line_of(("rules", index, "to")),
+                whole_persons=tuple(compiler.whole_persons),
+                overwrites=tuple(compiler.overwrites),
+            )
+        )
+    problems += _pair_problems(file, rules, None)
+    policy = Policy(
+        policy_id=f"{header.id}@{header.version}" if header is not None else "",
+        agency=AgencyId(header.agency if header is not None else ""),
         digest=hashlib.sha256(document.raw).digest(),
-        path=str(document.path),
+        path=file,
         rules=tuple(rules),
+        agency_line=document.line_of(("policy", "agency")),
     )
+    if trust is not None:
+        problems += policy.trust_problems(trust, agency if header is not None else None)
+    raise_problems(sorted(problems, key=lambda p: p.line or 0))
+    return policy
 
 
 def check_versions(policy: Policy, versions: Mapping[str, SchemaRegistry]) -> None:
@@ -948,12 +1237,20 @@ def _nullable_paths(plans: tuple[FieldPlan, ...]) -> Iterator[str]:
             yield from _nullable_paths(plan.children)
 
 
-def load_policy(path: Path, registry: SchemaRegistry) -> Policy:
+def load_policy(
+    path: Path,
+    registry: SchemaRegistry,
+    trust: TrustList | None = None,
+    agency: str | None = None,
+    *,
+    versions: Mapping[str, SchemaRegistry] | None = None,
+) -> Policy:
     """Read and validate a policy file (see :func:`parse_policy`).
 
     :raises PolicyError: the file is missing, not YAML, or invalid.
     """
-    return parse_policy(read_yaml(path, "policy file", PolicyError), registry)
+    document = read_yaml(path, "policy file", PolicyError)
+    return parse_policy(document, registry, trust, agency, versions=versions)
 
 
 # --- applying ------------------------------------------------------------------------------------
@@ -1072,5 +1369,6 @@ __all__ = [
     "check_versions",
     "load_policy",
     "parse_policy",
+    "policy_schema_json",
     "reference_time",
 ]

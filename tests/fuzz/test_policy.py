@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from gateway.contract.schemas import SchemaRegistry
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, PolicyProblems
 from gateway.policy.engine import load_policy
 from tests.fuzz.conftest import TIMEOUT, budget, corpus
 from tests.strategies import mutated
@@ -169,13 +169,15 @@ def yaml_like_text() -> SearchStrategy[str]:
 
 
 def _check_load(path: Path, registry: SchemaRegistry, content: bytes) -> None:
-    """load_policy returns a policy, or raises PolicyError (no subclass, nothing else) that names
-    ``path``."""
+    """load_policy returns a policy, or raises PolicyError (or PolicyProblems, every one of
+    them a PolicyError; nothing else) that names ``path``."""
     path.write_bytes(content)
     try:
         load_policy(path, registry)
     except PolicyError as exc:
-        assert (PolicyError, str(path)) == (type(exc), exc.file)
+        assert type(exc) in (PolicyError, PolicyProblems)
+        problems = exc.problems if isinstance(exc, PolicyProblems) else (exc,)
+        assert {(PolicyError, str(path))} == {(type(p), p.file) for p in problems}
 
 
 @pytest.fixture(scope="module")
@@ -222,5 +224,6 @@ class TestPolicyRegressions:
         """The stored file is refused, and the error names it and the line at fault."""
         with pytest.raises(PolicyError) as caught:
             load_policy(path, registry)
-        assert (PolicyError, str(path)) == (type(caught.value), caught.value.file)
+        assert type(caught.value) in (PolicyError, PolicyProblems)
+        assert str(path) == caught.value.file
         assert caught.value.line is not None

@@ -252,7 +252,9 @@ class TestOutboundCore:
             "  - id: seizure-eu\n"
             "    event: fxgw.SeizureEvent\n"
             "    to: {groups: [EU]}\n"
-            "    handling: {code: H2, purpose: testing, source: B, information: 2}\n",
+            "    handling: {code: H2, purpose: testing, source: B, information: 2}\n"
+            "    fields: {event_id: keep, reported_at: keep, reporting_agency: keep,"
+            " 'firearms[].item_id': keep}\n",
             encoding="utf-8",
         )
         policy = load_policy(path, registry)

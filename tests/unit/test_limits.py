@@ -187,9 +187,9 @@ class TestPolicyLimits:
             "  - id: " + "r" * MAX_NAME + "\n"
             "    event: fxgw.SeizureEvent\n"
             "    to: {all: true}\n"
-            "    handling: {code: H2, purpose: "
-            + "u" * MAX_TEXT
-            + ", source: B, information: 2}\n",
+            "    handling: {code: H2, purpose: " + "u" * MAX_TEXT + ", source: B, information: 2}\n"
+            "    fields: {event_id: keep, reported_at: keep, reporting_agency: keep,"
+            " firearms: keep}\n",
             encoding="utf-8",
         )
         policy = load_policy(path, registry)

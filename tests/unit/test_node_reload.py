@@ -16,6 +16,7 @@ from typing import Any
 
 import nacl.public
 import pytest
+import structlog
 import yaml
 
 from gateway.audit.store import AuditLog, read_entries
@@ -55,9 +56,9 @@ def test_good_policy_replaces_the_one_in_force(node: Node) -> None:
     """A new version that passes every check is in force for the next event."""
     path = node.config.policy
     before = node.outbound.policy
-    path.write_text(path.read_text().replace("version: 2", "version: 3", 1))
+    path.write_text(path.read_text().replace("version: 3", "version: 4", 1))
     assert node.reload({"policy"})
-    assert node.outbound.policy.policy_id.endswith("@3")
+    assert node.outbound.policy.policy_id.endswith("@4")
     assert before.digest != node.outbound.policy.digest
     assert 1 == node.counters["reloads"]
 
@@ -162,6 +163,26 @@ def test_a_trust_list_that_disowns_the_node_stops_it(
     assert info.value.fatal and not info.value.retriable
     assert before is node.outbound.trust and before is node.inbound.trust  # nothing swapped
     with pytest.raises(ConfigError, match=reason):
+        load_node_files(node.config, NOW)
+
+
+def test_a_list_without_a_recipient_the_policy_names_is_taken_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """A newer trust list without US-ATF (and so without the legal basis MLAT-EU-US that
+    NL-POL's policy names) is put in force, with a warning naming the rule: a name on nobody
+    covers nobody, and refusing the list would keep the old one's keys. The policy itself is
+    refused with it at the next start, or when it is reloaded."""
+    fed = build_federation(tmp_path / "fed", "127.0.0.1:1", now=NOW)
+    node = Node(load_config(fed.config("NL-POL")), now=lambda: NOW)
+    _reissue(fed, lambda agencies: [a for a in agencies if a["id"] != "US-ATF"])
+    with structlog.testing.capture_logs() as logs:
+        assert node.reload({"trust"})
+    assert "US-ATF" not in node.outbound.trust.agencies
+    warnings = [e for e in logs if e["event"] == "policy_names_unknown_recipient"]
+    assert warnings and all("legal basis 'MLAT-EU-US'" in e["error"] for e in warnings)
+    assert not node.reload({"policy"})
+    with pytest.raises(PolicyError, match="legal basis 'MLAT-EU-US', which the trust list"):
         load_node_files(node.config, NOW)
 
 

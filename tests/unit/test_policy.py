@@ -11,27 +11,49 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.versions import Contract
 from gateway.core.outbound import parse_plain_event
 from gateway.core.routing import values_at
 from gateway.crypto.trust import Agency, TrustList
-from gateway.errors import PolicyError
-from gateway.policy.engine import Denied, FieldPlan, Plan, Policy, Selector, apply_plan, load_policy
+from gateway.errors import PolicyError, PolicyProblems
+from gateway.policy.engine import (
+    Denied,
+    FieldPlan,
+    Plan,
+    Policy,
+    Selector,
+    apply_plan,
+    load_policy,
+    policy_schema_json,
+)
+from gateway.policy.review import review
+from gateway.policy.tools import explain
 from gateway.policy.transforms import Pseudonymiser
 from gateway.types import AgencyId, CountryCode, EventType
+from tests.contracts import V1_1_EDITS, contract
 from tests.strategies import records_for
 from tests.unit.conftest import NOW, repo_file
 
 EXAMPLES = ("nl-pol", "be-fpj", "us-atf")
 BROKEN = sorted(repo_file("tests", "data", "policies", "broken").glob("*.yaml"))
+BROKEN_ON_TRUST = sorted(repo_file("tests", "data", "policies", "broken-on-trust").glob("*.yaml"))
 SEIZURE = EventType("fxgw.SeizureEvent")
 TRACE = EventType("fxgw.TraceRequest")
 PSEUDONYMS = Pseudonymiser(b"\x07" * 32)
 HANDLING = "{code: H2, purpose: testing, source: B, information: 2}"
+PERSON_NAMES = "{'persons[].role': keep, 'persons[].family_name': keep}"
+REQUIRED = (
+    "event_id: keep, reported_at: keep, reporting_agency.agency_id: keep,"
+    " reporting_agency.country: keep, 'firearms[].item_id': keep"
+)
+"""The fields a seizure requires, which every seizure rule must name."""
 
 
 def _agency(
@@ -90,8 +112,8 @@ def _seizure_plan(tmp_path: Path, registry: SchemaRegistry, fields: str) -> Plan
           event: fxgw.SeizureEvent
           to: {{groups: [EU]}}
           handling: {HANDLING}
-          fields: {fields}
-        """,
+          fields: {{{REQUIRED}, {fields.strip()[1:]}
+        """.replace(", }", "}"),
     )
     plan = policy.plan_for(SEIZURE, BE, {})
     assert isinstance(plan, Plan)
@@ -110,13 +132,19 @@ def _nulls(registry: SchemaRegistry, path: str) -> dict[str, object]:
     return {info.name: None for info in registry.get(SEIZURE).field(path).children}
 
 
-def _expectations(path: Path) -> tuple[list[str], int]:
-    """The message fragments (``# expect:`` lines) and the marked line (``# <-- error``)."""
+def _expectations(
+    path: Path, tag: str = "expect", mark: str = "error"
+) -> tuple[list[str], list[int]]:
+    """The message fragments (``# expect:`` lines) and the marked lines (``# <-- error``)."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    fragments = [line.removeprefix("# expect: ") for line in lines if line.startswith("# expect: ")]
-    marked = [number for number, line in enumerate(lines, 1) if "# <-- error" in line]
-    assert fragments and 1 == len(marked), f"{path.name}: needs '# expect:' and one marked line"
-    return fragments, marked[0]
+    fragments = [line.removeprefix(f"# {tag}: ") for line in lines if line.startswith(f"# {tag}: ")]
+    marked = [number for number, line in enumerate(lines, 1) if f"# <-- {mark}" in line]
+    assert fragments and marked, f"{path.name}: needs '# {tag}:' and a marked line"
+    return fragments, marked
+
+
+def _problems(error: PolicyError) -> tuple[PolicyError, ...]:
+    return error.problems if isinstance(error, PolicyProblems) else (error,)
 
 
 class TestExamplePolicies:
@@ -160,16 +188,31 @@ class TestBrokenPolicies:
 
     @pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
     def test_broken_policy_is_refused(self, registry: SchemaRegistry, path: Path) -> None:
-        """PolicyError names the file, the marked line and every expected fragment."""
-        fragments, line = _expectations(path)
+        """PolicyError names the file, every marked line (and no other) and every expected
+        fragment, all at once."""
+        fragments, lines = _expectations(path)
         with pytest.raises(PolicyError) as info:
             load_policy(path, registry)
         error = info.value
-        assert line == error.line
-        assert str(path) == error.file
-        assert str(error).startswith(f"{path}:{line}: ")
+        assert lines == sorted({p.line for p in _problems(error) if p.line is not None})
+        assert {str(path)} == {p.file for p in _problems(error)}
+        assert str(error).startswith(f"{path}:{lines[0]}: ")
         for fragment in fragments:
             assert fragment in error.message
+
+    @pytest.mark.parametrize("path", BROKEN_ON_TRUST, ids=[p.stem for p in BROKEN_ON_TRUST])
+    def test_refused_on_the_trust_list(
+        self, registry: SchemaRegistry, trust: TrustList, path: Path
+    ) -> None:
+        """A file that loads alone is refused with the sandbox trust list at hand on node
+        NL-POL, at every marked line, with every expected fragment."""
+        fragments, lines = _expectations(path)
+        load_policy(path, registry)
+        with pytest.raises(PolicyError) as info:
+            load_policy(path, registry, trust, AgencyId("NL-POL"))
+        assert lines == sorted({p.line for p in _problems(info.value) if p.line is not None})
+        for fragment in fragments:
+            assert fragment in info.value.message
 
     def test_the_table_covers_the_required_cases(self) -> None:
         """The table holds at least the cases every policy author runs into."""
@@ -212,8 +255,8 @@ def _conditional_rule(when: str, fields: str) -> str:
           to: {{all: true}}
           when: {when}
           handling: {HANDLING}
-          fields: {fields}
-        """
+          fields: {{{REQUIRED}, {fields.strip()[1:]}
+        """.replace(", }", "}")
 
 
 class TestShapeRule:
@@ -352,6 +395,7 @@ class TestSelector:
                 except: {{groups: [EU], agencies: [US-CBP], countries: [CH]}}
                 legal_basis: [MLAT-EU-US]
               handling: {HANDLING}
+              fields: {{{REQUIRED}}}
             """,
         )
         expected = Selector(
@@ -381,7 +425,8 @@ class TestPlanFor:
         policy = _policy(
             tmp_path,
             registry,
-            f"- {{id: s, event: fxgw.SeizureEvent, to: {{all: true}}, handling: {HANDLING}}}\n",
+            f"- {{id: s, event: fxgw.SeizureEvent, to: {{all: true}}, handling: {HANDLING},"
+            f" fields: {{{REQUIRED}}}}}\n",
         )
         assert isinstance(policy.plan_for(SEIZURE, BE, {}), Plan)
         assert Denied(AgencyId("BE-FPJ"), TRACE, "no_rule") == policy.plan_for(TRACE, BE, {})
@@ -423,7 +468,7 @@ class TestPlanFor:
               to: {{all: true}}
               when: {{exchange_flagged: true}}
               handling: {HANDLING}
-              fields: {{exchange_flagged: keep}}
+              fields: {{{REQUIRED}, exchange_flagged: keep}}
             """,
         )
         assert isinstance(policy.plan_for(SEIZURE, BE, {"exchange_flagged": True}), Plan)
@@ -436,7 +481,8 @@ class TestPlanFor:
     ) -> None:
         """Of several rules releasing the same view, the first in file order decides."""
         body = (
-            f"  event: fxgw.SeizureEvent\n  handling: {HANDLING}\n  fields: {{crime_code: keep}}\n"
+            f"  event: fxgw.SeizureEvent\n  handling: {HANDLING}\n"
+            f"  fields: {{{REQUIRED}, crime_code: keep}}\n"
         )
         eu = "- id: eu\n  to: {groups: [EU]}\n" + body
         be = "- id: be\n  to: {agencies: [BE-FPJ]}\n" + body
@@ -459,12 +505,12 @@ class TestPlanFor:
               event: fxgw.SeizureEvent
               to: {{groups: [EU]}}
               handling: {HANDLING}
-              fields: {{crime_code: keep}}
+              fields: {{{REQUIRED}, crime_code: keep}}
             - id: belgium
               event: fxgw.SeizureEvent
               to: {{countries: [BE]}}
               handling: {HANDLING}
-              fields: {{case_reference: keep}}
+              fields: {{{REQUIRED}, case_reference: keep}}
             """,
         )
         with pytest.raises(PolicyError) as info:
@@ -478,7 +524,8 @@ class TestPlanFor:
 
 
 PERSON_KEY = (
-    "{'persons[].family_name': {pseudonymise: {link_by: [family_name, given_names, birth_date]}}}"
+    "{'persons[].role': keep,"
+    " 'persons[].family_name': {pseudonymise: {link_by: [family_name, given_names, birth_date]}}}"
 )
 EPOCH = timedelta(days=90)
 BOUNDARY = datetime.fromtimestamp(
@@ -592,7 +639,8 @@ class TestPseudonymScope:
         self, registry: SchemaRegistry, tmp_path: Path
     ) -> None:
         """``pseudonymise`` without link_by never links across events, not even by surname."""
-        plan = _seizure_plan(tmp_path, registry, "{'persons[].family_name': pseudonymise}")
+        fields = "{'persons[].role': keep, 'persons[].family_name': pseudonymise}"
+        plan = _seizure_plan(tmp_path, registry, fields)
         assert _pseudonyms(plan, _person("Jansen"), event_id="E1") != _pseudonyms(
             plan, _person("Jansen"), event_id="E2"
         )
@@ -620,7 +668,9 @@ class TestPseudonymScope:
         an epoch outside 1 to 365 days, are refused naming the field."""
         with pytest.raises(PolicyError) as info:
             _seizure_plan(
-                tmp_path, registry, f"{{'persons[].family_name': {{pseudonymise: {option}}}}}"
+                tmp_path,
+                registry,
+                f"{{'persons[].role': keep, 'persons[].family_name': {{pseudonymise: {option}}}}}",
             )
         message = info.value.message
         assert message.startswith("rule 'seizure-eu': pseudonymise of 'persons[].family_name': ")
@@ -635,10 +685,26 @@ def _walk_reason(plan: Plan, path: str) -> str:
 class TestApplyPlan:
     """apply_plan releases what the plan keeps, nulls and lists the rest."""
 
-    def test_required_fields_always_leave(
+    def test_required_fields_must_be_named(self, registry: SchemaRegistry, tmp_path: Path) -> None:
+        """Default deny holds for required fields too: a rule naming none is refused, each
+        required field named at the rule's line."""
+        with pytest.raises(PolicyError) as info:
+            _policy(
+                tmp_path,
+                registry,
+                f"- {{id: s, event: fxgw.SeizureEvent, to: {{all: true}}, handling: {HANDLING}}}\n",
+            )
+        messages = [p.message for p in getattr(info.value, "problems", (info.value,))]
+        assert 4 == len(messages)
+        for name in ("event_id", "reported_at", "reporting_agency", "firearms"):
+            assert any(f"field '{name}' is required" in m for m in messages)
+        assert {3} == {p.line for p in getattr(info.value, "problems", ())}
+
+    def test_named_required_fields_leave(
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
     ) -> None:
-        """A rule naming no field still releases identifiers, timestamps and required records."""
+        """A rule naming only the required fields releases identifiers, timestamps and the
+        required records."""
         plan = _seizure_plan(tmp_path, registry, "{}")
         released, withheld = _release(plan, seizure)
         assert seizure["event_id"] == released["event_id"]
@@ -684,7 +750,7 @@ class TestApplyPlan:
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
     ) -> None:
         """Keeping persons[].family_name keeps every person with role and name, rest null."""
-        plan = _seizure_plan(tmp_path, registry, "{'persons[].family_name': keep}")
+        plan = _seizure_plan(tmp_path, registry, PERSON_NAMES)
         released, withheld = _release(plan, seizure)
         blank = _nulls(registry, "persons")
         assert [
@@ -700,7 +766,7 @@ class TestApplyPlan:
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
     ) -> None:
         """A plan descending into persons releases null when the event has no persons."""
-        plan = _seizure_plan(tmp_path, registry, "{'persons[].family_name': keep}")
+        plan = _seizure_plan(tmp_path, registry, PERSON_NAMES)
         released, _ = _release(plan, {**seizure, "persons": None})
         assert released["persons"] is None
 
@@ -711,12 +777,27 @@ class TestApplyPlan:
         plan = _seizure_plan(
             tmp_path,
             registry,
-            "{recovery_location: keep, firearms: keep, persons: keep, seizing_officer: keep}",
+            "{recovery_location: keep, firearms: keep, persons: {keep: true, whole_person: true},"
+            " seizing_officer: {keep: true, whole_person: true}}",
         )
         released, withheld = _release(plan, seizure)
         for name in ("recovery_location", "firearms", "persons", "seizing_officer"):
             assert seizure[name] == released[name]
             assert not [p for p in withheld if p == name or p.startswith((f"{name}.", f"{name}["))]
+
+    def test_explain_lists_the_fields_of_a_kept_record(
+        self, examples: dict[str, Policy], registry: SchemaRegistry, seizure: dict[str, object]
+    ) -> None:
+        """keep of a record is expanded at load: explain lists each field of it, and the one
+        an inner action narrows."""
+        explanation = explain(
+            examples["nl-pol"], registry, SEIZURE, seizure, BE, pseudonymiser=PSEUDONYMS, now=NOW
+        )
+        lines = {f.path: (f.outcome, f.reason) for f in explanation.fields}
+        inside = {info.path for info in registry.get(SEIZURE).field("firearms").children}
+        assert inside <= set(lines)
+        assert ("released", "inside a kept record") == lines["firearms[].proof_marks"]
+        assert "transformed" == lines["firearms[].condition"][0]
 
     def test_inner_drop_narrows_a_kept_list(
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
@@ -744,7 +825,7 @@ class TestApplyPlan:
         self, registry: SchemaRegistry, tmp_path: Path, seizure: dict[str, object]
     ) -> None:
         """The withheld list is the same whether or not the event held the withheld values."""
-        plan = _seizure_plan(tmp_path, registry, "{'persons[].family_name': keep}")
+        plan = _seizure_plan(tmp_path, registry, PERSON_NAMES)
         sparse = {
             **seizure,
             "case_reference": None,
@@ -921,3 +1002,128 @@ class TestApplyPlanProperties:
             for path in released.withheld:
                 when = conditional.get(path)
                 assert when is None or not when.holds(record), path
+
+
+DANGEROUS = sorted(repo_file("tests", "data", "policies", "dangerous").glob("*.yaml"))
+
+
+class TestDangerousPolicies:
+    """Each file of tests/data/policies/dangerous loads, and is warned about at its rules."""
+
+    @pytest.mark.parametrize("path", DANGEROUS, ids=[p.stem for p in DANGEROUS])
+    def test_dangerous_policy_is_warned_about(
+        self, registry: SchemaRegistry, trust: TrustList, path: Path
+    ) -> None:
+        """review() warns at every marked line (and no other) with every ``# warn:`` fragment."""
+        fragments, lines = _expectations(path, "warn", "warning")
+        warnings = review(load_policy(path, registry, trust, AgencyId("NL-POL")), registry)
+        assert lines == sorted({w.line for w in warnings if w.line is not None})
+        text = "\n".join(map(str, warnings))
+        for fragment in fragments:
+            assert fragment in text
+
+    @pytest.mark.parametrize("name", EXAMPLES)
+    def test_examples_give_no_warning(
+        self, examples: dict[str, Policy], registry: SchemaRegistry, name: str
+    ) -> None:
+        """The shipped policies pass ``fxgw policy check --strict``: nothing to warn about."""
+        assert [] == review(examples[name], registry)
+
+    def test_redacted_and_dropped_persons_are_not_personal_data(
+        self, registry: SchemaRegistry, tmp_path: Path
+    ) -> None:
+        """A rule to all that redacts a name and keeps only roles releases no personal data."""
+        plan = _policy(
+            tmp_path,
+            registry,
+            f"""\
+            - id: s
+              event: fxgw.SeizureEvent
+              to: {{all: true}}
+              handling: {HANDLING}
+              fields: {{{REQUIRED}, 'persons[].role': keep, 'persons[].family_name': redact}}
+            """,
+        )
+        assert [] == review(plan, registry)
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    """A validator for the shipped policy schema (itself checked against the metaschema)."""
+    schema = json.loads(repo_file("policies", "policy.schema.json").read_text("utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+class TestJsonSchema:
+    """policies/policy.schema.json, for editors, is the models' schema and fits the policies."""
+
+    def test_shipped_schema_is_up_to_date(self) -> None:
+        """The shipped file is what `fxgw policy schema` prints now (regenerate it if not)."""
+        assert policy_schema_json() == repo_file("policies", "policy.schema.json").read_text(
+            "utf-8"
+        )
+
+    @pytest.mark.parametrize("name", EXAMPLES)
+    def test_shipped_policies_validate(
+        self, validator: jsonschema.Draft202012Validator, name: str
+    ) -> None:
+        """Each shipped policy is valid against the schema."""
+        data = yaml.safe_load(repo_file("policies", f"{name}.yaml").read_text("utf-8"))
+        assert [] == [e.message for e in validator.iter_errors(data)]
+
+    @pytest.mark.parametrize("name", ["misspelt_key", "booleans_as_numbers", "norway_unquoted"])
+    def test_structural_mistakes_are_flagged(
+        self, validator: jsonschema.Draft202012Validator, name: str
+    ) -> None:
+        """An editor using the schema flags a misspelt key, a boolean as a number and an
+        unquoted NO."""
+        path = repo_file("tests", "data", "policies", "broken", f"{name}.yaml")
+        assert list(validator.iter_errors(yaml.safe_load(path.read_text("utf-8"))))
+
+
+V1_1 = {"1.0": {}, "1.1": V1_1_EDITS}
+
+
+class TestContractVersions:
+    """keep of a record releases the fields of the contract version the policy was written for."""
+
+    @pytest.mark.parametrize(
+        ("header", "extra", "released"),
+        [
+            ("", "", False),  # written for the oldest version the node holds: 1.0
+            ("", ", 'firearms[].barrel_serial_number': keep", True),  # named: it leaves
+            (", contract: '1.1'", "", True),  # written for 1.1, whose firearms have it
+        ],
+    )
+    def test_a_field_a_later_version_adds_is_withheld_until_named(
+        self, tmp_path: Path, header: str, extra: str, released: bool
+    ) -> None:
+        """A node on 1.1 keeping firearms whole under a policy written for 1.0 withholds the
+        firearm field 1.1 added, until a rule names it or the policy says it is for 1.1."""
+        versions = {v.label: v.registry for v in Contract.load(contract(tmp_path, V1_1))}
+        path = tmp_path / "policy.yaml"
+        path.write_text(
+            f"policy: {{id: p, version: 1, agency: NL-POL{header}}}\nrules:\n"
+            f"  - {{id: s, event: fxgw.SeizureEvent, to: {{groups: [EU]}}, handling: {HANDLING},"
+            f" fields: {{{REQUIRED}, firearms: keep{extra}}}}}\n",
+            encoding="utf-8",
+        )
+        policy = load_policy(path, versions["1.1"], versions=versions)
+        plan = policy.plan_for(SEIZURE, BE, {})
+        assert isinstance(plan, Plan)
+        record = {"firearms": [{"item_id": "1", "barrel_serial_number": "BRL-1"}]}
+        view = apply_plan(plan, record, recipient="BE-FPJ", now=NOW)
+        new = "firearms[].barrel_serial_number"
+        assert (released, not released) == (new in view.kept, new in view.withheld)
+        firearms = view.record["firearms"]
+        assert isinstance(firearms, list)
+        assert ("BRL-1" if released else None) == firearms[0]["barrel_serial_number"]
+
+    def test_an_unknown_contract_version_is_refused(self, tmp_path: Path) -> None:
+        """policy.contract must name a version the node holds."""
+        versions = {v.label: v.registry for v in Contract.load(contract(tmp_path, V1_1))}
+        path = tmp_path / "policy.yaml"
+        path.write_text("policy: {id: p, version: 1, agency: NL-POL, contract: '2.0'}\nrules: []\n")
+        with pytest.raises(PolicyError, match=r"names version 2\.0, which the node's contract"):
+            load_policy(path, versions["1.1"], versions=versions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,12 +36,21 @@ def test_every_broken_policy_fails_check_naming_its_line() -> None:
     result = _fxgw("policy", "check", *map(str, BROKEN))
     assert 1 == result.returncode
     for path in BROKEN:
-        fragments, line = _expectations(path)
+        fragments, lines = _expectations(path)
+        line = lines[0]
         reports = [r for r in result.stdout.splitlines() if r.startswith(f"error: {path}:")]
         assert 1 == len(reports), f"{path.name}: {reports}"
         assert reports[0].startswith(f"error: {path}:{line}: "), reports[0]
+        # further problems of the same file follow, one a line, each with file and line
+        found = [
+            (m.group(1), r)
+            for r in result.stdout.splitlines()
+            if (m := re.match(rf"(?:error: )?{re.escape(str(path))}:(\d+): ", r))
+        ]
+        assert lines == sorted({int(number) for number, _ in found})
+        report = "\n".join(r for _, r in found)
         for fragment in fragments:
-            assert fragment in reports[0], f"{path.name}: {fragment!r} not in {reports[0]!r}"
+            assert fragment in report, f"{path.name}: {fragment!r} not in {report!r}"
 
 
 def test_example_policies_pass_check() -> None:
@@ -48,9 +58,31 @@ def test_example_policies_pass_check() -> None:
     examples = sorted(
         str(p) for p in repo_file("policies").glob("*.yaml") if ".test." not in p.name
     )
-    result = _fxgw("policy", "check", *examples)
+    result = _fxgw("policy", "check", "--strict", *examples)
     assert 0 == result.returncode, result.stdout + result.stderr
     assert len(examples) == result.stdout.count(": ok, ")
+    assert "warning" not in result.stdout
+
+
+def test_strict_check_fails_on_warnings() -> None:
+    """A dangerous policy passes `fxgw policy check` with its warnings printed, and fails it
+    with --strict."""
+    dangerous = sorted(map(str, repo_file("tests", "data", "policies", "dangerous").glob("*.yaml")))
+    lenient = _fxgw("policy", "check", *dangerous)
+    assert 0 == lenient.returncode, lenient.stdout + lenient.stderr
+    assert "warning [personal_under_h0]" in lenient.stdout
+    assert len(dangerous) == lenient.stdout.count(" warnings\n")
+    assert 1 == _fxgw("policy", "check", "--strict", *dangerous).returncode
+
+
+def test_check_with_a_node_config_refuses_another_agencys_policy(fed: Federation) -> None:
+    """With -c, a policy written for another agency is refused; the node's own passes."""
+    config = str(fed.config("NL-POL"))
+    other = _fxgw("policy", "check", "-c", config, str(repo_file("policies", "be-fpj.yaml")))
+    assert 1 == other.returncode
+    assert "policy belongs to BE-FPJ, but this node is NL-POL" in other.stdout
+    own = _fxgw("policy", "check", "-c", config, str(repo_file("policies", "nl-pol.yaml")))
+    assert 0 == own.returncode, own.stdout + own.stderr
 
 
 def test_example_policies_pass_their_tests() -> None:

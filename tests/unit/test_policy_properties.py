@@ -81,7 +81,7 @@ def policies(draw: st.DrawFn, registry: SchemaRegistry, event_type: str) -> Poli
     for info in schema.iter_fields():
         if info.children or info.name == "age_band":
             continue
-        if draw(st.booleans()):
+        if not info.nullable or draw(st.booleans()):  # default deny: required ones are named
             fields[info.path] = draw(st.sampled_from(_options(info)))
     data = {
         "policy": {"id": "generated", "version": 1, "agency": "NL-POL"},

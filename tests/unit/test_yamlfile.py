@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydantic
 import pytest
 
-from gateway._yamlfile import read_yaml
+from gateway._yamlfile import model_keys, read_yaml, validate_all
 from gateway.crypto.trust import authority_keys, load_trust_list
 from gateway.dev.sandbox import Federation
 from gateway.errors import ConfigError, TrustError
@@ -55,3 +56,33 @@ def test_trust_list_signature_is_checked_before_parsing(fed: Federation, tmp_pat
     pinned = authority_keys(load_config(fed.config("NL-POL")).trust.pinned)
     with pytest.raises(TrustError, match="does not match its signature"):
         load_trust_list(forged, pinned, now=NOW)
+
+
+class _Inner(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    country: str
+
+
+class _Outer(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    purpose: str
+    inner: _Inner
+
+
+@pytest.mark.parametrize("hints", [False, True])
+def test_hints_only_when_asked(tmp_path: Path, hints: bool) -> None:
+    """With hints (policy files) a misspelt key gets a "did you mean" from every model inside
+    and an unquoted NO a reminder to quote it; without (config, trust list) the messages stay
+    as they were. Every problem is given, each at its line."""
+    path = tmp_path / "f.yaml"
+    path.write_text("purpse: x\ninner:\n  country: NO\n")
+    document = read_yaml(path, "file")
+    model, problems = validate_all(document, _Outer, "file", ConfigError, hints=hints)
+    assert model is None
+    lines: dict[int | None, str] = {}
+    for problem in problems:
+        lines[problem.line] = lines.get(problem.line, "") + problem.message
+    assert {1, 3} <= set(lines)
+    assert hints == ("did you mean 'purpose'?" in lines[1])
+    assert hints == ("put the value in quotes" in lines[3])
+    assert {"country", "inner", "purpose"} == model_keys(_Outer)
