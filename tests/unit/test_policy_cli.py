@@ -171,3 +171,17 @@ def test_check_holds_a_policy_to_every_version_of_the_contract(tmp_path: Path) -
     assert "contract version 1.0 requires it" in result.stdout
     alone = contract(tmp_path / "alone", {"1.1": {}})
     assert 0 == _fxgw("policy", "check", "--schemas", str(alone), policy).returncode
+
+
+def test_the_readme_policy_example_loads(tmp_path: Path) -> None:
+    """The policy shown in the README's "Release policies" section passes `policy check
+    --strict`: the example a policy author copies is a valid, warning-free policy."""
+    readme = repo_file("README.md").read_text()
+    section = readme[readme.index("## Release policies") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    example = section[start : section.index("```", start)]
+    assert "seizure-partners" in example
+    path = tmp_path / "nl-pol.yaml"
+    path.write_text(example)
+    result = _fxgw("policy", "check", "--strict", str(path))
+    assert 0 == result.returncode, result.stdout + result.stderr
