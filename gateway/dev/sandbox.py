@@ -60,13 +60,17 @@ THREE_AGENCIES: tuple[AgencySpec, ...] = (
         "NL-POL",
         "NL",
         ("EU", "INTERPOL"),
-        legal_bases=("EU-LED",),
+        # EU agencies are parties to the EU-US agreement too; the shipped policies name both
+        # bases, and a trust list of a federation without US-ATF must still know them
+        legal_bases=("EU-LED", "MLAT-EU-US"),
         routes=(
             {"event": "fxgw.SeizureEvent", "to": {"groups": ["EU"], "agencies": ["US-ATF"]}},
             *DEFAULT_ROUTES[1:],
         ),
     ),
-    AgencySpec("BE-FPJ", "BE", ("EU", "INTERPOL"), sink="spool", legal_bases=("EU-LED",)),
+    AgencySpec(
+        "BE-FPJ", "BE", ("EU", "INTERPOL"), sink="spool", legal_bases=("EU-LED", "MLAT-EU-US")
+    ),
     AgencySpec(
         "US-ATF",
         "US",
