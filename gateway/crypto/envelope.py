@@ -313,32 +313,9 @@ class Header:
 
     @classmethod
     def from_avro(cls, record: Mapping[str, object]) -> Header:
-        """Build from the Avro record form (already schema-checked)."""
-        handling = record["handling"]
-        if not isinstance(handling, Mapping):
-            raise MalformedEnvelope("header.handling is not a record")
-        return cls(
-            format_version=_int(record["format_version"]),
-            message_id=MessageId(str(record["message_id"])),
-            event_id=EventId(str(record["event_id"])),
-            sender=AgencyId(str(record["sender"])),
-            recipient=AgencyId(str(record["recipient"])),
-            event_type=EventType(str(record["event_type"])),
-            schema_fingerprint=_bytes(record["schema_fingerprint"]),
-            policy_id=str(record["policy_id"]),
-            policy_rule=str(record["policy_rule"]),
-            policy_digest=_bytes(record["policy_digest"]),
-            handling=Handling.from_avro(handling),
-            created_at=_time(record["created_at"]),
-            expires_at=_time(record["expires_at"]),
-            withheld=_strings(record["withheld"]),
-            transformed=_strings(record["transformed"]),
-            sender_key_id=KeyId(str(record["sender_key_id"])),
-            recipient_key_id=KeyId(str(record["recipient_key_id"])),
-            data_key_id=str(record["data_key_id"]),
-            wrapped_key=_bytes(record["wrapped_key"]),
-            nonce=_bytes(record["nonce"]),
-        )
+        """Build from the Avro record form of a format-1 header (already schema-checked)."""
+        clear = cls.from_clear({**record, "sender_encryption_key_id": _NO_KEY})
+        return replace(clear.with_sealed(record), data_key_id=str(record["data_key_id"]))
 
     @classmethod
     def from_clear(cls, record: Mapping[str, object]) -> Header:
@@ -370,7 +347,7 @@ class Header:
         """This clear header with the inner header of a decrypted ``fxgw.SealedContent``."""
         handling = record["handling"]
         if not isinstance(handling, Mapping):
-            raise MalformedEnvelope("sealed handling is not a record")
+            raise MalformedEnvelope("handling is not a record")
         return replace(
             self,
             event_id=EventId(str(record["event_id"])),
@@ -396,18 +373,19 @@ def seals_metadata(codec: Codec) -> bool:
     return ("event_id", "string") not in codec.layout(HEADER_TYPE)
 
 
-_PAD_MIN = 1024
+_PAD_MIN = 4096
 _PAD_LINEAR = 256 * 1024
 _PAD_STEP = 64 * 1024
 
 
 def padded_size(length: int) -> int:
     """The size class of ``length`` bytes of sealed content: the smallest power of two from
-    1 KiB up to 256 KiB, then the smallest multiple of 64 KiB, that holds the content and at
-    least one byte of padding. So every envelope up to about 1 KiB of content has one size, a
-    seizure and a trace request of usual size share a class, and the largest class still fits
-    the exchange's envelope limit (``limits.max_envelope_bytes``, 960 KiB by default) with
-    the header beside it."""
+    4 KiB up to 256 KiB, then the smallest multiple of 64 KiB, that holds the content and at
+    least one byte of padding. Seizures and trace requests of usual size (1-3 KiB with their
+    inner header) share the smallest class; the larger classes double, so a size says little
+    more than an order of magnitude; and a body that fitted the exchange's envelope limit
+    (``limits.max_envelope_bytes``, 960 KiB by default) before padding is refused as
+    ``envelope_too_large`` only when it is within 64 KiB of the limit."""
     need = length + 1
     if need <= _PAD_LINEAR:
         return max(_PAD_MIN, 1 << (need - 1).bit_length())

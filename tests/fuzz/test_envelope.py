@@ -117,19 +117,11 @@ def samples(registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys) -> 
         public = trust.encryption_key(recipient, NOW)
         assert public is not None
         event_id = f"ev-{i}"
-        template = Header(
+        template = replace(
+            _template(registry),
             message_id=_message_id(registry, nl_keys, public.public, event_id, recipient),
             event_id=EventId(event_id),
-            sender=AgencyId("NL-POL"),
             recipient=AgencyId(recipient),
-            event_type=EventType("fxgw.SeizureEvent"),
-            schema_fingerprint=registry.get("fxgw.SeizureEvent").fingerprint,
-            policy_id="nl-pol-release@2",
-            policy_rule="seizure-eu",
-            policy_digest=b"\x02" * 32,
-            handling=Handling("H2", "fuzzing", "B", 2, "WITH_CONSENT", 30, None),
-            created_at=NOW,
-            expires_at=NOW + timedelta(days=1),
             withheld=("persons",),
             transformed=("recovery_location.latitude",),
             sender_encryption_key_id=nl_keys.encryption[0].key_id,
