@@ -3,6 +3,7 @@ receipts without event metadata, padded sizes; format 1 still opens beside it.""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import replace
@@ -18,6 +19,7 @@ from gateway.contract.versions import Contract
 from gateway.core.effects import Limits
 from gateway.core.inbound import Delivery, InboundCore
 from gateway.core.outbound import OutboundCore, PlainEvent, parse_plain_event
+from gateway.crypto import envelope
 from gateway.crypto.envelope import (
     HEADER_TYPE,
     DataKeyRing,
@@ -269,16 +271,34 @@ class TestPadding:
     def test_any_change_to_the_padding_is_refused(
         self, content: bytes, data: st.DataObject
     ) -> None:
-        """A flipped padding byte, a cut or an over-long padding never unpads."""
+        """A flipped padding byte never gives the content back (it is refused, or, when the
+        flip writes a new 0x80 marker, reads as other content, which then fails to decode); a
+        cut or an over-long padding never unpads."""
         padded = bytearray(pad(content))
         at = data.draw(st.integers(len(content), len(padded) - 1))
         padded[at] ^= data.draw(st.integers(1, 255))
-        with pytest.raises(MalformedEnvelope):
-            unpad(bytes(padded))
+        with contextlib.suppress(MalformedEnvelope):
+            assert content != unpad(bytes(padded))
         with pytest.raises(MalformedEnvelope):
             unpad(pad(content)[:-1])
         with pytest.raises(MalformedEnvelope):  # well-formed, but a class too large
             unpad(nacl.bindings.sodium_pad(content, 2 * padded_size(len(content))))
+
+    def test_envelope_padded_to_another_class_is_refused(
+        self,
+        registry2: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A sender padding to a class other than its content's is refused after decryption."""
+        monkeypatch.setattr(
+            envelope, "pad", lambda c: nacl.bindings.sodium_pad(c, 2 * padded_size(len(c)))
+        )
+        data = _seal2(registry2, trust, nl_keys, b"body")
+        with pytest.raises(MalformedEnvelope, match="size class"):
+            _open2(registry2, trust, be_keys, data)
 
     def test_seizure_and_trace_request_envelopes_share_a_size(
         self, outbound2: OutboundCore, registry2: SchemaRegistry
