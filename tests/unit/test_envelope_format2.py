@@ -372,3 +372,17 @@ class TestInboundFormats:
             opened.outcome,
             opened.reason,
         )
+
+
+class TestOwnKey:
+    """Format-2 message ids need an encryption key of our own that the trust list lists."""
+
+    def test_no_listed_key_of_our_own_refuses_the_recipient(self, outbound2: OutboundCore) -> None:
+        """A node holding only an unlisted X25519 key refuses, naming what to do."""
+        stray = generate_encryption_key(KeyId("NL-POL-enc-unlisted"))
+        core = replace(outbound2, keys=replace(outbound2.keys, encryption=(stray,)))
+        plain = parse_plain_event(json.dumps(seizure_nl()).encode(), core.registry)
+        outcome = core.release(plain, NOW)
+        assert () == outcome.envelopes
+        assert {"no_own_key"} == {r.reason for r in outcome.refused}
+        assert all("install the key file" in r.detail for r in outcome.refused)
