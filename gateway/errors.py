@@ -136,6 +136,12 @@ class Stale(PeerError):
     reason = "stale"
 
 
+class MessageIdMismatch(PeerError):
+    """The message id is not the one sender and recipient derive for the sealed event id."""
+
+    reason = "message_id_mismatch"
+
+
 class Duplicate(PeerError):
     """The message id was already delivered."""
 

@@ -42,7 +42,6 @@ from gateway.core.effects import (
 )
 from gateway.crypto.envelope import (
     ENVELOPE_TYPE,
-    FORMAT_VERSION,
     Handling,
     Header,
     UnwrapCache,
@@ -52,7 +51,6 @@ from gateway.crypto.envelope import (
     signing_input,
 )
 from gateway.crypto.keys import AgencyKeys
-from gateway.crypto.receipts import FORMAT_VERSION as RECEIPT_FORMAT
 from gateway.crypto.receipts import RECEIPT_TYPE, make_receipt
 from gateway.crypto.receipts import Outcome as ReceiptOutcome
 from gateway.crypto.trust import TrustList
@@ -150,7 +148,8 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """An envelope that will not be delivered: reason code, detail (no payload), and the header
-    only when its signature verified against the trust list (otherwise nobody vouches for it)."""
+    only when its signature verified against the trust list (otherwise nobody vouches for it;
+    of a format-2 envelope, only its clear part: no event id)."""
 
     reason: str
     detail: str
@@ -249,14 +248,14 @@ class InboundCore:
         :raises PeerError: ``malformed``, a format none of them has.
         """
         if self.contract is None:
-            return self.registry, FORMAT_VERSION
+            return self.registry, self.registry.get(ENVELOPE_TYPE).format
         return self.contract.reader_for(ENVELOPE_TYPE, data)
 
     def _receipt_wire(self, sender: str) -> tuple[SchemaRegistry, int]:
         """The schemas and the format of a receipt to ``sender``: those of the newest contract
         version it reads that this node has too (else this node's own)."""
         if self.contract is None:
-            return self.registry, RECEIPT_FORMAT
+            return self.registry, self.registry.get(RECEIPT_TYPE).format
         agency = self.trust.agency(sender)
         version = self.contract.newest_of(agency.contract_versions) if agency else None
         registry = self.registry if version is None else version.registry
@@ -289,7 +288,7 @@ class InboundCore:
             nacl.signing.VerifyKey(public).verify(
                 signing_input(header_bytes, ciphertext), signature
             )
-            if header.message_id != message_id_for(
+            if header.sealed_read and header.message_id != message_id_for(
                 header.sender, header.event_id, header.recipient
             ):
                 return None  # an answer is addressed by message id: only the derived one
@@ -423,7 +422,9 @@ class InboundCore:
         h = rejection.header
         ids: dict[str, Value] = {}
         if h is not None:
-            ids = {"message_id": h.message_id, "event_id": h.event_id, "sender": h.sender}
+            ids = {"message_id": h.message_id, "sender": h.sender}
+            if h.sealed_read:
+                ids["event_id"] = h.event_id
         quarantined = quarantine(
             data,
             reason=rejection.reason,
@@ -494,7 +495,7 @@ class InboundCore:
         codec, wire_format = self._receipt_wire(sender)
         data = make_receipt(
             message_id=MessageId(message_id),
-            event_id=EventId(event_id),
+            event_id=EventId(event_id) if event_id else None,
             sender=AgencyId(sender),
             recipient=self.keys.agency,
             envelope_digest=digest,

@@ -29,15 +29,17 @@ from gateway.crypto.envelope import (
     Header,
     Sealed,
     is_valid_event_id,
+    keyed_message_id,
     message_id_for,
     seal,
+    seals_metadata,
 )
-from gateway.crypto.keys import AgencyKeys
+from gateway.crypto.keys import AgencyKeys, EncryptionKey
 from gateway.crypto.trust import Agency, PublicKey, TrustList
 from gateway.errors import PeerError, RecordInvalid, UnknownEventType
 from gateway.policy.engine import Denied, Plan, Policy, Released, apply_plan
 from gateway.policy.transforms import Pseudonymiser
-from gateway.types import AgencyId, EventId, EventType
+from gateway.types import AgencyId, EventId, EventType, KeyId
 
 MAX_DERIVED_FROM = 64
 """How many received events one outbound event may declare it was made from."""
@@ -166,6 +168,11 @@ class ReceivedEvent:
 
 class NoCommonVersion(Exception):
     """A recipient reads no contract version this node knows (the release is refused)."""
+
+
+class NoOwnKey(Exception):
+    """The node holds no encryption key of its own that the trust list lists (format 2 needs
+    one for its message ids; the release is refused)."""
 
 
 @dataclass(slots=True)
@@ -424,6 +431,8 @@ class OutboundCore:
                     continue
                 envelopes.append(sealed)
                 kept[sealed.header.message_id] = released.kept
+            except NoOwnKey as exc:
+                refused.append(Refused(recipient, "no_own_key", str(exc)))
             except (PeerError, ValueError, TypeError, OverflowError, KeyError) as exc:
                 # the released view could not be built or encoded: refuse this recipient only,
                 # naming the kind of failure but never a value
@@ -431,6 +440,25 @@ class OutboundCore:
                     Refused(recipient, "release_failed", f"{type(exc).__name__} in release")
                 )
         return Outcome(event, tuple(envelopes), tuple(denied), tuple(refused), kept)
+
+    def _own_encryption_key(self, now: datetime) -> EncryptionKey:
+        """Our X25519 key that format-2 message ids are keyed with: the newest one the trust
+        list gives for us, valid now, that this node holds.
+
+        :raises NoOwnKey: the node holds none of its keys the trust list lists as valid.
+        """
+        agency = self.trust.agency(self.agency)
+        listed = [
+            k for k in (agency.keys if agency else ()) if k.use == "encrypt" and k.valid_at(now)
+        ]
+        for key in sorted(listed, key=lambda k: k.valid_from, reverse=True):
+            ours = self.keys.encryption_key(key.key_id)
+            if ours is not None and ours.public == key.public:
+                return ours
+        raise NoOwnKey(
+            f"this node holds no X25519 key the trust list lists as valid for {self.agency}:"
+            " message ids of envelope format 2 are keyed with it; install the key file"
+        )
 
     def _seal_view(
         self,
@@ -456,8 +484,14 @@ class OutboundCore:
         # the view is built from a conforming record by the plan's typed transforms: fastavro's
         # writer is check enough (a wrong type still fails, refusing this recipient only)
         body = registry.write(name, record)
+        if seals_metadata(registry):
+            ours = self._own_encryption_key(now)
+            pair_key = self.keyring.pairs.derive(ours, public.public, sending=True)
+            message_id = keyed_message_id(pair_key, self.agency, event.event_id, recipient)
+        else:
+            ours, message_id = None, message_id_for(self.agency, event.event_id, recipient)
         template = Header(
-            message_id=message_id_for(self.agency, event.event_id, recipient),
+            message_id=message_id,
             event_id=event.event_id,
             sender=self.agency,
             recipient=recipient,
@@ -471,6 +505,7 @@ class OutboundCore:
             expires_at=now + self.ttl,
             withheld=withheld,
             transformed=released.transformed,
+            sender_encryption_key_id=ours.key_id if ours else KeyId(""),
         )
         data_key = self.keyring.key_for(recipient, public, now)
         sealed = seal(

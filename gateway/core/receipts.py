@@ -13,7 +13,7 @@ from datetime import datetime
 from gateway.contract.schemas import SchemaRegistry
 from gateway.contract.versions import Contract
 from gateway.core.effects import AuditEntry, Effects, Limits, quarantine
-from gateway.crypto.receipts import FORMAT_VERSION, RECEIPT_TYPE, open_receipt
+from gateway.crypto.receipts import RECEIPT_TYPE, open_receipt
 from gateway.crypto.trust import TrustList
 from gateway.errors import PeerError
 from gateway.types import AgencyId
@@ -66,7 +66,7 @@ class ReceiptsCore:
             )
         data: dict[str, str | None] = {
             "message_id": r.message_id,
-            "event_id": r.event_id,
+            "event_id": r.event_id,  # None from format 2: correlated by message id
             "recipient": r.recipient,
             "outcome": r.outcome,
             "reason": r.reason,
@@ -91,5 +91,5 @@ class ReceiptsCore:
         :raises PeerError: ``malformed``, a receipt format this node does not have.
         """
         if self.contract is None:
-            return self.registry, FORMAT_VERSION
+            return self.registry, self.registry.get(RECEIPT_TYPE).format
         return self.contract.reader_for(RECEIPT_TYPE, raw)

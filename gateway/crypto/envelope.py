@@ -1,14 +1,43 @@
 """Sealing and opening envelopes: one released view, for one recipient, signed by its sender.
 
-An envelope (``schemas/avro/1.0/fxgw.Envelope.avsc``) is an Avro record of three parts:
+An envelope (``schemas/avro/<version>/fxgw.Envelope.avsc``) is an Avro record of three parts:
 
-- ``header``: in the clear, so that routing, audit and receipts never need the body;
-- ``ciphertext``: the released record (Avro-encoded) under XChaCha20-Poly1305 with a 32-byte
-  data key; the Avro encoding of the header is the associated data, so a header cannot be
-  swapped onto another body;
+- ``header``: in the clear, so that the exchange can route it and anyone with the trust list
+  can check it;
+- ``ciphertext``: under XChaCha20-Poly1305 with a 32-byte data key; the Avro encoding of the
+  header is the associated data, so a header cannot be swapped onto another body;
 - ``signature``: Ed25519 by the sender over :func:`signing_input` (a context label, the header
   bytes and the ciphertext), so anyone with the trust list can check the origin without
   decrypting, and a recipient cannot re-address an envelope without breaking it.
+
+Two layouts, told apart by the codec's header type (a format's schemas say which it has):
+
+- **format 1** (contract 1.0) has everything in the clear header: event id and type, schema
+  fingerprint, policy id, digest and rule, handling, withheld and transformed paths; the
+  ciphertext is the body alone, and the message id an unkeyed hash of sender, event id and
+  recipient (:func:`message_id_for`). A node keeps reading and writing it for peers that speak
+  only 1.0.
+- **format 2** (contract 1.1) keeps in the clear only what the exchange and the signature check
+  need: format, message id, sender, recipient, key ids, wrapped data key, nonce, created and
+  expiry times, so a clear header has one size per sender, recipient and key set. The rest (the
+  inner header) is sealed with the body as one ``fxgw.SealedContent`` record, padded to a size
+  class (:func:`padded_size`) so that the envelope's size does not tell the event type.
+
+Message ids of format 2 are keyed (:func:`keyed_message_id`): HMAC-SHA256 of sender, event id
+and recipient under a pairwise key that only the two parties derive (X25519 of the sender's
+encryption key and the recipient's, through BLAKE2b with a context label; the sender's key id
+travels in the clear header). Nobody else can confirm a guessed event id, and the recipient,
+who recomputes it after decryption from the sealed event id, refuses one that does not match
+(``message_id_mismatch``), so nobody can shadow another sender's message in its duplicate log.
+The pairwise key is derived once per key pair and cached (:class:`PairKeys`), like data keys.
+
+Key rotation and duplicates: the message id depends on the key pair, so a re-release of an
+event after either side rotated its X25519 key is a new message to the recipient (delivered
+again, with the same event id in its provenance), not a duplicate. Duplicates come from a
+sender's retries after a crash or an outage, minutes apart, within one key pair (keys overlap
+for days during a rotation and the sender keeps its current key until the trust list replaces
+it); a national system that must never see an event twice deduplicates on the event id it is
+given. This is the price of an id nobody outside the pair can compute.
 
 Data keys are made per (recipient, recipient key, epoch), rotated by age and by use count, and
 travel wrapped (an X25519 sealed box) to the recipient's key in the header. Both sides cache
@@ -22,6 +51,7 @@ passed, and raises a :class:`~gateway.errors.PeerError` otherwise. Pure: no I/O,
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 from collections import OrderedDict
@@ -35,13 +65,14 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from gateway.crypto.keys import AgencyKeys, SigningKey
+from gateway.crypto.keys import AgencyKeys, EncryptionKey, SigningKey
 from gateway.crypto.limits import MAX_BYTES, MAX_NAME, MAX_PATHS, MAX_TEXT, check_sizes
 from gateway.crypto.trust import PublicKey, TrustList
 from gateway.errors import (
     BadSignature,
     DecryptionFailed,
     MalformedEnvelope,
+    MessageIdMismatch,
     NotForUs,
     PeerError,
     Stale,
@@ -52,10 +83,14 @@ from gateway.types import AgencyId, EventId, EventType, KeyId, MessageId
 FORMAT_VERSION = 1
 HEADER_TYPE = "fxgw.EnvelopeHeader"
 ENVELOPE_TYPE = "fxgw.Envelope"
+SEALED_TYPE = "fxgw.SealedContent"
+"""Format 2: what the ciphertext holds before padding (inner header and body)."""
 _SIGNING_CONTEXT = b"fxgw.envelope.v1\x00"
 _KEY_BYTES = 32
 _NO_KEY = KeyId("")  # a template before seal() fills in the key ids
 _NONCE_BYTES = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+_MESSAGE_ID_CONTEXT = b"fxgw.message-id.v2\x00"
+_PAIR_PERSON = b"fxgw.pair-key.v2"  # BLAKE2b personalisation: 16 bytes at most
 
 
 class Codec(Protocol):
@@ -187,10 +222,12 @@ def _strings(value: object) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """The clear header (see ``fxgw.EnvelopeHeader``).
+    """Everything an envelope says of itself: the clear header (``fxgw.EnvelopeHeader``) and,
+    in format 2, the inner header sealed with the body (``fxgw.SealedContent``).
 
     A sender fills the descriptive fields; :func:`seal` fills the key ids, the wrapped data key
-    and the nonce.
+    and the nonce. A format-2 header read from the clear part alone (before decryption) has
+    the inner fields empty (:attr:`sealed_read` False).
     """
 
     message_id: MessageId
@@ -213,9 +250,44 @@ class Header:
     wrapped_key: bytes = b""
     nonce: bytes = b""
     format_version: int = FORMAT_VERSION
+    sender_encryption_key_id: KeyId = _NO_KEY
+    """Format 2: the sender's X25519 key the message id is keyed with."""
+    sealed_read: bool = True
+    """False for a format-2 header of which only the clear part was read."""
+
+    def clear_avro(self) -> dict[str, object]:
+        """The Avro record form of the format-2 clear header."""
+        return {
+            "format_version": self.format_version,
+            "message_id": self.message_id,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "sender_key_id": self.sender_key_id,
+            "sender_encryption_key_id": self.sender_encryption_key_id,
+            "recipient_key_id": self.recipient_key_id,
+            "wrapped_key": self.wrapped_key,
+            "nonce": self.nonce,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+        }
+
+    def sealed_avro(self, body: bytes) -> dict[str, object]:
+        """The Avro record form of the format-2 sealed content: inner header and ``body``."""
+        return {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "schema_fingerprint": self.schema_fingerprint,
+            "policy_id": self.policy_id,
+            "policy_rule": self.policy_rule,
+            "policy_digest": self.policy_digest,
+            "handling": self.handling.to_avro(),
+            "withheld": list(self.withheld),
+            "transformed": list(self.transformed),
+            "body": body,
+        }
 
     def to_avro(self) -> dict[str, object]:
-        """The Avro record form."""
+        """The Avro record form of the format-1 header."""
         return {
             "format_version": self.format_version,
             "message_id": self.message_id,
@@ -241,32 +313,104 @@ class Header:
 
     @classmethod
     def from_avro(cls, record: Mapping[str, object]) -> Header:
-        """Build from the Avro record form (already schema-checked)."""
-        handling = record["handling"]
-        if not isinstance(handling, Mapping):
-            raise MalformedEnvelope("header.handling is not a record")
+        """Build from the Avro record form of a format-1 header (already schema-checked)."""
+        clear = cls.from_clear({**record, "sender_encryption_key_id": _NO_KEY})
+        return replace(clear.with_sealed(record), data_key_id=str(record["data_key_id"]))
+
+    @classmethod
+    def from_clear(cls, record: Mapping[str, object]) -> Header:
+        """Build from a format-2 clear header's record (already schema-checked); the inner
+        fields stay empty until :meth:`with_sealed`."""
         return cls(
             format_version=_int(record["format_version"]),
             message_id=MessageId(str(record["message_id"])),
-            event_id=EventId(str(record["event_id"])),
+            event_id=EventId(""),
             sender=AgencyId(str(record["sender"])),
             recipient=AgencyId(str(record["recipient"])),
+            event_type=EventType(""),
+            schema_fingerprint=b"",
+            policy_id="",
+            policy_rule="",
+            policy_digest=b"",
+            handling=_UNREAD,
+            created_at=_time(record["created_at"]),
+            expires_at=_time(record["expires_at"]),
+            sender_key_id=KeyId(str(record["sender_key_id"])),
+            sender_encryption_key_id=KeyId(str(record["sender_encryption_key_id"])),
+            recipient_key_id=KeyId(str(record["recipient_key_id"])),
+            wrapped_key=_bytes(record["wrapped_key"]),
+            nonce=_bytes(record["nonce"]),
+            sealed_read=False,
+        )
+
+    def with_sealed(self, record: Mapping[str, object]) -> Header:
+        """This clear header with the inner header of a decrypted ``fxgw.SealedContent``."""
+        handling = record["handling"]
+        if not isinstance(handling, Mapping):
+            raise MalformedEnvelope("handling is not a record")
+        return replace(
+            self,
+            event_id=EventId(str(record["event_id"])),
             event_type=EventType(str(record["event_type"])),
             schema_fingerprint=_bytes(record["schema_fingerprint"]),
             policy_id=str(record["policy_id"]),
             policy_rule=str(record["policy_rule"]),
             policy_digest=_bytes(record["policy_digest"]),
             handling=Handling.from_avro(handling),
-            created_at=_time(record["created_at"]),
-            expires_at=_time(record["expires_at"]),
             withheld=_strings(record["withheld"]),
             transformed=_strings(record["transformed"]),
-            sender_key_id=KeyId(str(record["sender_key_id"])),
-            recipient_key_id=KeyId(str(record["recipient_key_id"])),
-            data_key_id=str(record["data_key_id"]),
-            wrapped_key=_bytes(record["wrapped_key"]),
-            nonce=_bytes(record["nonce"]),
+            sealed_read=True,
         )
+
+
+_UNREAD = Handling("", "", "", 0, "")
+"""The handling of a format-2 header whose sealed part was not read."""
+
+
+def seals_metadata(codec: Codec) -> bool:
+    """Whether ``codec``'s envelope format seals the event's metadata with the body (format 2
+    and later: the clear header has no event id), rather than putting it in the clear."""
+    return ("event_id", "string") not in codec.layout(HEADER_TYPE)
+
+
+_PAD_MIN = 4096
+_PAD_LINEAR = 256 * 1024
+_PAD_STEP = 64 * 1024
+
+
+def padded_size(length: int) -> int:
+    """The size class of ``length`` bytes of sealed content: the smallest power of two from
+    4 KiB up to 256 KiB, then the smallest multiple of 64 KiB, that holds the content and at
+    least one byte of padding. Seizures and trace requests of usual size (1-3 KiB with their
+    inner header) share the smallest class; the larger classes double, so a size says little
+    more than an order of magnitude; and a body that fitted the exchange's envelope limit
+    (``limits.max_envelope_bytes``, 960 KiB by default) before padding is refused as
+    ``envelope_too_large`` only when it is within 64 KiB of the limit."""
+    need = length + 1
+    if need <= _PAD_LINEAR:
+        return max(_PAD_MIN, 1 << (need - 1).bit_length())
+    return -(-need // _PAD_STEP) * _PAD_STEP
+
+
+def pad(content: bytes) -> bytes:
+    """``content`` padded to its size class (ISO/IEC 7816-4, as libsodium's ``sodium_pad``: one
+    0x80 byte, then zeros; written out here, a third of the binding's time)."""
+    return content + b"\x80" + bytes(padded_size(len(content)) - len(content) - 1)
+
+
+def unpad(padded: bytes) -> bytes:
+    """The content of ``padded``, checked: the padding is well formed and the length is the
+    size class of the content (so one content has exactly one padded form).
+
+    :raises MalformedEnvelope: bad padding, or not the content's size class.
+    """
+    try:
+        content = nacl.bindings.sodium_unpad(padded, max(len(padded), 1))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
+        raise MalformedEnvelope("the sealed content's padding is malformed") from exc
+    if padded_size(len(content)) != len(padded):
+        raise MalformedEnvelope("the sealed content is not padded to its size class")
+    return content
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +449,51 @@ def message_id_for(sender: str, event_id: str, recipient: str) -> MessageId:
     return MessageId(digest[:32])
 
 
+def keyed_message_id(pair_key: bytes, sender: str, event_id: str, recipient: str) -> MessageId:
+    """The format-2 message id of ``event_id`` from ``sender`` to ``recipient``: HMAC-SHA256
+    under their pairwise key (:meth:`PairKeys.derive`), so only the two parties can compute it
+    or confirm a guessed event id; stable for one key pair, so a retry is a duplicate."""
+    message = _MESSAGE_ID_CONTEXT + f"{sender}\x00{event_id}\x00{recipient}".encode()
+    return MessageId(hmac.digest(pair_key, message, "sha256").hex()[:32])
+
+
+@dataclass(slots=True)
+class PairKeys:
+    """Pairwise message-id keys, one per (our X25519 key, their X25519 key, direction), derived
+    once and kept (least recently used out): the X25519 operation runs once per key pair, not
+    once per envelope."""
+
+    capacity: int = 1024
+    _keys: OrderedDict[tuple[bytes, bytes, bool], bytes] = field(default_factory=OrderedDict)
+
+    def derive(self, ours: EncryptionKey, theirs: bytes, *, sending: bool) -> bytes:
+        """The key for messages between our ``ours`` and their public key ``theirs``; with
+        ``sending``, we are the sender. Both sides get the same key: BLAKE2b, keyed with the
+        X25519 shared secret, of a context label, the sender's and the recipient's public keys.
+
+        :raises DecryptionFailed: ``theirs`` is not a usable X25519 public key.
+        """
+        slot = (ours.public, theirs, sending)
+        key = self._keys.get(slot)
+        if key is not None:
+            self._keys.move_to_end(slot)
+            return key
+        try:
+            shared = nacl.bindings.crypto_scalarmult(bytes(ours.key), theirs)
+        except (nacl.exceptions.CryptoError, RuntimeError, ValueError, TypeError) as exc:
+            raise DecryptionFailed("no pairwise key with the peer's X25519 key") from exc
+        keys = (ours.public, theirs) if sending else (theirs, ours.public)
+        key = hashlib.blake2b(b"".join(keys), key=shared, person=_PAIR_PERSON).digest()[:32]
+        self._keys[slot] = key
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return key
+
+    def clear(self) -> None:
+        """Forget every key (our keys changed)."""
+        self._keys.clear()
+
+
 def signing_input(header_bytes: bytes, ciphertext: bytes) -> bytes:
     """What the sender signs: a context label, the header length and bytes, the ciphertext."""
     return _SIGNING_CONTEXT + len(header_bytes).to_bytes(4, "big") + header_bytes + ciphertext
@@ -334,6 +523,8 @@ class DataKeyRing:
     max_age: timedelta = timedelta(hours=1)
     max_uses: int = 10_000
     _current: dict[tuple[AgencyId, KeyId], DataKey] = field(default_factory=dict)
+    pairs: PairKeys = field(default_factory=PairKeys)
+    """The sender's pairwise message-id keys."""
 
     def key_for(self, recipient: AgencyId, recipient_key: PublicKey, now: datetime) -> DataKey:
         """The data key to use for one more envelope to ``recipient``; counts the use."""
@@ -370,6 +561,8 @@ class UnwrapCache:
 
     capacity: int = 4096
     _keys: OrderedDict[tuple[KeyId, bytes], bytes] = field(default_factory=OrderedDict)
+    pairs: PairKeys = field(default_factory=PairKeys)
+    """The recipient's pairwise message-id keys."""
 
     def unwrap(self, keys: AgencyKeys, key_id: KeyId, wrapped: bytes) -> bytes:
         """The data key inside ``wrapped``, sealed to our key ``key_id``.
@@ -403,6 +596,8 @@ class UnwrapCache:
         gone = [slot for slot in self._keys if slot[0] in key_ids]
         for slot in gone:
             del self._keys[slot]
+        if key_ids:
+            self.pairs.clear()
         return len(gone)
 
 
@@ -415,11 +610,13 @@ def seal(
     codec: Codec,
     format_version: int = FORMAT_VERSION,
 ) -> Sealed:
-    """Encrypt ``plaintext`` for the template's recipient and sign the result, in envelope
-    format ``format_version`` (``codec`` has that format's envelope types).
+    """Encrypt ``plaintext`` (the encoded body) for the template's recipient and sign the
+    result, in envelope format ``format_version`` (``codec`` has that format's envelope types;
+    when it seals the metadata, the inner header goes with the body, padded to its size class).
 
     The template's crypto fields are replaced: signer key id, recipient key id, data key id and
-    wrapped key, and a fresh random nonce.
+    wrapped key, and a fresh random nonce. Its message id is the caller's
+    (:func:`message_id_for` in format 1, :func:`keyed_message_id` in format 2).
     """
     header = replace(
         template,
@@ -430,7 +627,11 @@ def seal(
         nonce=secrets.token_bytes(_NONCE_BYTES),
         format_version=format_version,
     )
-    header_record = header.to_avro()
+    if seals_metadata(codec):
+        header_record = header.clear_avro()
+        plaintext = pad(codec.write(SEALED_TYPE, header.sealed_avro(plaintext)))
+    else:
+        header_record = header.to_avro()
     header_bytes = codec.write(HEADER_TYPE, header_record)
     ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
         plaintext, header_bytes, header.nonce, data_key.secret
@@ -455,6 +656,7 @@ _HEADER_NAMES = (
     "policy_id",
     "policy_rule",
     "sender_key_id",
+    "sender_encryption_key_id",
     "recipient_key_id",
     "data_key_id",
 )
@@ -491,10 +693,11 @@ def read_header(
         if not isinstance(header_record, Mapping):
             raise MalformedEnvelope("header is not a record")
         check_sizes(header_record, _HEADER_LIMITS, "header")
-        handling = header_record["handling"]
-        if isinstance(handling, Mapping):
-            check_sizes(handling, _HANDLING_LIMITS, "header.handling")
-        header = Header.from_avro(header_record)
+        if "event_id" in header_record:
+            _check_handling_sizes(header_record, "header")
+            header = Header.from_avro(header_record)
+        else:
+            header = Header.from_clear(header_record)
         header_bytes = codec.write(HEADER_TYPE, header_record)
     except MalformedEnvelope:
         raise
@@ -511,9 +714,71 @@ def read_header(
     )
     if not canonical:
         raise MalformedEnvelope("envelope is not in canonical Avro encoding")
-    if not is_valid_event_id(header.event_id):
+    if header.sealed_read and not is_valid_event_id(header.event_id):
         raise MalformedEnvelope("event id has characters or a length outside the federation's rule")
     return header, header_bytes, ciphertext, signature
+
+
+def _check_handling_sizes(record: Mapping[str, object], where: str) -> None:
+    handling = record["handling"]
+    if isinstance(handling, Mapping):
+        check_sizes(handling, _HANDLING_LIMITS, f"{where}.handling")
+
+
+def _peer_encryption_key(trust: TrustList, header: Header) -> bytes:
+    """The sender's X25519 key the header names for its message id, listed and valid when the
+    envelope was made.
+
+    :raises UntrustedSender: not listed for the sender, revoked or outside its window.
+    """
+    agency = trust.agency(header.sender)
+    for key in agency.keys if agency is not None else ():
+        if key.key_id == header.sender_encryption_key_id and key.use == "encrypt":
+            if key.valid_at(header.created_at):
+                return key.public
+            break
+    raise UntrustedSender(
+        f"the sender's encryption key id in the header is not a valid key of {header.sender}"
+    )
+
+
+def _open_sealed(
+    header: Header,
+    content: bytes,
+    codec: Codec,
+    keys: AgencyKeys,
+    trust: TrustList,
+    pairs: PairKeys,
+) -> tuple[Header, bytes]:
+    """The full header and the body of a decrypted format-2 envelope, its message id checked.
+
+    :raises MalformedEnvelope: bad padding, not a sealed content, an inner field too long, or
+        an event id outside the federation's rule.
+    :raises MessageIdMismatch: the message id is not the pair's for the sealed event id.
+    """
+    try:
+        record = codec.decode(SEALED_TYPE, unpad(content))
+        check_sizes(record, _HEADER_LIMITS, "sealed")
+        _check_handling_sizes(record, "sealed")
+        full = header.with_sealed(record)
+        body = _bytes(record["body"])
+    except MalformedEnvelope:
+        raise
+    except (PeerError, KeyError) as exc:
+        raise MalformedEnvelope(f"not a sealed content: {exc}") from exc
+    if not is_valid_event_id(full.event_id):
+        raise MalformedEnvelope("event id has characters or a length outside the federation's rule")
+    ours = keys.encryption_key(header.recipient_key_id)
+    if ours is None:  # unwrapping succeeded with it, so a reload just dropped it
+        raise NotForUs(f"this node no longer holds {header.recipient_key_id!r}")
+    pair_key = pairs.derive(ours, _peer_encryption_key(trust, header), sending=False)
+    expected = keyed_message_id(pair_key, full.sender, full.event_id, full.recipient)
+    if not hmac.compare_digest(expected, header.message_id):
+        # a message id chosen freely could shadow another sender's message in our duplicate log
+        raise MessageIdMismatch(
+            "the message id is not the one sender and recipient derive for the sealed event id"
+        )
+    return full, body
 
 
 def open_envelope(
@@ -539,6 +804,8 @@ def open_envelope(
     :raises NotForUs: addressed to another agency, or to a key we do not hold.
     :raises Stale: expired, created in the future, or living longer than ``max_lifetime``.
     :raises DecryptionFailed: the data key or the body does not decrypt.
+    :raises MessageIdMismatch: format 2: the message id is not the one the pair derives for
+        the sealed event id.
     """
     header, header_bytes, ciphertext, signature = read_header(data, codec, format_version)
     if trust.expires_at <= now:
@@ -554,7 +821,9 @@ def open_envelope(
         ) from exc
     if header.recipient != keys.agency:
         raise NotForUs(f"addressed to {header.recipient}, not to {keys.agency}")
-    if header.message_id != message_id_for(header.sender, header.event_id, header.recipient):
+    if not header.sealed_read:
+        _peer_encryption_key(trust, header)  # before any work for an unlisted key
+    elif header.message_id != message_id_for(header.sender, header.event_id, header.recipient):
         # a message id chosen freely could shadow another sender's message in our duplicate log
         raise MalformedEnvelope(
             "message id is not the one derived from sender, event and recipient"
@@ -572,4 +841,6 @@ def open_envelope(
         )
     except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
         raise DecryptionFailed("the body does not authenticate under its data key") from exc
+    if not header.sealed_read:
+        header, plaintext = _open_sealed(header, plaintext, codec, keys, trust, cache.pairs)
     return Opened(header, plaintext, hashlib.sha256(data).digest())

@@ -3,7 +3,11 @@
 Pure: :func:`make_receipt` builds and signs one, :func:`open_receipt` checks one. A receipt is an
 Avro ``fxgw.Receipt`` record; its signature is Ed25519 over a context label and the Avro encoding
 of the same record with an empty signature, by the receiving agency's key on the trust list. It
-carries metadata only: ids, the envelope's digest, the outcome and the reason code.
+carries metadata only: ids, the envelope's digest, the outcome and the reason code. Format 2
+(contract 1.1) has no event id either: the exchange learns nothing of the event from a receipt,
+and the sender, who keeps the message id of every release in its audit trail, correlates by
+message id. A REJECTED receipt for an envelope refused before decryption (after its signature
+verified) is keyed by its message id alone.
 
 Identity and idempotence: a receipt is about one envelope as received (``message_id`` and
 ``envelope_digest``). Ed25519 signatures are deterministic, so the same fields always give the
@@ -39,7 +43,8 @@ class Receipt:
     """One receipt (see ``fxgw.Receipt``)."""
 
     message_id: MessageId
-    event_id: EventId
+    event_id: EventId | None
+    """None in format 2 (and when the envelope was refused before decryption)."""
     sender: AgencyId
     """The envelope's sender: who receives this receipt."""
     recipient: AgencyId
@@ -57,7 +62,7 @@ class Receipt:
         return {
             "format_version": self.format_version,
             "message_id": self.message_id,
-            "event_id": self.event_id,
+            "event_id": self.event_id or "",  # format 1 only: a format without it ignores it
             "sender": self.sender,
             "recipient": self.recipient,
             "envelope_digest": self.envelope_digest,
@@ -82,7 +87,7 @@ def _millis(moment: datetime) -> datetime:
 def make_receipt(
     *,
     message_id: MessageId,
-    event_id: EventId,
+    event_id: EventId | None,
     sender: AgencyId,
     recipient: AgencyId,
     envelope_digest: bytes,
@@ -190,10 +195,10 @@ def _from_avro(record: dict[str, object], format_version: int) -> Receipt:
         raise MalformedEnvelope("received_at is not a timestamp")
     if not isinstance(digest, bytes) or not isinstance(signature, bytes):
         raise MalformedEnvelope("digest and signature are bytes")
-    reason = record["reason"]
+    reason, event_id = record["reason"], record.get("event_id")
     return Receipt(
         MessageId(str(record["message_id"])),
-        EventId(str(record["event_id"])),
+        EventId(str(event_id)) if event_id else None,
         AgencyId(str(record["sender"])),
         AgencyId(str(record["recipient"])),
         digest,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from gateway.audit.status import build_view
 from gateway.audit.store import read_entries, verify_folder
-from gateway.crypto.envelope import open_envelope
+from gateway.crypto.envelope import ENVELOPE_TYPE, open_envelope
 from gateway.crypto.keys import generate_signing_key, load_signing_key
 from gateway.dev.sandbox import Federation, build_federation
 from gateway.errors import PeerError
@@ -288,6 +288,7 @@ async def _tamper_checks(fed: Federation, nodes: dict[str, Node], producer: Prod
             cache=us.cache,
             codec=us.registry,
             now=datetime.now(UTC),
+            format_version=us.registry.get(ENVELOPE_TYPE).format,
         )
         lines.append("  !! US-ATF opened an envelope addressed to BE-FPJ")
     except PeerError as exc:

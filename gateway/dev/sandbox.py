@@ -18,6 +18,7 @@ from typing import Literal
 import yaml
 
 from gateway import resources
+from gateway.contract.versions import Contract
 from gateway.crypto import keys
 from gateway.crypto.trust import sign_trust_list
 from gateway.types import AgencyId
@@ -40,7 +41,8 @@ class AgencySpec:
     schemas: Path | None = None
     """The node's contract (default: the one shipped with the package)."""
     contract_versions: tuple[str, ...] = ()
-    """The contract versions the trust list says the agency reads (default: the list's)."""
+    """The contract versions the trust list says the agency reads (default: every version of
+    the node's contract, so that the sandbox speaks the newest envelope format)."""
 
 
 DEFAULT_ROUTES: tuple[dict[str, object], ...] = (
@@ -197,8 +199,10 @@ def build_federation(
         )
         entry["roles"] = list(spec.roles)
         entry["legal_bases"] = list(spec.legal_bases)
-        if spec.contract_versions:
-            entry["contract_versions"] = list(spec.contract_versions)
+        entry["contract_versions"] = list(
+            spec.contract_versions
+            or (v.label for v in Contract.load(spec.schemas or resources.SCHEMAS))
+        )
         entries.append(entry)
     trust = {
         "federation": "fxgw-sandbox",

@@ -1,8 +1,10 @@
 """Fuzzing the envelope readers: :func:`read_header` and :func:`open_envelope`.
 
 Three kinds of input: arbitrary bytes, valid envelopes (sealed with the sandbox's keys) after
-random edits, and well-formed, freshly signed envelopes whose header fields hold hostile values.
-Whatever comes in, a reader returns or raises one of the errors its docstring names, quickly.
+random edits, and well-formed, freshly signed envelopes whose header fields hold hostile values
+(in format 2 also the sealed inner header, sealed again with a valid data key). Every test runs
+for both envelope formats (contract 1.0's format 1 and 1.1's format 2). Whatever comes in, a
+reader returns or raises one of the errors its docstring names, quickly.
 
 Budget (see tests/fuzz/conftest.py): derandomized and modest by default; for a long run by hand,
 ``FXGW_FUZZ_EXAMPLES=20000 pytest tests/fuzz -p no:cacheprovider``.
@@ -10,7 +12,7 @@ Budget (see tests/fuzz/conftest.py): derandomized and modest by default; for a l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,13 +22,17 @@ from hypothesis import strategies as st
 
 from gateway.contract import _avro
 from gateway.contract.schemas import SchemaRegistry
+from gateway.contract.versions import Contract
 from gateway.crypto.envelope import (
     ENVELOPE_TYPE,
     HEADER_TYPE,
     DataKeyRing,
     Handling,
     Header,
+    PairKeys,
+    Sealed,
     UnwrapCache,
+    keyed_message_id,
     message_id_for,
     open_envelope,
     read_header,
@@ -39,11 +45,13 @@ from gateway.errors import (
     BadSignature,
     DecryptionFailed,
     MalformedEnvelope,
+    MessageIdMismatch,
     NotForUs,
     Stale,
     UntrustedSender,
 )
-from gateway.types import AgencyId, EventId, EventType
+from gateway.node.config import DEFAULT_SCHEMAS
+from gateway.types import AgencyId, EventId, EventType, MessageId
 from tests.fuzz.conftest import MAX_DETAIL, NOW, TIMEOUT, budget, corpus, read_case
 from tests.strategies import (
     AGENCIES,
@@ -56,9 +64,27 @@ from tests.strategies import (
 
 pytestmark = TIMEOUT
 
-OPEN_ERRORS = (MalformedEnvelope, UntrustedSender, BadSignature, NotForUs, Stale, DecryptionFailed)
+OPEN_ERRORS = (
+    MalformedEnvelope,
+    UntrustedSender,
+    BadSignature,
+    NotForUs,
+    Stale,
+    DecryptionFailed,
+    MessageIdMismatch,
+)
 """What open_envelope may raise, as its docstring says."""
 CASES = corpus("envelope")
+
+
+@pytest.fixture(scope="module", params=["1.0", "1.1"], ids=["format1", "format2"])
+def registry(request: pytest.FixtureRequest) -> SchemaRegistry:
+    """Both envelope formats: contract 1.0's (format 1) and 1.1's (format 2)."""
+    return Contract.load(DEFAULT_SCHEMAS).version(str(request.param)).registry
+
+
+def _format(registry: SchemaRegistry) -> int:
+    return registry.get(ENVELOPE_TYPE).format
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,39 +117,61 @@ def samples(registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys) -> 
         public = trust.encryption_key(recipient, NOW)
         assert public is not None
         event_id = f"ev-{i}"
-        template = Header(
-            message_id=message_id_for("NL-POL", event_id, recipient),
+        template = replace(
+            _template(registry),
+            message_id=_message_id(registry, nl_keys, public.public, event_id, recipient),
             event_id=EventId(event_id),
-            sender=AgencyId("NL-POL"),
             recipient=AgencyId(recipient),
-            event_type=EventType("fxgw.SeizureEvent"),
-            schema_fingerprint=registry.get("fxgw.SeizureEvent").fingerprint,
-            policy_id="nl-pol-release@2",
-            policy_rule="seizure-eu",
-            policy_digest=b"\x02" * 32,
-            handling=Handling("H2", "fuzzing", "B", 2, "WITH_CONSENT", 30, None),
-            created_at=NOW,
-            expires_at=NOW + timedelta(days=1),
             withheld=("persons",),
             transformed=("recovery_location.latitude",),
+            sender_encryption_key_id=nl_keys.encryption[0].key_id,
         )
-        data_key = DataKeyRing().key_for(AgencyId(recipient), public, NOW)
-        sealed.append(
-            seal(template, plaintext, signer=nl_keys.signing, data_key=data_key, codec=registry)
-        )
+        sealed.append(_seal(registry, trust, nl_keys, template, plaintext))
     return Samples(tuple(s.data for s in sealed), tuple(plaintext for _, plaintext in views))
+
+
+def _message_id(
+    registry: SchemaRegistry, nl_keys: AgencyKeys, public: bytes, event_id: str, recipient: str
+) -> str:
+    """The message id NL-POL gives ``event_id`` for ``recipient`` in the registry's format."""
+    if _format(registry) == 1:
+        return message_id_for("NL-POL", event_id, recipient)
+    pair = PairKeys().derive(nl_keys.encryption[0], public, sending=True)
+    return keyed_message_id(pair, "NL-POL", event_id, recipient)
+
+
+def _seal(
+    registry: SchemaRegistry, trust: TrustList, nl_keys: AgencyKeys, template: Header, body: bytes
+) -> Sealed:
+    public = trust.encryption_key(template.recipient, NOW)
+    assert public is not None
+    data_key = DataKeyRing().key_for(template.recipient, public, NOW)
+    return seal(
+        template,
+        body,
+        signer=nl_keys.signing,
+        data_key=data_key,
+        codec=registry,
+        format_version=_format(registry),
+    )
 
 
 def _open(registry: SchemaRegistry, trust: TrustList, keys: AgencyKeys, data: bytes) -> bytes:
     return open_envelope(
-        data, keys=keys, trust=trust, cache=UnwrapCache(), codec=registry, now=NOW
+        data,
+        keys=keys,
+        trust=trust,
+        cache=UnwrapCache(),
+        codec=registry,
+        now=NOW,
+        format_version=_format(registry),
     ).plaintext
 
 
 def read_or_refuse(registry: SchemaRegistry, data: bytes) -> None:
     """read_header returns, or raises MalformedEnvelope with a short message."""
     try:
-        read_header(data, registry)
+        read_header(data, registry, _format(registry))
     except MalformedEnvelope as exc:
         assert MalformedEnvelope is type(exc)
         assert len(str(exc)) <= MAX_DETAIL
@@ -180,11 +228,25 @@ HEADER_VALUES = {
     "transformed": _TEXT_LISTS,
     "sender_key_id": hostile_text(),
     "recipient_key_id": hostile_text(),
+    "sender_encryption_key_id": hostile_text(),
     "data_key_id": hostile_text(),
     "wrapped_key": hostile_bytes(),
     "nonce": hostile_bytes(),
 }
-"""A hostile value for each header field, of the field's Avro type (so that it encodes)."""
+"""A hostile value for each header field, of the field's Avro type (so that it encodes); a
+format takes those of its clear header."""
+INNER_FIELDS = (
+    "event_id",
+    "event_type",
+    "schema_fingerprint",
+    "policy_id",
+    "policy_rule",
+    "policy_digest",
+    "handling",
+    "withheld",
+    "transformed",
+)
+"""The fields format 2 seals with the body."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +280,10 @@ def spoil(
     values, and every value here is of its field's type already.
     """
     record = registry.decode(ENVELOPE_TYPE, original)
-    header = {**record["header"], **hostile.header}  # type: ignore[dict-item]
-    if hostile.rederive:
+    clear = record["header"]
+    assert isinstance(clear, dict)
+    header = {**clear, **{k: v for k, v in hostile.header.items() if k in clear}}
+    if hostile.rederive and _format(registry) == 1:
         header["message_id"] = message_id_for(
             str(header["sender"]), str(header["event_id"]), str(header["recipient"])
         )
@@ -306,6 +370,57 @@ class TestOpenEnvelope:
         """Signed envelopes with hostile header values are opened or refused, never a crash."""
         open_or_refuse(registry, trust, be_keys, spoil(registry, nl_keys, samples.first, hostile))
 
+    @budget(0.5)
+    @given(inner=st.fixed_dictionaries({}, optional={k: HEADER_VALUES[k] for k in INNER_FIELDS}))
+    def test_hostile_sealed_fields(
+        self,
+        registry: SchemaRegistry,
+        trust: TrustList,
+        nl_keys: AgencyKeys,
+        be_keys: AgencyKeys,
+        inner: dict[str, object],
+    ) -> None:
+        """Format 2: validly sealed and signed envelopes whose inner header holds hostile values
+        are opened (the message id then matches the sealed event id) or refused."""
+        handling = inner.pop("handling", None)
+        values: dict[str, object] = {
+            **inner,
+            **({"handling": Handling(**handling)} if isinstance(handling, dict) else {}),
+        }
+        for name in ("withheld", "transformed"):
+            if name in values:
+                values[name] = tuple(values[name])  # type: ignore[call-overload]
+        public = trust.encryption_key("BE-FPJ", NOW)
+        assert public is not None
+        event_id = str(values.get("event_id", "ev-1"))
+        template = replace(
+            _template(registry),
+            sender_encryption_key_id=nl_keys.encryption[0].key_id,
+            message_id=_message_id(registry, nl_keys, public.public, event_id, "BE-FPJ"),
+            **values,  # type: ignore[arg-type]
+        )
+        data = _seal(registry, trust, nl_keys, template, b"body").data
+        opened = open_or_refuse(registry, trust, be_keys, data)
+        if not inner:
+            assert b"body" == opened  # the unspoiled envelope opens: the test reaches the checks
+
+
+def _template(registry: SchemaRegistry) -> Header:
+    return Header(
+        message_id=MessageId(""),
+        event_id=EventId("ev-1"),
+        sender=AgencyId("NL-POL"),
+        recipient=AgencyId("BE-FPJ"),
+        event_type=EventType("fxgw.SeizureEvent"),
+        schema_fingerprint=registry.get("fxgw.SeizureEvent").fingerprint,
+        policy_id="nl-pol-release@2",
+        policy_rule="seizure-eu",
+        policy_digest=b"\x02" * 32,
+        handling=Handling("H2", "fuzzing", "B", 2, "WITH_CONSENT", 30, None),
+        created_at=NOW,
+        expires_at=NOW + timedelta(days=1),
+    )
+
 
 @pytest.mark.skipif(not CASES, reason="no stored envelope inputs")
 class TestEnvelopeRegressions:
@@ -322,7 +437,7 @@ class TestEnvelopeRegressions:
         """The stored bytes are refused as malformed by read_header and by open_envelope."""
         data = read_case(path)
         with pytest.raises(MalformedEnvelope) as by_read:
-            read_header(data, registry)
+            read_header(data, registry, _format(registry))
         with pytest.raises(MalformedEnvelope) as by_open:
             _open(registry, trust, be_keys, data)
         assert (MalformedEnvelope, MalformedEnvelope) == (type(by_read.value), type(by_open.value))

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from gateway.audit.status import build_view, to_json
 from gateway.cli.main import main
-from gateway.crypto.receipts import open_receipt
+from gateway.crypto.receipts import RECEIPT_TYPE, open_receipt
 from gateway.dev.demo import seizure_nl, seizure_us
 from gateway.dev.sandbox import Federation
 from gateway.errors import StorageError
@@ -107,7 +107,14 @@ class TestReceiptsAndStatus:
         for sender in ("NL-POL", "US-ATF"):
             released = _released(federation, sender)
             receipts = [
-                open_receipt(r, trust=trust, codec=registry, agency=AgencyId(sender), now=_now())
+                open_receipt(
+                    r,
+                    trust=trust,
+                    codec=registry,
+                    agency=AgencyId(sender),
+                    now=_now(),
+                    format_version=registry.get(RECEIPT_TYPE).format,
+                )
                 for r in await _receipts(federation, sender)
             ]
             assert sorted(released) == sorted(r.message_id for r in receipts)  # one each

@@ -94,6 +94,7 @@ class TestSeizureFanOut:
                     cache=us.cache,
                     codec=us.registry,
                     now=datetime.now(UTC),
+                    format_version=2,  # the sandbox speaks contract 1.1
                 )
             await publish_raw(federation, federation.inbox("US-ATF"), for_be.value)
             await wait_until(

@@ -214,8 +214,13 @@ def hostile_records(forge: Forge) -> list[Hostile]:
 
 
 def _federation(tmp_path: Path, bootstrap: str, prefix: str, sink: str) -> Federation:
-    """The sandbox federation, BE-FPJ delivering to ``sink`` under :data:`LIMITS`."""
-    agencies = replace_sink(THREE_AGENCIES, RECEIVER, sink)
+    """The sandbox federation, BE-FPJ delivering to ``sink`` under :data:`LIMITS`, speaking
+    contract 1.0: the forged envelopes are of format 1, whose clear header a forger fills with
+    every field (format 2's hostile fields are fuzzed in tests/fuzz/test_envelope.py)."""
+    agencies = tuple(
+        replace(spec, contract_versions=("1.0",))
+        for spec in replace_sink(THREE_AGENCIES, RECEIVER, sink)
+    )
     fed = build_federation(tmp_path / "fed", bootstrap, prefix=prefix, agencies=agencies)
     path = fed.config(RECEIVER)
     config = yaml.safe_load(path.read_text(encoding="utf-8"))

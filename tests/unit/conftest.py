@@ -11,7 +11,7 @@ import pytest
 
 from gateway.cli.main import configure_logging
 from gateway.contract.schemas import SchemaRegistry
-from gateway.contract.versions import newest_registry
+from gateway.contract.versions import Contract, newest_registry
 from gateway.crypto.keys import AgencyKeys, load_encryption_key, load_signing_key
 from gateway.crypto.trust import TrustList, authority_keys, load_trust_list
 from gateway.dev.sandbox import Federation, build_federation
@@ -29,7 +29,14 @@ def _exchange_password(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def registry() -> SchemaRegistry:
-    """The federation's schemas from schemas/avro."""
+    """Version 1.0 of the federation's schemas from schemas/avro: envelope and receipt format 1
+    (what a node still speaks with peers on 1.0)."""
+    return Contract.load(DEFAULT_SCHEMAS).version("1.0").registry
+
+
+@pytest.fixture(scope="session")
+def registry2() -> SchemaRegistry:
+    """The newest version of the federation's schemas: envelope and receipt format 2."""
     return newest_registry(DEFAULT_SCHEMAS)
 
 

@@ -154,7 +154,7 @@ class TestOwnVersion:
         self, versions: Contract, trust: TrustList, fed: Federation
     ) -> None:
         config = load_config(fed.config("NL-POL")).model_copy(update={"contract_version": None})
-        me = trust.agencies[AgencyId("NL-POL")]
+        me = dataclasses.replace(trust.agencies[AgencyId("NL-POL")], contract_versions=("1.0",))
         assert "1.0" == own_version(config, versions, me).label
         both = dataclasses.replace(me, contract_versions=("1.0", "1.1"))
         assert "1.1" == own_version(config, versions, both).label
@@ -166,9 +166,9 @@ class TestOwnVersion:
     ) -> None:
         config = load_config(fed.config("NL-POL"))
         me = dataclasses.replace(
-            trust.agencies[AgencyId("NL-POL")], contract_versions=("1.0", "1.1")
+            trust.agencies[AgencyId("NL-POL")], contract_versions=("1.0", "1.1", "1.2")
         )
-        with pytest.raises(TrustError, match=r"reads contract version\(s\) 1\.1"):
+        with pytest.raises(TrustError, match=r"reads contract version\(s\) 1\.2"):
             own_version(config, Contract.load(config.schemas), me)
 
     def test_a_contract_version_the_trust_list_does_not_list_is_refused(
@@ -177,8 +177,9 @@ class TestOwnVersion:
         """node.yaml may pin one of the versions its agency is listed with, not another: peers
         go by the trust list."""
         config = load_config(fed.config("NL-POL")).model_copy(update={"contract_version": "1.1"})
+        me = dataclasses.replace(trust.agencies[AgencyId("NL-POL")], contract_versions=("1.0",))
         with pytest.raises(ConfigError, match=r"contract_version: 1\.1 is not among .*\(1\.0\)"):
-            own_version(config, versions, trust.agencies[AgencyId("NL-POL")])
+            own_version(config, versions, me)
 
     def test_an_unknown_contract_version_in_node_yaml_is_refused(
         self, versions: Contract, trust: TrustList, fed: Federation

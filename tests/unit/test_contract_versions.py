@@ -29,14 +29,23 @@ PINNED = json.loads((DATA / "schema_fingerprints.json").read_text())["fingerprin
 class TestManifest:
     """Loading the versions a manifest lists."""
 
-    def test_the_repositorys_contract_is_version_1_0_released(self) -> None:
-        """schemas/avro holds version 1.0, released; its fingerprints are the known answers."""
+    def test_the_repositorys_contract_is_versions_1_0_and_1_1_released(self) -> None:
+        """schemas/avro holds versions 1.0 and 1.1, released, with the same domain types (the
+        known answers); 1.1 brings envelope and receipt format 2."""
         loaded = Contract.load(DEFAULT_SCHEMAS)
-        assert ["1.0"] == [v.label for v in loaded]
-        assert loaded.newest.released and 1 == loaded.newest.major
-        registry = loaded.newest.registry
+        assert ["1.0", "1.1"] == [v.label for v in loaded]
+        assert all(v.released and 1 == v.major for v in loaded)
         assert PINNED
-        assert PINNED == {n: registry.get(n).fingerprint.hex() for n in PINNED}
+        v10, v11 = (v.registry for v in loaded)
+        assert PINNED == {n: v10.get(n).fingerprint.hex() for n in PINNED}
+        assert v10.event_types == v11.event_types
+        assert all(v10.get(n).fingerprint == v11.get(n).fingerprint for n in v10.event_types)
+        assert {1: "1.0", 2: "1.1"} == {
+            f: v.label for f, v in loaded.formats("fxgw.Envelope").items()
+        }
+        assert {1: "1.0", 2: "1.1"} == {
+            f: v.label for f, v in loaded.formats("fxgw.Receipt").items()
+        }
 
     def test_an_edited_released_version_is_refused(self, tmp_path: Path) -> None:
         """Changing a file of a released version names the type, the manifest line and the
@@ -206,7 +215,9 @@ class TestSchemaCheckCommand:
 
     def test_the_repositorys_contract_passes(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert 0 == main(["schema", "check", "--against", "all"])
-        assert "working contract: 1.0" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "working contract: 1.1" in out
+        assert "against 1.0" in out and "compatible" in out
 
     def test_a_compatible_minor_version_passes(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -96,6 +96,7 @@ for agency in spec["agencies"]:
     [entry] = yaml.safe_load((work / f"{agency['id']}.entry.yaml").read_text(encoding="utf-8"))
     entry["roles"] = agency["roles"]
     entry["legal_bases"] = agency["legal_bases"]
+    entry["contract_versions"] = agency.get("contract_versions", ["1.0"])
     entries.append(entry)
 trust = {
     "federation": spec["federation"],
