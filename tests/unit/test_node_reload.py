@@ -169,13 +169,20 @@ def test_a_trust_list_that_disowns_the_node_stops_it(
 def test_a_list_without_a_recipient_the_policy_names_is_taken_with_a_warning(
     tmp_path: Path,
 ) -> None:
-    """A newer trust list without US-ATF (and so without the legal basis MLAT-EU-US that
-    NL-POL's policy names) is put in force, with a warning naming the rule: a name on nobody
+    """A newer trust list without US-ATF and the legal basis MLAT-EU-US (that NL-POL's policy
+    names) is put in force, with a warning naming the rule: a name on nobody
     covers nobody, and refusing the list would keep the old one's keys. The policy itself is
     refused with it at the next start, or when it is reloaded."""
     fed = build_federation(tmp_path / "fed", "127.0.0.1:1", now=NOW)
     node = Node(load_config(fed.config("NL-POL")), now=lambda: NOW)
-    _reissue(fed, lambda agencies: [a for a in agencies if a["id"] != "US-ATF"])
+    _reissue(
+        fed,
+        lambda agencies: [
+            {**a, "legal_bases": [b for b in a.get("legal_bases", []) if b != "MLAT-EU-US"]}
+            for a in agencies
+            if a["id"] != "US-ATF"
+        ],
+    )
     with structlog.testing.capture_logs() as logs:
         assert node.reload({"trust"})
     assert "US-ATF" not in node.outbound.trust.agencies
