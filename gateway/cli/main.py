@@ -193,19 +193,17 @@ def cmd_trust_verify(args: argparse.Namespace) -> int:
     from gateway.crypto.trust import authority_keys, load_trust_list
     from gateway.node.config import load_config
 
-    threshold = args.threshold
     if args.config:
         config = load_config(Path(args.config))
         pinned = authority_keys(config.trust.pinned)
         path = Path(args.file) if args.file else config.trust.file
-        threshold = threshold or config.trust.threshold
+        threshold = args.threshold or config.trust.threshold
+        trust = load_trust_list(path, pinned, now=datetime.now(UTC), threshold=threshold)
     else:
-        if not args.authority_key or not args.file:
+        if not args.file:
             raise ConfigError("give -c NODE.yaml, or a FILE and --authority-key ID=BASE64")
-        pairs = [tuple(item.split("=", 1)) for item in args.authority_key]
-        pinned = authority_keys((k, v) for k, v in pairs)
         path = Path(args.file)
-    trust = load_trust_list(path, pinned, now=datetime.now(UTC), threshold=threshold or 1)
+        trust = _given_trust(path, args.authority_key, args.threshold)
     _print(
         f"{path}: valid, federation {trust.federation} version {trust.version}, "
         f"{len(trust.agencies)} agencies, expires {trust.expires_at.isoformat()}"
@@ -220,6 +218,32 @@ def _registry(schemas: str | None) -> SchemaRegistry:
     from gateway.node.config import DEFAULT_SCHEMAS
 
     return newest_registry(Path(schemas) if schemas else DEFAULT_SCHEMAS)
+
+
+def _given_trust(path: Path, authority: list[str] | None, threshold: int | None) -> TrustList:
+    """A trust list given on the command line, verified against the authority keys given
+    (``ID=BASE64``) with ``threshold`` signatures (default 1)."""
+    from gateway.crypto.trust import authority_keys, load_trust_list
+
+    if not authority:
+        raise ConfigError(
+            f"{path}: give the federation authority's keys: --authority-key ID=BASE64"
+        )
+    pairs = [tuple(item.split("=", 1)) for item in authority]
+    pinned = authority_keys((k, v) for k, v in pairs)
+    return load_trust_list(path, pinned, now=datetime.now(UTC), threshold=threshold or 1)
+
+
+def _signing_keys(trust: TrustList, agency: str) -> dict[str, bytes]:
+    """Every signing key the trust list holds for ``agency`` (old ones too, for old
+    checkpoints), by key id.
+
+    :raises ConfigError: the agency is not on the list.
+    """
+    listed = trust.agency(agency)
+    if listed is None:
+        raise ConfigError(f"{agency} is not on the trust list")
+    return {key.key_id: key.public for key in listed.keys if key.use == "sign"}
 
 
 def _node_trust(config: NodeConfig) -> TrustList:
@@ -487,13 +511,7 @@ def _node_audit_keys(
     keys: dict[str, bytes] = {}
     errors: list[str] = []
     try:
-        trust = _node_trust(config)
-        listed = trust.agency(whose)
-        if listed is None:
-            errors.append(f"{whose} is not on the trust list")
-        for key in listed.keys if listed is not None else ():
-            if key.use == "sign":
-                keys[key.key_id] = key.public
+        keys.update(_signing_keys(_node_trust(config), whose))
     except ConfigError as exc:
         errors.append(str(exc))
     if whose == config.agency:
@@ -535,9 +553,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         target = target or folder
         report = verify_folder(target, keys)
     else:
-        if args.config and not pinned:
-            # the checkpoints are checked with the keys the federation lists for the exporting
-            # agency, not with the keys the export carries (which whoever wrote it chose)
+        # the checkpoints are checked with the keys the federation lists for the exporting
+        # agency, not with the keys the export carries (which whoever wrote it chose)
+        if args.trust and not pinned:
+            agency = export_agency(target)
+            trust = _given_trust(Path(args.trust), args.authority_key, args.threshold)
+            keys = _signing_keys(trust, agency or "")
+            source = f"the exporting agency's signing keys in {args.trust}"
+        elif args.config and not pinned:
             agency = export_agency(target)
             _, _, keys = _node_audit_keys(args.config, agency=agency)
             source = "the exporting agency's signing keys in the federation trust list"
@@ -545,7 +568,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             keys = read_export(target)[0]
             source = (
                 "carried by the export, so anyone could have put them there: give -c"
-                " NODE.yaml to check them against the federation trust list"
+                " NODE.yaml or --trust to check them against the federation trust list"
             )
         report = verify_export(target, keys)
     lines = report.summary()
@@ -933,11 +956,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit 0: intact; 1: something was altered, removed, reordered, inserted or "
         "cut (the first place is named); 2: the command could not run. A folder's public keys "
         "come from -c (the trust list's signing keys for the agency, and the public half of its "
-        "key file) or --key; an export's from the export itself, or --key.",
+        "key file) or --key; an export's from the federation trust list (-c, or --trust with "
+        "--authority-key), or --key; without any, from the export itself, which proves nothing "
+        "about who wrote it.",
     )
     p.add_argument("path", nargs="?", help="an audit folder or an export file (default: -c's)")
     p.add_argument("-c", "--config", help="the node's node.yaml")
     p.add_argument("--key", action="append", help="ID=BASE64 public key (repeat for each)")
+    p.add_argument(
+        "--trust", metavar="FILE", help="a signed trust list to take an export's keys from"
+    )
+    p.add_argument("--authority-key", action="append", help="with --trust: ID=BASE64 authority key")
+    p.add_argument("--threshold", type=int, help="with --trust: authority signatures needed")
     p.add_argument(
         "--witnessed",
         action="append",

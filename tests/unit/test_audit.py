@@ -628,7 +628,8 @@ class TestCommand:
     ) -> None:
         """A log rewritten and signed with an attacker's key carrying NL-POL's real key id, its
         export carrying that key: intact by the keys it carries, NOT INTACT by the keys the
-        trust list holds for NL-POL (checked with -c of any node of the federation)."""
+        trust list holds for NL-POL (checked with -c of any node of the federation, or with
+        --trust and the authority's key); a trust list not signed by that key is refused."""
         from gateway.crypto.keys import load_signing_key
         from gateway.node.config import load_config
 
@@ -652,6 +653,16 @@ class TestCommand:
         out = capsys.readouterr().out
         assert "NOT INTACT" in out
         assert "signature does not verify" in out
+        # an auditor without a node: the signed trust list and the authority's key
+        assert fed.trust_file is not None and fed.authority is not None
+        trust = ["--trust", str(fed.trust_file), "--authority-key", _key_arg(fed.authority)]
+        assert EXIT_OK == main(["audit", "verify", str(exports["genuine"]), *trust])
+        assert f"signing keys in {fed.trust_file}" in capsys.readouterr().out
+        assert EXIT_REJECTED == main(["audit", "verify", str(exports["forged"]), *trust])
+        assert "signature does not verify" in capsys.readouterr().out
+        stranger = _key_arg(generate_signing_key(KeyId("authority/other")))
+        forged_list = ["--trust", str(fed.trust_file), "--authority-key", stranger]
+        assert EXIT_ERROR == main(["audit", "verify", str(exports["genuine"]), *forged_list])
 
     @pytest.mark.parametrize(
         "args",
