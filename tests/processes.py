@@ -34,10 +34,11 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from gateway.audit.store import read_entries
 from gateway.contract.versions import newest_registry
-from gateway.crypto.envelope import message_id_for
+from gateway.crypto.envelope import PairKeys, keyed_message_id
+from gateway.crypto.keys import load_encryption_key
 from gateway.crypto.receipts import Receipt, open_receipt
 from gateway.crypto.trust import authority_keys, load_trust_list
-from gateway.dev.sandbox import THREE_AGENCIES, AgencySpec, replace_sink
+from gateway.dev.sandbox import THREE_AGENCIES, AgencySpec, Federation, replace_sink
 from gateway.errors import PeerError
 from gateway.node.config import load_config
 from gateway.node.transport import Producer, read_topic
@@ -259,10 +260,17 @@ async def send_events(bootstrap: str, topic: str, events: Sequence[dict[str, obj
         await producer.stop()
 
 
-def expected_ids(events: Sequence[dict[str, object]], sender: str, recipient: str) -> set[str]:
-    """The message ids the envelopes of ``events`` carry (derived from sender, event, recipient)."""
+def expected_ids(
+    fed: Federation, events: Sequence[dict[str, object]], sender: str, recipient: str
+) -> set[str]:
+    """The message ids the envelopes of ``events`` carry: keyed (format 2) by the pair's
+    encryption keys, as the sending node derives them."""
+    (mine,) = load_config(fed.config(sender)).keys.encryption  # the sandbox gives one each
+    (yours,) = load_config(fed.config(recipient)).keys.encryption
+    ours, theirs = load_encryption_key(mine), load_encryption_key(yours).public
+    pair_key = PairKeys().derive(ours, theirs, sending=True)
     return {
-        message_id_for(sender, str(e["record"]["event_id"]), recipient)  # type: ignore[index]
+        keyed_message_id(pair_key, sender, str(e["record"]["event_id"]), recipient)  # type: ignore[index]
         for e in events
     }
 
@@ -372,7 +380,12 @@ async def check_receipts(bootstrap: str, config: Path) -> ReceiptCheck:
         check.records += 1
         try:
             receipt: Receipt = open_receipt(
-                m.value, trust=trust, codec=registry, agency=AgencyId(c.agency), now=now
+                m.value,
+                trust=trust,
+                codec=registry,
+                agency=AgencyId(c.agency),
+                now=now,
+                format_version=registry.get("fxgw.Receipt").format,
             )
         except PeerError:  # counted, and the count is asserted
             check.unverified += 1

@@ -131,7 +131,7 @@ class TestInboxLeaderKilled:
                 await producer.stop()
             new_leader, isr = (await describe(bootstrap, [inbox]))[inbox]
             timeline["leader_isr_after"] = f"{new_leader}/{isr}"
-            wanted = expected_ids(events, "NL-POL", "BE-FPJ")
+            wanted = expected_ids(fed, events, "NL-POL", "BE-FPJ")
 
             async def all_in() -> bool:
                 return set(await inbound_ids(bootstrap, inbound)) >= wanted

@@ -147,7 +147,7 @@ class TestReceiverKilledDuringCatchUp:
                 refill=partial(release_while_down, TRANCHE),
                 max_kills=MAX_KILLS,
             )
-            wanted = expected_ids(events, "NL-POL", "BE-FPJ")
+            wanted = expected_ids(fed, events, "NL-POL", "BE-FPJ")
             be.start()
 
             async def all_in() -> bool:

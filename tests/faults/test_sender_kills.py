@@ -97,7 +97,7 @@ class TestSenderKilledWhileReleasing:
                 refill=partial(backlog, TRANCHE),
                 max_kills=MAX_KILLS,
             )
-            wanted = expected_ids(events, "NL-POL", "BE-FPJ")
+            wanted = expected_ids(fed, events, "NL-POL", "BE-FPJ")
             nl.start()
             inbound = fed.local_topic("BE-FPJ", "inbound")
 

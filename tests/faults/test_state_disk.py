@@ -200,7 +200,7 @@ class TestStateFolderReadOnlyThenFull:
                 await asyncio.sleep(4.0)  # traffic after the faults
                 traffic.stop.set()
                 await sender
-                wanted = expected_ids(traffic.events, "NL-POL", "BE-FPJ")
+                wanted = expected_ids(fed, traffic.events, "NL-POL", "BE-FPJ")
 
                 async def all_in() -> bool:
                     return set(await inbound_ids(kafka_bootstrap, inbound)) >= wanted
