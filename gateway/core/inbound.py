@@ -527,6 +527,8 @@ _ORIGIN = {
     "fxgw.SeizureEvent": "reporting_agency",
     "fxgw.TraceRequest": "requesting_agency",
     "fxgw.TraceResponse": "responding_agency",
+    "fxgw.TraceUpdate": "sending_agency",
+    "fxgw.HitEvaluation": "sending_agency",
 }
 """Per event type, the field naming the agency the event comes from: it must be the sender."""
 

@@ -166,9 +166,9 @@ class TestOwnVersion:
     ) -> None:
         config = load_config(fed.config("NL-POL"))
         me = dataclasses.replace(
-            trust.agencies[AgencyId("NL-POL")], contract_versions=("1.0", "1.1", "1.2")
+            trust.agencies[AgencyId("NL-POL")], contract_versions=("1.0", "1.1", "1.9")
         )
-        with pytest.raises(TrustError, match=r"reads contract version\(s\) 1\.2"):
+        with pytest.raises(TrustError, match=r"reads contract version\(s\) 1\.9"):
             own_version(config, Contract.load(config.schemas), me)
 
     def test_a_contract_version_the_trust_list_does_not_list_is_refused(
@@ -185,8 +185,9 @@ class TestOwnVersion:
         self, versions: Contract, trust: TrustList, fed: Federation
     ) -> None:
         config = load_config(fed.config("NL-POL")).model_copy(update={"contract_version": "1.7"})
+        me = dataclasses.replace(trust.agencies[AgencyId("NL-POL")], contract_versions=("1.0",))
         with pytest.raises(ConfigError, match=r"contract_version: .*no version 1\.7") as info:
-            own_version(config, versions, trust.agencies[AgencyId("NL-POL")])
+            own_version(config, versions, me)
         assert str(config.path) == info.value.file
 
 

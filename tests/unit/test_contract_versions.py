@@ -29,21 +29,23 @@ PINNED = json.loads((DATA / "schema_fingerprints.json").read_text())["fingerprin
 class TestManifest:
     """Loading the versions a manifest lists."""
 
-    def test_the_repositorys_contract_is_versions_1_0_and_1_1_released(self) -> None:
+    def test_the_repositorys_contract_is_versions_1_0_to_1_2(self) -> None:
         """schemas/avro holds versions 1.0 and 1.1, released, with the same domain types (the
-        known answers); 1.1 brings envelope and receipt format 2."""
+        known answers), and the working version 1.2; 1.1 brings envelope and receipt format 2,
+        1.2 the trace workflow and hit/no-hit queries."""
         loaded = Contract.load(DEFAULT_SCHEMAS)
-        assert ["1.0", "1.1"] == [v.label for v in loaded]
-        assert all(v.released and 1 == v.major for v in loaded)
+        assert ["1.0", "1.1", "1.2"] == [v.label for v in loaded]
+        assert all(1 == v.major for v in loaded)
+        assert [True, True] == [v.released for v in loaded][:2]
         assert PINNED
-        v10, v11 = (v.registry for v in loaded)
+        v10, v11, _ = (v.registry for v in loaded)
         assert PINNED == {n: v10.get(n).fingerprint.hex() for n in PINNED}
         assert v10.event_types == v11.event_types
         assert all(v10.get(n).fingerprint == v11.get(n).fingerprint for n in v10.event_types)
-        assert {1: "1.0", 2: "1.1"} == {
+        assert {1: "1.0", 2: "1.2"} == {
             f: v.label for f, v in loaded.formats("fxgw.Envelope").items()
         }
-        assert {1: "1.0", 2: "1.1"} == {
+        assert {1: "1.0", 2: "1.2"} == {
             f: v.label for f, v in loaded.formats("fxgw.Receipt").items()
         }
 
@@ -216,7 +218,7 @@ class TestSchemaCheckCommand:
     def test_the_repositorys_contract_passes(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert 0 == main(["schema", "check", "--against", "all"])
         out = capsys.readouterr().out
-        assert "working contract: 1.1" in out
+        assert "working contract: 1.2" in out
         assert "against 1.0" in out and "compatible" in out
 
     def test_a_compatible_minor_version_passes(

@@ -136,10 +136,10 @@ def _reissue(fed: Federation, change: Callable[[Agencies], Agencies]) -> None:
         ),
         (
             lambda agencies: [
-                {**a, "contract_versions": ["1.0", "1.1", "1.2"]} if a["id"] == "NL-POL" else a
+                {**a, "contract_versions": ["1.0", "1.1", "1.9"]} if a["id"] == "NL-POL" else a
                 for a in agencies
             ],
-            r"reads contract version\(s\) 1\.2",
+            r"reads contract version\(s\) 1\.9",
         ),
     ],
     ids=["agency-dropped", "signing-key-dropped", "version-the-node-lacks"],
