@@ -21,7 +21,15 @@ import orjson
 from gateway.audit.chain import Value
 from gateway.contract.schemas import SchemaRegistry
 from gateway.contract.versions import Contract, ContractVersion, convert, missing_fields
-from gateway.core.effects import AuditEntry, Effects, Envelope, Limits, merge, quarantine
+from gateway.core.effects import (
+    AuditEntry,
+    Effects,
+    Envelope,
+    Limits,
+    Observed,
+    merge,
+    quarantine,
+)
 from gateway.core.routing import Route, route
 from gateway.core.tracing import admit
 from gateway.crypto.envelope import (
@@ -293,7 +301,15 @@ class OutboundCore:
             }
             entry = AuditEntry("not_routed", facts, "not_routed", "not_routed", warn=True)
             return Effects(audit=(entry,))
-        parts = [Effects(envelopes=tuple(self._envelope(s) for s in outcome.envelopes))]
+        parts = [
+            Effects(
+                envelopes=tuple(self._envelope(s) for s in outcome.envelopes),
+                observed=tuple(
+                    Observed(True, event.event_type, s.header.recipient, event.record)
+                    for s in outcome.envelopes
+                ),
+            )
+        ]
         parts.append(Effects(audit=tuple(self._released(s, outcome) for s in outcome.envelopes)))
         for denied in outcome.denied:
             data: dict[str, Value] = {

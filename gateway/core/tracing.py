@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.errors import PeerError
 from gateway.types import AgencyId
@@ -456,6 +456,62 @@ class Tracker:
             reminded_at=now,
         )
         return Result(moved.transitions, moved.cases, (event,))
+
+
+def case_to_json(case: Case) -> dict[str, object]:
+    """``case`` as JSON-ready values (times ISO 8601, UTC): what the store keeps and what
+    ``fxgw trace --json`` shows."""
+    return {
+        "request_event_id": case.request_id,
+        "traced": case.traced,
+        "requester": case.requester,
+        "role": case.role,
+        "request_reference": case.reference,
+        "priority": case.priority,
+        "requested_at": _json_time(case.requested_at),
+        "due_by": _json_time(case.due_by),
+        "state": case.state,
+        "outcome": case.outcome,
+        "reason": case.reason,
+        "reminders": case.reminders,
+        "reminded_at": None if case.reminded_at is None else _json_time(case.reminded_at),
+        "updated_at": None if case.updated_at is None else _json_time(case.updated_at),
+        "history": [
+            {"state": s.state, "at": _json_time(s.at), "event_id": s.event_id, "step": s.what}
+            for s in case.history
+        ],
+    }
+
+
+def case_from_json(data: Mapping[str, Any]) -> Case:
+    """The case :func:`case_to_json` wrote.
+
+    :raises KeyError, ValueError: ``data`` is not such a case.
+    """
+
+    def when(text: str | None) -> datetime | None:
+        return None if text is None else datetime.fromisoformat(text)
+
+    return Case(
+        request_id=data["request_event_id"],
+        traced=data["traced"],
+        requester=data["requester"],
+        role=data["role"],
+        reference=data["request_reference"],
+        priority=data["priority"],
+        requested_at=datetime.fromisoformat(data["requested_at"]),
+        due_by=datetime.fromisoformat(data["due_by"]),
+        state=data["state"],
+        outcome=data["outcome"],
+        reason=data["reason"],
+        reminders=data["reminders"],
+        reminded_at=when(data["reminded_at"]),
+        updated_at=when(data["updated_at"]),
+        history=tuple(
+            Step(s["state"], datetime.fromisoformat(s["at"]), s["event_id"], s["step"])
+            for s in data["history"]
+        ),
+    )
 
 
 def owed(cases: Iterable[Case]) -> list[Case]:

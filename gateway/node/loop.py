@@ -166,6 +166,8 @@ class Executor:
     """Fed with every decision recorded, the audit fsync times and delivery latencies."""
     audit_failing: Callable[[bool], None] = lambda failing: None
     """Told after each audit fsync whether it failed (for the readiness check)."""
+    follow: Callable[[Batch], Awaitable[None]] | None = None
+    """Runs first on every batch: may add to it (trace cases, :mod:`gateway.node.tracing`)."""
     clock: Callable[[], float] = time.monotonic
     routine_every_s: float = ROUTINE_LOG_EVERY_S
     _routine: Counter[str] = field(default_factory=Counter)
@@ -175,6 +177,8 @@ class Executor:
 
     async def execute(self, batch: Batch) -> None:
         """Execute ``batch`` until every effect is durable (or raise a fatal error)."""
+        if self.follow is not None:
+            await self.follow(batch)
         self.record(batch.audit)
         started_ms = self.now_ms()
         if batch.deliveries:
