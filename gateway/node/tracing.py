@@ -230,8 +230,6 @@ class Tracing:
     def _observe(self, observed: Iterable[Observed]) -> Result:
         result, now = Result(), self._now()
         for o in observed:
-            if o.event_type not in TRACE_TYPES:
-                continue
             seen = self.tracker.released if o.released else self.tracker.delivered
             result += seen(o.event_type, o.record, o.peer, now)
         return result
@@ -239,10 +237,10 @@ class Tracing:
     async def _apply(self, batch: Batch, result: Result) -> None:
         """Add ``result`` to ``batch``: audit entries, and the effects of releasing the events
         it generated (whose own releases move the cases further); then save the cases."""
-        changed: dict[tuple[str, str], Case] = {}
+        changed: set[tuple[str, str]] = set()
         while result.transitions or result.send:
             batch.audit.extend(_entry(t) for t in result.transitions)
-            changed.update((c.key, c) for c in result.cases)
+            changed.update(c.key for c in result.cases)
             now = self._now()
             sendable = [e for e in result.send if self._reads_updates(e)]
             batch.audit.extend(_skipped(e) for e in result.send if e not in sendable)
@@ -251,11 +249,12 @@ class Tracing:
                 batch.add(effects)
             result = self._observe(o for effects in made for o in effects.observed)
         if changed:
-            store, cases = self._store, list(changed.values())
+            store, cases = self._store, self.tracker.cases
             assert store is not None and self.executor is not None
 
             async def save() -> None:
-                store.save(cases)
+                # the cases as they are when saved: a retry never writes back an older state
+                store.save(cases[key] for key in changed)
 
             await self.executor.retry("save trace cases", save)
             self._count()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.contract.schemas import SchemaRegistry
-from gateway.core.effects import Batch, Observed
+from gateway.core.effects import AuditEntry, Batch, Observed
 from gateway.core.outbound import OutboundCore, parse_plain_event
 from gateway.crypto.keys import AgencyKeys
 from gateway.crypto.trust import TrustList
@@ -127,3 +127,21 @@ class TestStore:
         by_reference = store.find(str(request.record["request_reference"]))
         assert 1 == len(by_id)
         assert by_id == by_reference
+
+
+class TestMetrics:
+    """Reminders sent are counted from the audit entries."""
+
+    def test_reminders_sent(self, trust: TrustList) -> None:
+        """A requester's reminder counts; a reminder received, or another step, does not."""
+        metrics = Metrics(Counter(), lambda: trust.agencies, receipt_timeout=timedelta(minutes=5))
+        entries = [
+            AuditEntry("trace_transition", {"step": s, "role": r}, "t", "t")
+            for s, r in [
+                ("reminder", "requester"),
+                ("reminder", "traced"),
+                ("overdue", "requester"),
+            ]
+        ]
+        metrics.observe(entries)
+        assert 1.0 == sample(metrics.registry, "fxgw_trace_reminders_sent_total", {})
