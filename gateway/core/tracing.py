@@ -154,7 +154,7 @@ class Case:
             state=state,
             updated_at=at,
             history=history,
-            **changes,  # type: ignore[arg-type]
+            **changes,  # type: ignore[arg-type]  # Case fields; replace() checks the names
         )
 
 

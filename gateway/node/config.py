@@ -299,7 +299,7 @@ class TracingModel(_Strict):
     """How long it has for an URGENT one."""
     remind_every: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
     """Past the deadline, the requester sends a reminder at once and again this often..."""
-    max_reminders: int = Field(default=3, ge=0, le=100)
+    max_reminders: int = Field(default=3, ge=0, le=50)  # a case's history keeps them all
     """...up to this many."""
     auto_acknowledge: bool = True
     """The traced side acknowledges each request as it arrives, with its deadline."""

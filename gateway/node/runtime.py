@@ -258,9 +258,8 @@ class Node(Watching):
             bound=self._log,
             metrics=self.metrics,
             audit_failing=partial(setattr, self.readiness, "audit_failing"),
-            follow=self.tracing.follow,
+            follower=self.tracing,
         )
-        self.tracing.executor = self._executor
         return sink, journal
 
     async def _check_clusters(self) -> None:
@@ -342,7 +341,7 @@ class Node(Watching):
             "watch": self._watch_loop(stop, sink),
             "observe": self._observe_loop(stop),
             "parked": offer_parked(self._executor, stop),
-            "tracing": self.tracing.run(stop),
+            "tracing": self.tracing.run(stop, self._executor),
         }
         witnessed = sorted(self._witnessed())
         if witnessed:

@@ -3,13 +3,14 @@ run the clock, and hand the TraceUpdates the core generates to the outbound path
 
 The rules are in :mod:`gateway.core.tracing`; this module is wiring. :meth:`Tracing.follow` runs
 first in every batch the executor executes (:class:`~gateway.node.loop.Executor`): it feeds the
-batch's observed events to the tracker, adds each transition's audit entry to the batch, releases
-the events generated through :meth:`OutboundCore.take` exactly as the national system's events
-(their envelopes, audit entries and quarantines join the same batch), and commits the cases
-changed before any of the batch is executed, so before its offsets are committed. If the node
-stops between that commit and the batch's, the batch is read again: what the tracker has seen
-(by event id) moves nothing twice, and a generated event is made again with the same id, so its
-recipient drops the copy.
+batch's observed events to the tracker, adds each transition's audit entry to the batch, and
+releases the events generated through :meth:`OutboundCore.take` exactly as the national system's
+events (their envelopes, audit entries and quarantines join the same batch). The executor calls
+:meth:`Tracing.save` once the batch's audit entries are durable, before its deliveries are
+journaled, its envelopes sent and its offsets committed. If the node stops in between, the batch
+is read again: what the tracker has seen (by event id) moves nothing twice, and a generated event
+is made again with the same id, so its recipient drops the copy; a crash between the audit sync
+and the save can audit a transition twice, never lose one.
 
 Store: SQLite, ``<state>/trace.sqlite`` (write-ahead log, so ``fxgw trace`` reads while the
 node runs; ``synchronous = FULL``). Not the journals' database (:mod:`gateway.node.journals`):
@@ -184,8 +185,8 @@ class Tracing:
         self._every_s = config.tracing.check_every_seconds
         self.tracker = Tracker(config.agency, config.tracing.deadlines, self._country)
         self._store: TraceStore | None = None
-        self.executor: Executor | None = None
-        """Set by the node once its executor exists (the clock's batches go through it)."""
+        self._changed: set[tuple[str, str]] = set()
+        """Cases changed since the last save."""
 
     def _country(self, agency: str) -> str:
         known = self._outbound.trust.agency(agency)
@@ -220,12 +221,13 @@ class Tracing:
             self._store.close()
             self._store = None
 
-    async def follow(self, batch: Batch) -> None:
+    def follow(self, batch: Batch) -> None:
         """Follow the trace events of ``batch`` (before it is executed): add the transitions'
-        audit entries and the generated events' effects to it, and make the cases durable."""
+        audit entries and the generated events' effects to it; :meth:`save` makes the cases
+        changed durable."""
         observed = [o for o in batch.observed if o.event_type in TRACE_TYPES]
         if observed:
-            await self._apply(batch, self._observe(observed))
+            self._apply(batch, self._observe(observed))
 
     def _observe(self, observed: Iterable[Observed]) -> Result:
         result, now = Result(), self._now()
@@ -234,13 +236,12 @@ class Tracing:
             result += seen(o.event_type, o.record, o.peer, now)
         return result
 
-    async def _apply(self, batch: Batch, result: Result) -> None:
+    def _apply(self, batch: Batch, result: Result) -> None:
         """Add ``result`` to ``batch``: audit entries, and the effects of releasing the events
-        it generated (whose own releases move the cases further); then save the cases."""
-        changed: set[tuple[str, str]] = set()
+        it generated (whose own releases move the cases further)."""
         while result.transitions or result.send:
             batch.audit.extend(_entry(t) for t in result.transitions)
-            changed.update(c.key for c in result.cases)
+            self._changed.update(c.key for c in result.cases)
             now = self._now()
             sendable = [e for e in result.send if self._reads_updates(e)]
             batch.audit.extend(_skipped(e) for e in result.send if e not in sendable)
@@ -248,16 +249,20 @@ class Tracing:
             for effects in made:
                 batch.add(effects)
             result = self._observe(o for effects in made for o in effects.observed)
-        if changed:
-            store, cases = self._store, self.tracker.cases
-            assert store is not None and self.executor is not None
 
-            async def save() -> None:
-                # the cases as they are when saved: a retry never writes back an older state
-                store.save(cases[key] for key in changed)
+    async def save(self) -> None:
+        """Commit the cases changed since the last save, as they are now (a retried save never
+        writes back an older state).
 
-            await self.executor.retry("save trace cases", save)
-            self._count()
+        :raises StorageError: the disk refused (retriable: nothing was written).
+        """
+        if not self._changed:
+            return
+        assert self._store is not None
+        keys = set(self._changed)
+        self._store.save(self.tracker.cases[key] for key in keys)
+        self._changed -= keys
+        self._count()
 
     def _count(self) -> None:
         counts: Counter[tuple[str, str]] = Counter(
@@ -265,14 +270,15 @@ class Tracing:
         )
         self._metrics.trace_cases(counts)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Every ``tracing.check_every_seconds``: mark what is overdue, send the reminders due."""
+    async def run(self, stop: asyncio.Event, executor: Executor) -> None:
+        """Every ``tracing.check_every_seconds``: mark what is overdue, send the reminders due
+        (through ``executor``, which saves the cases after the batch's audit entries)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._every_s)
             if stop.is_set():
                 return
             batch = Batch()
-            await self._apply(batch, self.tracker.due(self._now()))
-            if batch.audit and self.executor is not None:
-                await self.executor.execute(batch)
+            self._apply(batch, self.tracker.due(self._now()))
+            if batch.audit:
+                await executor.execute(batch)

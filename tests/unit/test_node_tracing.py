@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import types
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +17,6 @@ from gateway.dev.demo import trace_request_nl
 from gateway.dev.sandbox import Federation
 from gateway.errors import StorageError
 from gateway.node.config import load_config
-from gateway.node.loop import Retry
 from gateway.node.metrics import Metrics, sample
 from gateway.node.tracing import TraceStore, Tracing
 from gateway.policy.engine import load_policy
@@ -46,7 +43,6 @@ def be_tracing(
     )
     metrics = Metrics(Counter(), lambda: trust.agencies, receipt_timeout=timedelta(minutes=5))
     tracing = Tracing(config, outbound, metrics, lambda: NOW)
-    tracing.executor = types.SimpleNamespace(retry=Retry(asyncio.Event(), Counter()))  # type: ignore[assignment]
     tracing.open(tmp_path)
     return tracing
 
@@ -66,7 +62,8 @@ class TestFollow:
         are audited, and the case is durable."""
         request = _delivered_request(registry2)
         batch = Batch(observed=[request])
-        await be_tracing.follow(batch)
+        be_tracing.follow(batch)
+        await be_tracing.save()
         assert ["NL-POL"] == [e.recipient for e in batch.envelopes]
         steps = [(a.kind, a.data["step"]) for a in batch.audit if a.kind.startswith("trace")]
         assert [("trace_transition", "request"), ("trace_transition", "acknowledged")] == steps
@@ -82,16 +79,29 @@ class TestFollow:
         message id."""
         request = _delivered_request(registry2)
         first, again = Batch(observed=[request]), Batch(observed=[request])
-        await be_tracing.follow(first)
-        await be_tracing.follow(again)
+        be_tracing.follow(first)
+        await be_tracing.save()
+        be_tracing.follow(again)
+        await be_tracing.save()
         assert [] == [a for a in again.audit if a.kind.startswith("trace")]
         assert [e.message_id for e in first.envelopes] == [e.message_id for e in again.envelopes]
+
+    async def test_durable_only_once_saved(
+        self, be_tracing: Tracing, registry2: SchemaRegistry, tmp_path: Path
+    ) -> None:
+        """follow changes nothing on disk; save (after the batch's audit sync) commits it."""
+        be_tracing.follow(Batch(observed=[_delivered_request(registry2)]))
+        reader = TraceStore(tmp_path, readonly=True)
+        assert [] == reader.all()
+        await be_tracing.save()
+        assert ["acknowledged"] == [c.state for c in reader.all()]
 
     async def test_cases_are_loaded_again_at_open(
         self, be_tracing: Tracing, registry2: SchemaRegistry, tmp_path: Path
     ) -> None:
         """A restarted node knows its cases (and counts them)."""
-        await be_tracing.follow(Batch(observed=[_delivered_request(registry2)]))
+        be_tracing.follow(Batch(observed=[_delivered_request(registry2)]))
+        await be_tracing.save()
         be_tracing.close()
         be_tracing.tracker.cases.clear()
         be_tracing.open(tmp_path)
@@ -104,7 +114,8 @@ class TestFollow:
     async def test_other_events_are_ignored(self, be_tracing: Tracing) -> None:
         """A seizure released changes nothing."""
         batch = Batch(observed=[Observed(True, "fxgw.SeizureEvent", "NL-POL", {"event_id": "x"})])
-        await be_tracing.follow(batch)
+        be_tracing.follow(batch)
+        await be_tracing.save()
         assert ([], []) == (batch.audit, batch.envelopes)
 
 
@@ -121,7 +132,8 @@ class TestStore:
     ) -> None:
         """A case is found by its request's event id and by its reference."""
         request = _delivered_request(registry2)
-        await be_tracing.follow(Batch(observed=[request]))
+        be_tracing.follow(Batch(observed=[request]))
+        await be_tracing.save()
         store = TraceStore(tmp_path, readonly=True)
         by_id = store.find(str(request.record["event_id"]))
         by_reference = store.find(str(request.record["request_reference"]))
