@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import structlog
 import yaml
 
+from gateway.cli import trace
 from gateway.contract.schemas import SchemaRegistry
 from gateway.contract.versions import Contract, ContractVersion, newest_registry
 from gateway.errors import ConfigError, GatewayError, InfrastructureError, PeerError
@@ -246,7 +247,7 @@ def _signing_keys(trust: TrustList, agency: str) -> dict[str, bytes]:
     return {key.key_id: key.public for key in listed.keys if key.use == "sign"}
 
 
-def _node_trust(config: NodeConfig) -> TrustList:
+def node_trust(config: NodeConfig) -> TrustList:
     """The trust list a node's config names, verified against its pinned authority keys."""
     from gateway.crypto.trust import authority_keys, load_trust_list
 
@@ -265,7 +266,7 @@ def _node_contract(config: NodeConfig) -> tuple[Contract, ContractVersion, Trust
     """
     from gateway.node.files import own_agency, own_version
 
-    trust = _node_trust(config)
+    trust = node_trust(config)
     me = own_agency(config, trust)
     contract = Contract.load(config.schemas)
     return contract, own_version(config, contract, me), trust
@@ -282,7 +283,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         config = load_config(Path(args.config))
         agency = config.agency
         if args.schemas:  # another contract (a draft, say), against the node's trust list
-            trust = _node_trust(config)
+            trust = node_trust(config)
             contract = Contract.load(Path(args.schemas))
             own = contract.newest
         else:
@@ -511,7 +512,7 @@ def _node_audit_keys(
     keys: dict[str, bytes] = {}
     errors: list[str] = []
     try:
-        keys.update(_signing_keys(_node_trust(config), whose))
+        keys.update(_signing_keys(node_trust(config), whose))
     except ConfigError as exc:
         errors.append(str(exc))
     if whose == config.agency:
@@ -608,7 +609,7 @@ def _witnessed_report(
     records = [w for w in records if agency is None or w.checkpoint.agency == agency]
     witness_keys: dict[str, dict[str, bytes]] | None = None
     if args.config:
-        trust = _node_trust(load_config(Path(args.config)))
+        trust = node_trust(load_config(Path(args.config)))
         witness_keys = {
             w.witness: {k.key_id: k.public for k in listed.keys if k.use == "sign"}
             for w in records
@@ -712,25 +713,31 @@ def cmd_send(args: argparse.Namespace) -> int:
             continue
         good.append(line)
     if good:
-        if config.local.outbound_topic:
-            asyncio.run(_send_to_topic(config, config.local.outbound_topic, good))
-            where = f"topic {config.local.outbound_topic}"
-        elif config.spool.outbound_dir:
-            from gateway.node.sinks import write_atomically
-
-            config.spool.outbound_dir.mkdir(parents=True, exist_ok=True)
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-            write_atomically(config.spool.outbound_dir / f"{stamp}.jsonl", b"\n".join(good) + b"\n")
-            where = f"spool {config.spool.outbound_dir}"
-        else:
-            raise ConfigError(
-                "the node has neither local.outbound_topic nor spool.outbound_dir",
-                file=str(config.path),
-            )
-        _print(f"sent {len(good)} events to {where}")
+        _print(f"sent {len(good)} events to {hand_over(config, good)}")
     if rejected:
         _print(f"{rejected} events rejected; fix the named fields and send them again")
     return EXIT_REJECTED if rejected else EXIT_OK
+
+
+def hand_over(config: NodeConfig, lines: Sequence[bytes]) -> str:
+    """Hand plain events (JSON lines) to the node's outbound path: its outbound topic, else its
+    spool folder; where they went.
+
+    :raises ConfigError: the node has neither.
+    """
+    if config.local.outbound_topic:
+        asyncio.run(_send_to_topic(config, config.local.outbound_topic, lines))
+        return f"topic {config.local.outbound_topic}"
+    if config.spool.outbound_dir:
+        from gateway.node.sinks import write_atomically
+
+        config.spool.outbound_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        write_atomically(config.spool.outbound_dir / f"{stamp}.jsonl", b"\n".join(lines) + b"\n")
+        return f"spool {config.spool.outbound_dir}"
+    raise ConfigError(
+        "the node has neither local.outbound_topic nor spool.outbound_dir", file=str(config.path)
+    )
 
 
 async def _send_to_topic(config: NodeConfig, topic: str, lines: Sequence[bytes]) -> None:
@@ -794,7 +801,7 @@ def cmd_acls(args: argparse.Namespace) -> int:
     from gateway.node.config import load_config
 
     config = load_config(Path(args.config))
-    agencies = sorted(_node_trust(config).agencies)
+    agencies = sorted(node_trust(config).agencies)
     bootstrap = args.bootstrap_server or config.exchange.bootstrap_servers
     _print(
         script(agencies, config.exchange.topic_prefix, bootstrap, args.command_config).rstrip("\n")
@@ -807,7 +814,7 @@ def cmd_topics_provision(args: argparse.Namespace) -> int:
     from gateway.node.transport import ensure_topics
 
     config = load_config(Path(args.config))
-    agencies = sorted(_node_trust(config).agencies)
+    agencies = sorted(node_trust(config).agencies)
     specs = exchange_topic_specs(config, agencies)
     problems = asyncio.run(ensure_topics(config.exchange.cluster, specs))
     for problem in problems:
@@ -1002,6 +1009,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("file")
     p.set_defaults(func=cmd_send)
+
+    trace.add_parser(sub)
 
     p = sub.add_parser("run", help="run the node")
     p.add_argument("-c", "--config", required=True)

@@ -149,6 +149,19 @@ class Quarantine:
 
 
 @dataclass(frozen=True, slots=True)
+class Observed:
+    """An event released to a peer, or delivered from one, as the node follows it beyond the
+    pipeline (trace cases: :mod:`gateway.node.tracing`). It never leaves the node."""
+
+    released: bool
+    event_type: str
+    peer: str
+    """The recipient of a release; the signing sender of a delivery."""
+    record: Mapping[str, object]
+    """The whole record of a release; the released view of a delivery."""
+
+
+@dataclass(frozen=True, slots=True)
 class Effects:
     """Everything that must happen because of one input."""
 
@@ -157,6 +170,7 @@ class Effects:
     deliveries: tuple[Deliver, ...] = ()
     quarantines: tuple[Quarantine, ...] = ()
     audit: tuple[AuditEntry, ...] = ()
+    observed: tuple[Observed, ...] = ()
 
 
 @dataclass(slots=True)
@@ -168,6 +182,7 @@ class Batch:
     deliveries: list[Deliver] = field(default_factory=list)
     quarantines: list[Quarantine] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
+    observed: list[Observed] = field(default_factory=list)
     late: bool = False
     """Audit entries or parked records were added after the batch's audit sync."""
 
@@ -178,6 +193,7 @@ class Batch:
         self.deliveries.extend(effects.deliveries)
         self.quarantines.extend(effects.quarantines)
         self.audit.extend(effects.audit)
+        self.observed.extend(effects.observed)
 
     @classmethod
     def of(cls, many: Iterable[Effects]) -> Batch:
@@ -281,4 +297,5 @@ def merge(*parts: Effects) -> Effects:
         deliveries=tuple(d for p in parts for d in p.deliveries),
         quarantines=tuple(q for p in parts for q in p.quarantines),
         audit=tuple(a for p in parts for a in p.audit),
+        observed=tuple(o for p in parts for o in p.observed),
     )

@@ -35,6 +35,7 @@ from gateway.core.effects import (
     DeliveredLookup,
     Effects,
     Limits,
+    Observed,
     Receipt,
     Remember,
     merge,
@@ -398,7 +399,11 @@ class InboundCore:
         first = () if versions in self.versions_seen else (_versions_seen(*versions),)
         self.versions_seen.add(versions)
         return merge(
-            Effects(deliveries=(deliver,), audit=(*first, delivered)),
+            Effects(
+                deliveries=(deliver,),
+                audit=(*first, delivered),
+                observed=(Observed(False, h.event_type, h.sender, result.record),),
+            ),
             self._answer(h, result.digest, "DELIVERED", None, now),
         )
 

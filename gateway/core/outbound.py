@@ -21,8 +21,17 @@ import orjson
 from gateway.audit.chain import Value
 from gateway.contract.schemas import SchemaRegistry
 from gateway.contract.versions import Contract, ContractVersion, convert, missing_fields
-from gateway.core.effects import AuditEntry, Effects, Envelope, Limits, merge, quarantine
+from gateway.core.effects import (
+    AuditEntry,
+    Effects,
+    Envelope,
+    Limits,
+    Observed,
+    merge,
+    quarantine,
+)
 from gateway.core.routing import Route, route
+from gateway.core.tracing import admit
 from gateway.crypto.envelope import (
     ENVELOPE_TYPE,
     DataKeyRing,
@@ -87,6 +96,7 @@ def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegist
     :raises RecordInvalid: not JSON, not an object, or the record does not conform (the error
         names the field).
     :raises UnknownEventType: the event type is not in the federation's schemas.
+    :raises UrgentWithoutJustification: an URGENT trace request that does not say why.
     """
     if isinstance(data, bytes | bytearray):
         try:
@@ -135,6 +145,7 @@ def parse_plain_event(data: bytes | Mapping[str, object], registry: SchemaRegist
             "must be 1-128 letters, digits or . _ : - (starting with a letter or digit)",
             field="event_id",
         )
+    admit(event_type, record)
     return PlainEvent(
         EventType(event_type),
         EventId(event_id),
@@ -290,7 +301,15 @@ class OutboundCore:
             }
             entry = AuditEntry("not_routed", facts, "not_routed", "not_routed", warn=True)
             return Effects(audit=(entry,))
-        parts = [Effects(envelopes=tuple(self._envelope(s) for s in outcome.envelopes))]
+        parts = [
+            Effects(
+                envelopes=tuple(self._envelope(s) for s in outcome.envelopes),
+                observed=tuple(
+                    Observed(True, event.event_type, s.header.recipient, event.record)
+                    for s in outcome.envelopes
+                ),
+            )
+        ]
         parts.append(Effects(audit=tuple(self._released(s, outcome) for s in outcome.envelopes)))
         for denied in outcome.denied:
             data: dict[str, Value] = {

@@ -327,7 +327,8 @@ async def _play(fed: Federation) -> int:
             nl = await _received(fed, "NL-POL")
             be = await _received(fed, "BE-FPJ")
             us = await _received(fed, "US-ATF")
-            return len(nl) >= 2 and len(be) >= 3 and len(us) >= 1
+            # NL-POL: the US seizure, BE-FPJ's acknowledgement of the request and its answer
+            return len(nl) >= 3 and len(be) >= 3 and len(us) >= 1
 
         await _wait_for(all_arrived, "every delivery")
         tamper_lines = await _tamper_checks(fed, nodes, producer)

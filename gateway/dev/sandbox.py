@@ -55,6 +55,7 @@ DEFAULT_ROUTES: tuple[dict[str, object], ...] = (
         },
     },
     {"event": "fxgw.TraceResponse", "to": {"agencies_from": ["requesting_agency.agency_id"]}},
+    {"event": "fxgw.TraceUpdate", "to": {"agencies_from": ["to_agency.agency_id"]}},
 )
 
 THREE_AGENCIES: tuple[AgencySpec, ...] = (

@@ -36,6 +36,7 @@ from pydantic import (
 from gateway._yamlfile import load_model, read_yaml
 from gateway.core.effects import MIB, Limits
 from gateway.core.routing import Route
+from gateway.core.tracing import Deadlines
 from gateway.errors import ConfigError
 from gateway.node.transport import Cluster, Secret, TopicSpec
 from gateway.resources import SCHEMAS
@@ -288,6 +289,31 @@ class WitnessModel(_Strict):
     """Hashes remembered per witnessed log for fork detection (older ones are forgotten)."""
 
 
+class TracingModel(_Strict):
+    """Deadlines of trace requests and how the requester chases them
+    (:mod:`gateway.core.tracing`). Durations: seconds, or ISO 8601 (``P30D``, ``PT48H``)."""
+
+    routine: timedelta = Field(default=timedelta(days=30), gt=timedelta(0))
+    """How long the traced agency has to answer a ROUTINE request."""
+    urgent: timedelta = Field(default=timedelta(hours=48), gt=timedelta(0))
+    """How long it has for an URGENT one."""
+    remind_every: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
+    """Past the deadline, the requester sends a reminder at once and again this often..."""
+    max_reminders: int = Field(default=3, ge=0, le=50)  # a case's history keeps them all
+    """...up to this many."""
+    auto_acknowledge: bool = True
+    """The traced side acknowledges each request as it arrives, with its deadline."""
+    check_every_seconds: float = Field(default=60, gt=0)
+    """How often the node looks for requests that became overdue."""
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """These settings in the form the tracing core takes."""
+        return Deadlines(
+            self.routine, self.urgent, self.remind_every, self.max_reminders, self.auto_acknowledge
+        )
+
+
 _LIMITS = Limits()
 
 
@@ -356,6 +382,7 @@ class NodeConfig(_Strict):
     limits: LimitsModel = LimitsModel()
     routes: list[RouteModel] = []
     witness: WitnessModel = WitnessModel()
+    tracing: TracingModel = TracingModel()
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = Field(default="127.0.0.1", min_length=1)
     expiry_warning_days: float = Field(default=14, ge=0)

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -61,6 +61,19 @@ from gateway.node.transport import Producer
 from gateway.types import AgencyId
 
 T = TypeVar("T")
+
+
+class Follower(Protocol):
+    """What follows each batch beyond the pipeline: :meth:`follow` adds to the batch before it
+    is executed (audit entries, envelopes), :meth:`save` makes what it changed durable once the
+    batch's audit entries are (so a crash can repeat an entry, never lose one)."""
+
+    def follow(self, batch: Batch) -> None: ...
+
+    async def save(self) -> None:
+        """:raises StorageError: the disk refused (retriable)."""
+
+
 log = structlog.get_logger("fxgw.node")
 
 
@@ -166,6 +179,8 @@ class Executor:
     """Fed with every decision recorded, the audit fsync times and delivery latencies."""
     audit_failing: Callable[[bool], None] = lambda failing: None
     """Told after each audit fsync whether it failed (for the readiness check)."""
+    follower: Follower | None = None
+    """Follows every batch beyond the pipeline (trace cases, :mod:`gateway.node.tracing`)."""
     clock: Callable[[], float] = time.monotonic
     routine_every_s: float = ROUTINE_LOG_EVERY_S
     _routine: Counter[str] = field(default_factory=Counter)
@@ -175,11 +190,15 @@ class Executor:
 
     async def execute(self, batch: Batch) -> None:
         """Execute ``batch`` until every effect is durable (or raise a fatal error)."""
+        if self.follower is not None:
+            self.follower.follow(batch)
         self.record(batch.audit)
         started_ms = self.now_ms()
         if batch.deliveries:
             await self.retry("stage deliveries", partial(self._stage, batch.deliveries))
         await self.retry("sync audit", self.sync_audit)
+        if self.follower is not None:  # after its audit entries, before the journal
+            await self.retry("save followed state", self.follower.save)
         if batch.deliveries:
             await self._deliver(batch, started_ms)
         await self._produce(batch)

@@ -300,6 +300,13 @@ class Metrics:
         self.ready = Gauge(
             "fxgw_ready", "1 when the readiness check passes, per check.", ["check"], registry=r
         )
+        self.traces = Gauge(
+            "fxgw_traces",
+            "Trace cases this node holds (open, and closed in the last 30 days).",
+            ["role", "state"],
+            registry=r,
+        )
+        self.reminders_sent = counter("fxgw_trace_reminders_sent", "Trace reminders sent.", ())
         self.audit_written: Callable[[], int] = lambda: 0
         """Entries the open audit trail has written (set by the node once it is open)."""
         r.register(_CountersCollector(counters, lambda: self.audit_written()))
@@ -353,12 +360,21 @@ class Metrics:
             released_at = self.outstanding.answered(message_id)
             if released_at is not None:
                 self.receipt_latency.observe(max(0.0, now - released_at))
+        elif kind == "trace_transition":
+            if data.get("step") == "reminder" and data.get("role") == "requester":
+                self.reminders_sent.inc()
         elif kind == "parked":
             self.outstanding.parked(message_id)
         elif kind == "unparked":
             self.outstanding.unparked(message_id)
         elif kind in ("parked_expired", "park_dropped", "record_refused"):
             self.outstanding.given_up(message_id)
+
+    def trace_cases(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Set the trace case gauge: cases by (role, state)."""
+        self.traces.clear()
+        for (role, state), count in counts.items():
+            self.traces.labels(role, state).set(count)
 
     def delivered_at(self, created_ms: Iterable[int]) -> None:
         """Deliveries made now, of envelopes created at ``created_ms`` (the sender's clock)."""

@@ -47,6 +47,7 @@ from gateway.node.loop import (
 from gateway.node.metrics import Metrics, expiries, warn_expiring
 from gateway.node.parked import Parked
 from gateway.node.sinks import KafkaSink, Sink, SpoolSink
+from gateway.node.tracing import Tracing
 from gateway.node.transport import (
     Cluster,
     ClusterProbe,
@@ -139,6 +140,7 @@ class Node(Watching):
             receipt_timeout=config.exchange.receipt_timeout,
         )
         self.readiness = Readiness(now=now, trust_expires_at=lambda: self.outbound.trust.expires_at)
+        self.tracing = Tracing(config, self.outbound, self.metrics, now)
         self._server: MetricsServer | None = None
 
     @property
@@ -233,6 +235,8 @@ class Node(Watching):
         stack.callback(_close_quietly, journals)
         journal, self.received = journals.delivered, journals.received
         self.outbound.received = self.received
+        self.tracing.open(c.state_dir)
+        stack.callback(self.tracing.close)
         stack.callback(self._stopped)
         self._record_loaded({"policy", "trust", "keys"})
         self._executor = Executor(
@@ -254,6 +258,7 @@ class Node(Watching):
             bound=self._log,
             metrics=self.metrics,
             audit_failing=partial(setattr, self.readiness, "audit_failing"),
+            follower=self.tracing,
         )
         return sink, journal
 
@@ -336,6 +341,7 @@ class Node(Watching):
             "watch": self._watch_loop(stop, sink),
             "observe": self._observe_loop(stop),
             "parked": offer_parked(self._executor, stop),
+            "tracing": self.tracing.run(stop, self._executor),
         }
         witnessed = sorted(self._witnessed())
         if witnessed:

@@ -265,6 +265,11 @@ class RuleModel(_Strict):
     handling: HandlingModel
     fields: dict[str, ShortAction | FieldActionModel] = {}
     description: str | None = None
+    since: str | None = Field(default=None, pattern=r"^[0-9]+\.[0-9]+$")
+    """The contract version that added the rule's event type, or fields it names: on a node
+    whose schemas lack that type the rule is left out, and field paths they lack are left out
+    of its plan (such a node can neither send the type nor hold the field). Without it, a
+    name the schemas lack is an error."""
 
 
 class PolicyModel(_Strict):
@@ -778,6 +783,8 @@ class _Compiler:
 
     def check_paths(self) -> None:
         known = {info.path: info for info in self.schema.iter_fields()}
+        if self.rule.since is not None:  # names of a later version than this node's: left out
+            self.actions = {p: a for p, a in self.actions.items() if p in known}
         for path, action in self.actions.items():
             info = known.get(path)
             if info is None:
@@ -1121,6 +1128,8 @@ def parse_policy(
             problem(message, ("rules", index))
         seen.add(rule.id)
         if rule.event not in events:
+            if rule.since is not None:  # an event type of a later version than this node's
+                continue
             close = difflib.get_close_matches(rule.event, sorted(events), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             problem(

@@ -194,13 +194,21 @@ class TestTraceRoundTrip:
             assert re.fullmatch("[A-Z2-7]{26}", possessor["family_name"])
             assert possessor["given_names"] is None
             await national_send(federation, "BE-FPJ", trace_response_be(record, provenance))
-            await wait_until(lambda: _count(delivered(federation, "NL-POL"), 1), "response at NL")
-            response = (await delivered(federation, "NL-POL"))[0]
+
+            async def responses() -> list[dict[str, object]]:
+                documents = await delivered(federation, "NL-POL")
+                return [d for d in documents if d["event_type"] == "fxgw.TraceResponse"]
+
+            await wait_until(responses, "response at NL")
+            (response,) = await responses()
+            at_nl = {d["event_type"] for d in await delivered(federation, "NL-POL")}
             us = await delivered(federation, "US-ATF")
         assert "fxgw.TraceResponse" == response["event_type"]
         assert "BE-FPJ" == response["provenance"]["sender"]  # type: ignore[index]
         assert "TRACED" == response["record"]["outcome"]  # type: ignore[index]
         assert [] == us  # nobody routed the trace to US-ATF
+        # BE-FPJ's node acknowledged the request by itself (tracing.auto_acknowledge)
+        assert {"fxgw.TraceUpdate", "fxgw.TraceResponse"} == at_nl
 
 
 class TestUsSeizure:

@@ -107,6 +107,7 @@ class TestSandboxConfigs:
                 role="trace",
             ),
             Route("fxgw.TraceResponse", agencies_from=("requesting_agency.agency_id",)),
+            Route("fxgw.TraceUpdate", agencies_from=("to_agency.agency_id",)),
         ) == routes
 
     def test_topics_follow_the_prefix(self, fed: Federation) -> None:

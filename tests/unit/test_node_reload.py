@@ -56,9 +56,9 @@ def test_good_policy_replaces_the_one_in_force(node: Node) -> None:
     """A new version that passes every check is in force for the next event."""
     path = node.config.policy
     before = node.outbound.policy
-    path.write_text(path.read_text().replace("version: 3", "version: 4", 1))
+    path.write_text(path.read_text().replace("version: 4", "version: 5", 1))
     assert node.reload({"policy"})
-    assert node.outbound.policy.policy_id.endswith("@4")
+    assert node.outbound.policy.policy_id.endswith("@5")
     assert before.digest != node.outbound.policy.digest
     assert 1 == node.counters["reloads"]
 

@@ -1127,3 +1127,55 @@ class TestContractVersions:
         path.write_text("policy: {id: p, version: 1, agency: NL-POL, contract: '2.0'}\nrules: []\n")
         with pytest.raises(PolicyError, match=r"names version 2\.0, which the node's contract"):
             load_policy(path, versions["1.1"], versions=versions)
+
+
+class TestSince:
+    """A rule's ``since`` lets a node on an older contract version load names of a later one."""
+
+    RULE = (
+        "  - {{id: u, event: fxgw.TraceUpdate, to: {{all: true}}, handling: {handling},"
+        " {since}fields: {{event_id: keep, sent_at: keep, sending_agency: keep, to_agency: keep,"
+        " request_event_id: keep, request_reference: keep, status: keep}}}}\n"
+        "  - {{id: r, event: fxgw.TraceResponse, to: {{all: true}}, handling: {handling},"
+        " {since}fields: {{event_id: keep, responded_at: keep, responding_agency: keep,"
+        " request_event_id: keep, request_reference: keep, requesting_agency: keep,"
+        " outcome: keep, transfer_history: keep, 'transfer_history[].stage': keep}}}}\n"
+    )
+
+    def _write(self, tmp_path: Path, since: str) -> Path:
+        path = tmp_path / "policy.yaml"
+        rules = self.RULE.format(handling=HANDLING, since=since)
+        path.write_text(f"policy: {{id: p, version: 1, agency: NL-POL}}\nrules:\n{rules}")
+        return path
+
+    def test_left_out_on_an_older_node(self, tmp_path: Path, registry: SchemaRegistry) -> None:
+        """On 1.0 the TraceUpdate rule is left out, and the stage path of the other one."""
+        policy = load_policy(self._write(tmp_path, "since: '1.2', "), registry)
+        assert ["r"] == [rule.rule_id for rule in policy.rules]
+        record = {"transfer_history": [{"date": None, "country": "BE"}]}
+        plan = policy.plan_for("fxgw.TraceResponse", BE, record)
+        assert isinstance(plan, Plan)
+        view = apply_plan(plan, record, recipient="BE-FPJ", now=NOW)
+        assert "transfer_history[].country" in view.kept
+        assert "BE" == view.record["transfer_history"][0]["country"]  # type: ignore[index]
+
+    def test_in_force_on_a_node_that_has_them(
+        self, tmp_path: Path, registry2: SchemaRegistry
+    ) -> None:
+        """On the newest version both rules are in force, the stage released."""
+        policy = load_policy(self._write(tmp_path, "since: '1.2', "), registry2)
+        assert ["u", "r"] == [rule.rule_id for rule in policy.rules]
+        record = {"transfer_history": [{"stage": "DEALER", "country": "BE"}]}
+        plan = policy.plan_for("fxgw.TraceResponse", BE, record)
+        assert isinstance(plan, Plan)
+        view = apply_plan(plan, record, recipient="BE-FPJ", now=NOW)
+        released = view.record["transfer_history"]
+        assert isinstance(released, list)
+        assert "DEALER" == released[0]["stage"]
+
+    def test_without_since_an_unknown_name_is_refused(
+        self, tmp_path: Path, registry: SchemaRegistry
+    ) -> None:
+        """Without since, a name the node's schemas lack is still an error."""
+        with pytest.raises(PolicyError, match=r"unknown event type 'fxgw\.TraceUpdate'"):
+            load_policy(self._write(tmp_path, ""), registry)
