@@ -1,9 +1,10 @@
 """An agency's private keys: generation, the 0600 key files, and the public trust-list entry.
 
 Each agency holds two private keys: an Ed25519 signing key (envelopes, receipts, audit
-checkpoints) and an X25519 encryption key (data keys are wrapped to it). The federation authority
-holds a third kind, an Ed25519 key that signs the trust list. A key file is a small JSON document,
-written with mode 0600; loading refuses a file that others can read.
+checkpoints) and an X25519 encryption key (data keys are wrapped to it); a pseudonym secret when
+its policy pseudonymises, and an OPRF seed when it answers hit/no-hit queries. The federation
+authority holds another kind, an Ed25519 key that signs the trust list. A key file is a small
+JSON document, written with mode 0600; loading refuses a file that others can read.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import nacl.signing
 from gateway.errors import KeyFileError
 from gateway.types import AgencyId, KeyId
 
-KeyUse = Literal["sign", "encrypt", "pseudonym"]
+KeyUse = Literal["sign", "encrypt", "pseudonym", "oprf"]
 
 _FORMAT = "fxgw-key-1"
 _KEY_LEN = 32
@@ -64,6 +65,15 @@ class EncryptionKey:
 @dataclass(frozen=True, slots=True)
 class PseudonymKey:
     """The agency's secret for keyed pseudonyms (HMAC-SHA256); never leaves the node."""
+
+    key_id: KeyId
+    secret: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OprfSeed:
+    """The agency's long-term seed of its per-epoch hit/no-hit OPRF keys
+    (:meth:`gateway.crypto.oprf.OprfKey.derive`); never leaves the node."""
 
     key_id: KeyId
     secret: bytes = field(repr=False)
@@ -121,8 +131,13 @@ def generate_pseudonym_key(key_id: KeyId) -> PseudonymKey:
     return PseudonymKey(key_id, secrets.token_bytes(_KEY_LEN))
 
 
+def generate_oprf_seed(key_id: KeyId) -> OprfSeed:
+    """A fresh 32-byte OPRF seed."""
+    return OprfSeed(key_id, secrets.token_bytes(_KEY_LEN))
+
+
 def write_key_file(
-    path: Path, key: SigningKey | EncryptionKey | PseudonymKey, *, owner: str
+    path: Path, key: SigningKey | EncryptionKey | PseudonymKey | OprfSeed, *, owner: str
 ) -> None:
     """Write ``key`` to ``path`` with mode 0600, atomically; never overwrite an existing file.
 
@@ -132,8 +147,10 @@ def write_key_file(
         kind, secret = "ed25519", bytes(key.key)
     elif isinstance(key, EncryptionKey):
         kind, secret = "x25519", bytes(key.key)
-    else:
+    elif isinstance(key, PseudonymKey):
         kind, secret = "hmac-sha256", key.secret
+    else:
+        kind, secret = "oprf-seed", key.secret
     document = {
         "format": _FORMAT,
         "owner": owner,
@@ -281,3 +298,14 @@ def load_pseudonym_key(path: Path) -> PseudonymKey:
     if document["algorithm"] != "hmac-sha256":
         raise KeyFileError("expected an hmac-sha256 pseudonym secret", file=str(path))
     return PseudonymKey(KeyId(document["key_id"]), _decode_secret(document, path))
+
+
+def load_oprf_seed(path: Path) -> OprfSeed:
+    """Load an OPRF seed written by :func:`write_key_file`.
+
+    :raises KeyFileError: missing, readable by others, malformed, or not an OPRF seed.
+    """
+    document = _read_key_document(path)
+    if document["algorithm"] != "oprf-seed":
+        raise KeyFileError("expected an oprf-seed (hit/no-hit OPRF seed)", file=str(path))
+    return OprfSeed(KeyId(document["key_id"]), _decode_secret(document, path))
