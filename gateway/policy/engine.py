@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import unicodedata
@@ -1057,6 +1058,22 @@ def _sound_rules(data: object) -> list[tuple[int, RuleModel]]:
     return sound
 
 
+@functools.cache
+def _shipped_event_types() -> frozenset[str]:
+    from gateway.contract.versions import Contract
+    from gateway.resources import SCHEMAS
+
+    return frozenset(t for v in Contract.load(SCHEMAS) for t in v.registry.event_types)
+
+
+def _later_event_types(versions: Mapping[str, SchemaRegistry] | None) -> frozenset[str]:
+    """The event types of every contract version the node holds, and of the contract shipped
+    with the package: a rule for one of them that the node's own version lacks is skipped (it
+    can never apply there), where an unknown type is an error."""
+    held = (t for registry in (versions or {}).values() for t in registry.event_types)
+    return _shipped_event_types() | frozenset(held)
+
+
 def _written_for(
     header: PolicyHeaderModel,
     versions: Mapping[str, SchemaRegistry] | None,
@@ -1120,6 +1137,8 @@ def parse_policy(
             message = f"rule id '{rule.id}' is used twice; give each rule its own id"
             problem(message, ("rules", index))
         seen.add(rule.id)
+        if rule.event not in events and rule.event in _later_event_types(versions):
+            continue  # a newer contract version's type: one policy serves nodes on every version
         if rule.event not in events:
             close = difflib.get_close_matches(rule.event, sorted(events), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""

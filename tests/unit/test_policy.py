@@ -246,6 +246,19 @@ class TestBrokenPolicies:
         assert "unknown event type 'fxgw.Parking'" in info.value.message
         assert "did you mean" not in info.value.message
 
+    def test_a_rule_for_a_newer_versions_event_type_is_skipped(
+        self, registry: SchemaRegistry, tmp_path: Path
+    ) -> None:
+        """On version 1.0, a rule for fxgw.HitEvaluation (added in 1.2) is skipped, not refused,
+        so the shipped policies load on nodes of every version."""
+        rules = (
+            f"- {{id: hits, event: fxgw.HitEvaluation, to: {{all: true}}, handling: {HANDLING},"
+            " fields: {event_id: keep}}\n"
+        )
+        assert "fxgw.HitEvaluation" not in registry.event_types
+        policy = _policy(tmp_path, registry, rules)
+        assert [] == [r.rule_id for r in policy.rules]
+
 
 def _conditional_rule(when: str, fields: str) -> str:
     """One seizure rule for everyone with a rule condition and a field plan (YAML mappings)."""
