@@ -289,15 +289,19 @@ def public_entry(
     }
 
 
+def _load_secret(path: Path, algorithm: str, what: str) -> tuple[KeyId, bytes]:
+    document = _read_key_document(path)
+    if document["algorithm"] != algorithm:
+        raise KeyFileError(f"expected {what}", file=str(path))
+    return KeyId(document["key_id"]), _decode_secret(document, path)
+
+
 def load_pseudonym_key(path: Path) -> PseudonymKey:
     """Load a pseudonym secret written by :func:`write_key_file`.
 
     :raises KeyFileError: missing, readable by others, malformed, or not a pseudonym secret.
     """
-    document = _read_key_document(path)
-    if document["algorithm"] != "hmac-sha256":
-        raise KeyFileError("expected an hmac-sha256 pseudonym secret", file=str(path))
-    return PseudonymKey(KeyId(document["key_id"]), _decode_secret(document, path))
+    return PseudonymKey(*_load_secret(path, "hmac-sha256", "an hmac-sha256 pseudonym secret"))
 
 
 def load_oprf_seed(path: Path) -> OprfSeed:
@@ -305,7 +309,4 @@ def load_oprf_seed(path: Path) -> OprfSeed:
 
     :raises KeyFileError: missing, readable by others, malformed, or not an OPRF seed.
     """
-    document = _read_key_document(path)
-    if document["algorithm"] != "oprf-seed":
-        raise KeyFileError("expected an oprf-seed (hit/no-hit OPRF seed)", file=str(path))
-    return OprfSeed(KeyId(document["key_id"]), _decode_secret(document, path))
+    return OprfSeed(*_load_secret(path, "oprf-seed", "an oprf-seed (hit/no-hit OPRF seed)"))
