@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
+from gateway.cli.main import main
 from gateway.core.identifiers import filter_identifiers
 from gateway.crypto.filters import HoldingsFilter, Shard
+from gateway.crypto.keys import load_oprf_seed
 from gateway.crypto.oprf import OprfKey
 from gateway.dev.sandbox import Federation
 from gateway.errors import ConfigError
@@ -94,3 +98,42 @@ class TestHitsConfig:
         reads = {n for g in grants if "Read" in g.operations for n in g.names}
         assert config.hitfilters_topic("NL-POL") in writes
         assert config.hitfilters_topic("BE-FPJ") in reads - writes
+
+
+class TestHitCommands:
+    def test_keygen_writes_an_oprf_seed_and_publishes_nothing(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """``keygen --only oprf-seed``: one 0600 seed file the node loads; no trust-list entry."""
+        assert 0 == main(
+            ["keygen", "--agency", "BE-FPJ", "--only", "oprf-seed", "--out", str(tmp_path)]
+        )
+        (path,) = tmp_path.iterdir()
+        assert 0o600 == stat.S_IMODE(path.stat().st_mode)
+        assert 32 == len(load_oprf_seed(path).secret)
+        assert "never leaves the node" in capsys.readouterr().out
+
+    def test_a_query_goes_to_the_outbound_spool_as_a_hit_query(
+        self, fed: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without an outbound topic the query is one line in the spool; without --wait the
+        command ends at once."""
+        config = yaml.safe_load(fed.config("NL-POL").read_text())
+        del config["local"]["outbound_topic"]
+        config["spool"]["outbound_dir"] = str(tmp_path / "out")
+        path = fed.config("NL-POL").with_name(f"spool-{tmp_path.name}.yaml")  # paths resolve
+        path.write_text(yaml.safe_dump(config))
+        args = ["hit", "query", "-c", str(path), "--make", "Glock", "--serial", "BXK 512"]
+        assert 0 == main([*args, "--agency", "BE-FPJ", "--reference", "R-1"])
+        (spooled,) = (tmp_path / "out").glob("*.jsonl")
+        event = json.loads(spooled.read_text())
+        assert "fxgw.HitQuery" == event["event_type"]
+        record = event["record"]
+        assert ("Glock", "BXK 512", ["BE-FPJ"], "R-1") == (
+            record["make"],
+            record["serial_number"],
+            record["agencies"],
+            record["query_reference"],
+        )
+        assert f"query {record['event_id']} sent to spool" in capsys.readouterr().out
+        assert 2 == main([*args, "--trace"])  # a trace needs the result: --wait
