@@ -1,12 +1,12 @@
 """Hit/no-hit queries: epochs, the holders' signed filters, and the rate a holder answers at. Pure.
 
 A holder publishes, per epoch, a filter of the PRF values of its holdings
-(:mod:`gateway.crypto.filters`) on the exchange's compacted topic ``<prefix>.hitfilters``, one
-``fxgw.HitFilter`` record per shard, keyed by agency and shard and signed with the holder's
-signing key (:func:`filter_records`). A querying node keeps the newest complete, verified filter
-of each holder (:class:`FilterBook`); a record that is oversized, unsigned, signed by a key the
-trust list does not hold, or for an epoch that is over, is refused with a reason code
-(:func:`check_filter`), and never replaces a filter already held.
+(:mod:`gateway.crypto.filters`) on its own compacted exchange topic
+``<prefix>.hitfilters.<agency>``, one ``fxgw.HitFilter`` record per shard, keyed by agency and
+shard and signed with the holder's signing key (:func:`filter_records`). A querying node keeps
+the newest complete, verified filter of each holder (:class:`FilterBook`); a record that is
+oversized, unsigned, signed by a key the trust list does not hold, or for an epoch that is over,
+is refused with a reason code (:func:`check_filter`), and never replaces a filter already held.
 
 Epochs are counted in whole days since 1970-01-01 (:func:`epoch_of`): a holder's OPRF key
 changes with each, so PRF values of two epochs cannot be linked, and a filter is not used after
@@ -16,6 +16,10 @@ at the turn does not fail).
 A holder answers blind evaluations at a bounded rate per requester (:class:`Allowance`, a
 token bucket counted in evaluated points): nobody can enumerate its holdings faster than that,
 and every refusal is audited with the requester.
+
+Queries (:class:`HitsCore`): the querying node blinds, the holder evaluates, the querying node
+unblinds and tests the filter; both sides' messages are ``fxgw.HitEvaluation`` plain events
+released through the outbound core and taken in through the inbound core like any other.
 
 No library does this: it is the federation's own protocol, in the contract's record types.
 """
