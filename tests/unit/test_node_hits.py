@@ -17,8 +17,10 @@ from gateway.crypto.oprf import OprfKey
 from gateway.dev.sandbox import Federation
 from gateway.errors import ConfigError
 from gateway.node.acls import agency_grants
+from gateway.node.check import check_node
 from gateway.node.config import exchange_topic_specs, load_config
 from gateway.node.hits import build_shards, read_holdings
+from tests.unit.conftest import NOW
 from tests.unit.test_config import BASE, _error, _write
 
 
@@ -98,6 +100,24 @@ class TestHitsConfig:
         reads = {n for g in grants if "Read" in g.operations for n in g.names}
         assert config.hitfilters_topic("NL-POL") in writes
         assert config.hitfilters_topic("BE-FPJ") in reads - writes
+
+
+class TestConfigCheck:
+    def test_a_bad_holdings_line_and_a_missing_seed_are_named(
+        self, fed: Federation, tmp_path: Path
+    ) -> None:
+        """fxgw config check names the seed file and each bad holdings line by number."""
+        holdings = _holdings(
+            tmp_path, [json.dumps({"make": "Glock", "serial_number": "A1B2"}), "{"]
+        )
+        config = yaml.safe_load(fed.config("BE-FPJ").read_text())
+        config["hits"] = {"holdings": str(holdings), "seed": str(tmp_path / "absent.key")}
+        path = fed.config("BE-FPJ").with_name(f"hits-{tmp_path.name}.yaml")
+        path.write_text(yaml.safe_dump(config))
+        problems = check_node(path, NOW)
+        assert [str(tmp_path / "absent.key"), str(holdings)] == [p.file for p in problems]
+        assert 2 == problems[1].line
+        assert "Glock" not in str(problems[1])
 
 
 class TestHitCommands:
