@@ -346,3 +346,57 @@ async def test_the_command_waits_for_the_result_and_opens_a_trace(
         args = ["hit", "query", "-c", config, "--make", miss.make, "--serial", miss.serial]
         assert 0 == await asyncio.to_thread(main, [*args, "--wait", "60"])
         assert "ANSWERED: hits none; asked BE-FPJ" in capsys.readouterr().out
+
+
+async def test_a_changed_holdings_file_is_published_again_and_dropped_shards_tombstoned(
+    federation: Federation,
+) -> None:
+    """BE-FPJ's 2,000 records fill several small shards; the file cut to 50 records makes a
+    one-shard filter: the other shard keys get tombstones, NL-POL uses the new filter (a record
+    cut out is no hit any more, a record kept still is)."""
+    holdings = generate(2000, 8)
+    _hold(federation, "BE-FPJ", holdings, 1000)
+    path = federation.config("BE-FPJ")
+    config = yaml.safe_load(path.read_text())
+    config["hits"].update(max_shard_bytes=1024, check_every_seconds=0.3)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    _hits_block(federation, "NL-POL")
+    topic = load_config(path).hitfilters_topic("BE-FPJ")
+    kept, cut = holdings[0], holdings[-1]
+    async with running(federation, "NL-POL", "BE-FPJ") as nodes:
+        nl = nodes["NL-POL"]
+
+        async def shards_held() -> int:
+            held = nl.hits.book.shards("BE-FPJ")
+            return len(held[1]) if held else 0
+
+        await wait_until(shards_held, "BE-FPJ's first filter at NL-POL")
+        first = await shards_held()
+        assert first > 1
+        lines = [
+            json.dumps({"make": h.make, "serial_number": h.serial, "calibre": h.calibre})
+            for h in holdings[:50]
+        ]
+        (path.parent / "holdings.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        await wait_until(lambda: _one(shards_held), "the one-shard filter at NL-POL")
+        queries = [_query(h.make, h.serial, h.calibre) for h in (kept, cut)]
+        await national_send(federation, "NL-POL", *queries)
+        results = await _results(federation, {q["record"]["event_id"] for q in queries})
+    hits = [results[q["record"]["event_id"]]["hits"] for q in queries]
+    assert [["BE-FPJ"], []] == hits
+    latest: dict[bytes, bytes] = {}
+    for m in await read_topic(federation.bootstrap, topic):
+        assert m.key is not None
+        latest[m.key] = m.value
+    assert [b"BE-FPJ/0"] == sorted(k for k, v in latest.items() if v)
+    assert first - 1 == sum(1 for v in latest.values() if not v)
+    published = [
+        e["data"]
+        for e in audit_entries(federation, "BE-FPJ")
+        if e["kind"] == "hit_filter_published"
+    ]
+    assert [(first, 2000), (1, 50)] == [(d["shards"], d["records"]) for d in published]
+
+
+async def _one(count: Any) -> bool:
+    return 1 == await count()
