@@ -48,7 +48,7 @@ from gateway.core.effects import (
     merge,
     quarantine,
 )
-from gateway.core.identifiers import NotQueryable, identifier
+from gateway.core.identifiers import NotQueryable, identifier, normalise_calibre
 from gateway.core.inbound import Delivery, delivery_document
 from gateway.core.outbound import PlainEvent
 from gateway.crypto import oprf
@@ -396,13 +396,8 @@ class HitsCore:
             calibre,
             obliterated=bool(r.get("serial_obliterated")),
         )
-        query = _Query(
-            event.event_id,
-            reference,
-            b"",
-            calibre is not None,
-            now + self.settings.query_timeout,
-        )
+        narrowed = normalise_calibre(calibre) is not None
+        query = _Query(event.event_id, reference, b"", narrowed, now + self.settings.query_timeout)
         if isinstance(ident, NotQueryable):
             return self._finish(query, now, reason=f"{ident.reason.value}: {ident.message}")
         if len(self._pending) >= self.settings.max_pending:

@@ -160,6 +160,7 @@ async def publish_filters(
 
 
 async def _keys_on(config: NodeConfig) -> set[bytes]:
+    """The keys this holder's filter topic holds a live (not tombstoned) record under."""
     records = await read_topic(config.exchange.cluster, config.hitfilters_topic(config.agency))
     live: dict[bytes, bool] = {}
     for m in records:
