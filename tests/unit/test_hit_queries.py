@@ -53,9 +53,9 @@ class TestHitQueries:
     def test_false_positives_within_bound(
         self, registry: list[Holding], holdings: HoldingsFilter
     ) -> None:
-        """Of 20,000 absent records, at most the bound's share hit (1,000 through the blind
+        """Of 10,000 absent records, at most the bound's share hit (1,000 through the blind
         round trip, the rest by the holder's direct PRF, which gives the same outputs)."""
-        missing = absent(20_000, seed=43, registry=registry)
+        missing = absent(10_000, seed=43, registry=registry)
         hits = sum(_ask(holdings, read) for read in missing[:1_000])
         for read in missing[1_000:]:
             ident = identifier(read.make, read.serial, read.calibre)
