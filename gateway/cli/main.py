@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import yaml
@@ -120,6 +120,7 @@ _ONLY: dict[str, tuple[KeyUse, str]] = {
     "signing": ("sign", "sign"),
     "encryption": ("encrypt", "enc"),
     "pseudonym": ("pseudonym", "pseudonym"),
+    "oprf-seed": ("oprf", "oprf"),
 }
 """``keygen --only`` kind: (key use in the key id, part of the file name)."""
 
@@ -138,15 +139,20 @@ def _keygen_one(
     tail = secrets.token_hex(3)
     key_id = KeyId(f"{keys.new_key_id(agency, use, now)}-{tail}")
     path = out / f"{agency}.{part}.{now.strftime('%Y%m%dT%H%M%SZ')}-{tail}.key"
-    key: keys.SigningKey | keys.EncryptionKey | keys.PseudonymKey
+    key: keys.SigningKey | keys.EncryptionKey | keys.PseudonymKey | keys.OprfSeed
     if kind == "signing":
         key = keys.generate_signing_key(key_id)
     elif kind == "encryption":
         key = keys.generate_encryption_key(key_id)
-    else:
+    elif kind == "pseudonym":
         key = keys.generate_pseudonym_key(key_id)
+    else:
+        key = keys.generate_oprf_seed(key_id)
     keys.write_key_file(path, key, owner=agency)
     _print(f"# wrote {path} ({key_id}); put it in place of the file node.yaml names")
+    if isinstance(key, keys.OprfSeed):
+        _print("# the hit/no-hit OPRF seed never leaves the node: name it in hits.seed")
+        return EXIT_OK
     if isinstance(key, keys.PseudonymKey):
         _print("# a pseudonym secret never leaves the node: nothing to publish")
         return EXIT_OK
@@ -753,6 +759,131 @@ async def _send_to_topic(config: NodeConfig, topic: str, lines: Sequence[bytes])
         await producer.stop()
 
 
+def _stamp_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def cmd_hit_query(args: argparse.Namespace) -> int:
+    """Hand a fxgw.HitQuery to the node; with --wait, print its fxgw.HitResult; with --trace,
+    open a trace request to the agencies that hit."""
+    from gateway.core.outbound import parse_plain_event
+    from gateway.node.config import load_config
+
+    config = load_config(Path(args.config))
+    if args.trace and not args.wait:
+        raise ConfigError("--trace needs --wait (the trace goes to the agencies that hit)")
+    registry = _node_contract(config)[1].registry
+    query_id = f"{config.agency}-HQ-{secrets.token_hex(12)}"
+    record = {
+        "event_id": query_id,
+        "requested_at": _stamp_now(),
+        "make": args.make,
+        "serial_number": args.serial,
+        "calibre": args.calibre,
+        "serial_obliterated": args.obliterated or None,
+        "query_reference": args.reference,
+        "agencies": args.agency or None,
+    }
+    line = json.dumps({"event_type": "fxgw.HitQuery", "record": record}).encode()
+    try:
+        parse_plain_event(line, registry)
+    except PeerError as exc:
+        _print(f"rejected ({exc.reason}): {exc}")
+        return EXIT_REJECTED
+    since_ms = int(datetime.now(UTC).timestamp() * 1000) - 1000
+    where = hand_over(config, [line])
+    if not args.json:
+        _print(f"query {query_id} sent to {where}")
+    if not args.wait:
+        return EXIT_OK
+    result = asyncio.run(_hit_result(config, query_id, since_ms, args.wait))
+    if result is None:
+        _print(f"no result for {query_id} within {args.wait:g} s; the node delivers it later")
+        return EXIT_REJECTED
+    if args.json:
+        _print(json.dumps(result, ensure_ascii=False))
+    else:
+        _print(
+            f"{result['status']}: hits {', '.join(result['hits']) or 'none'}; asked"
+            f" {', '.join(result['asked']) or 'nobody'}"
+            + "".join(f"\n  unanswered {u}" for u in result["unanswered"])
+            + (f"\n  reason: {result['reason']}" if result["reason"] else "")
+        )
+    if args.trace and result["hits"]:
+        trace = _trace_request(config, registry, record, result)
+        _print(f"trace request {trace} to {', '.join(result['hits'])} sent")
+    return EXIT_OK
+
+
+async def _hit_result(
+    config: NodeConfig, query_id: str, since_ms: int, wait_s: float
+) -> dict[str, Any] | None:
+    """The fxgw.HitResult record for ``query_id`` where the node delivers (spool folder or
+    local inbound topic), once there; None after ``wait_s`` seconds."""
+    from gateway.node.transport import read_topic
+
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        if config.delivery.sink == "spool":
+            assert config.spool.inbound_dir is not None
+            folder = config.spool.inbound_dir
+            documents = [p.read_bytes() for p in folder.glob("*.json")] if folder.is_dir() else []
+        else:
+            assert config.local.inbound_topic is not None
+            messages = await read_topic(
+                config.local.cluster, config.local.inbound_topic, since_ms=since_ms
+            )
+            documents = [m.value for m in messages]
+        for raw in documents:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                document = json.loads(raw)
+                record = document["record"]
+                if (
+                    document["event_type"] == "fxgw.HitResult"
+                    and record["query_event_id"] == query_id
+                ):
+                    return dict(record)
+        if asyncio.get_running_loop().time() > deadline:
+            return None
+        await asyncio.sleep(0.5)
+
+
+def _trace_request(
+    config: NodeConfig,
+    registry: SchemaRegistry,
+    query: dict[str, object],
+    result: dict[str, Any],
+) -> str:
+    """A fxgw.TraceRequest of the firearm queried, to the agencies that hit (explicit
+    recipients), handed to the node; its event id."""
+    from gateway.core.outbound import parse_plain_event
+
+    trust = node_trust(config).agency(config.agency)
+    event_id = f"{config.agency}-TR-{secrets.token_hex(12)}"
+    record = {
+        "event_id": event_id,
+        "requested_at": _stamp_now(),
+        "requesting_agency": {
+            "agency_id": config.agency,
+            "country": trust.country if trust is not None else config.agency[:2],
+        },
+        "request_reference": str(query["query_reference"] or query["event_id"]),
+        "priority": "ROUTINE",
+        "firearm": {
+            "item_id": str(query["event_id"]),
+            "make": query["make"],
+            "serial_number": query["serial_number"],
+            "calibre": query["calibre"],
+        },
+        "remarks": f"hit/no-hit query {query['event_id']}: a record is held here",
+    }
+    event = {"event_type": "fxgw.TraceRequest", "record": record, "recipients": result["hits"]}
+    line = json.dumps(event).encode()
+    parse_plain_event(line, registry)  # our own event: a failure here is a bug, not input
+    hand_over(config, [line])
+    return event_id
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.node.config import load_config
     from gateway.node.runtime import Node
@@ -1011,6 +1142,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_send)
 
     trace.add_parser(sub)
+    hit = sub.add_parser("hit", help="hit/no-hit queries: does any agency hold this firearm?")
+    hsub = hit.add_subparsers(dest="hit_command", required=True)
+    p = hsub.add_parser(
+        "query",
+        help="hand a fxgw.HitQuery to the node's outbound path; --wait prints its result",
+        description="The node asks every agency that publishes a filter (or --agency ones) "
+        "obliviously: they learn nothing of the firearm; the result names the agencies that "
+        "may hold a record (see README, 'Hit/no-hit queries').",
+    )
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--make", required=True, help="manufacturer as marked")
+    p.add_argument("--serial", required=True, help="serial number as read")
+    p.add_argument("--calibre", help="calibre as marked, to narrow the query")
+    p.add_argument("--obliterated", action="store_true", help="the serial was removed or altered")
+    p.add_argument("--reference", help="your own reference, quoted in the result")
+    p.add_argument("--agency", action="append", help="ask only this agency (repeatable)")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="wait this long for the result")
+    p.add_argument("--json", action="store_true", help="print the result record as JSON")
+    p.add_argument(
+        "--trace", action="store_true", help="open a trace request to the agencies that hit"
+    )
+    p.set_defaults(func=cmd_hit_query)
 
     p = sub.add_parser("run", help="run the node")
     p.add_argument("-c", "--config", required=True)

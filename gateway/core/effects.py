@@ -138,6 +138,9 @@ class Deliver:
     remember: Remember
     created_ms: int = 0
     """When the sender created the envelope (its clock), for the delivery latency metric."""
+    to_sink: bool = True
+    """False for a message the node answers itself (``fxgw.HitEvaluation``): journaled, so a
+    copy is a duplicate, but never handed to the national system."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -193,6 +193,10 @@ class InboundCore:
     reads only that one)."""
     versions_seen: set[tuple[str, int, str | None]] = field(default_factory=set)
     """(sender, envelope format, contract version) of the deliveries since start."""
+    takes: Mapping[str, Callable[[Delivery, datetime], Effects]] = field(default_factory=dict)
+    """Event types the node answers itself (``fxgw.HitEvaluation``): such a delivery is
+    journaled and receipted like any other but not handed to the national system; that
+    function returns what else must happen."""
 
     def receive(self, data: bytes, now: datetime, delivered: Container[str]) -> Received:
         """Open, check and decode one envelope; ``delivered`` holds the message ids already
@@ -322,6 +326,9 @@ class InboundCore:
                 log_event="envelope_rejected",
             )
         result = self.receive(data, now, delivered)
+        own = self.takes.get(result.header.event_type) if isinstance(result, Delivery) else None
+        if isinstance(result, Delivery) and own is not None:
+            return merge(self._deliver(result, None, now), own(result, now))
         if isinstance(result, Delivery):
             document = self._document(result, limits)
             if isinstance(document, bytes):
@@ -371,7 +378,8 @@ class InboundCore:
             )
         return document
 
-    def _deliver(self, result: Delivery, document: bytes, now: datetime) -> Effects:
+    def _deliver(self, result: Delivery, document: bytes | None, now: datetime) -> Effects:
+        """The delivery of ``document`` (None: journaled only), its audit entry and receipt."""
         h = result.header
         until = retain_until(h) or now + timedelta(days=365)
         deliver = Deliver(
@@ -380,12 +388,13 @@ class InboundCore:
             event_type=h.event_type,
             sender=h.sender,
             handling=h.handling.code,
-            document=document,
+            document=document or b"",
             entry=DeliveredEntry(_ms(h.expires_at), _ms(now), result.digest),
             remember=Remember(
                 h.event_id, h.sender, h.handling.code, h.handling.onward_transfer, _ms(until)
             ),
             created_ms=_ms(h.created_at),
+            to_sink=document is not None,
         )
         data = {
             **_inbound_data(h, result.digest, None),

@@ -12,7 +12,7 @@ publishes and commits.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -209,6 +209,9 @@ class OutboundCore:
     contract: Contract | None = None
     """Every contract version the node knows, ``registry`` being its own one's (None: the
     node knows only that one, and encodes in it for everybody)."""
+    takes: Mapping[str, Callable[[PlainEvent, datetime], Effects]] = field(default_factory=dict)
+    """Event types the node answers itself instead of routing them (``fxgw.HitQuery``): the
+    parsed event goes to that function, which returns the effects."""
 
     @property
     def agency(self) -> AgencyId:
@@ -277,6 +280,16 @@ class OutboundCore:
                 limits=limits,
                 log_event="event_rejected",
             )
+        own = self.takes.get(event.event_type)
+        if own is not None:
+            return own(event, now)
+        return self.take_event(event, raw, now)
+
+    def take_event(self, event: PlainEvent, raw: bytes, now: datetime) -> Effects:
+        """Everything that must happen to release ``event`` (parsed from ``raw``, which a
+        refused recipient quarantines): see :meth:`take`."""
+        limits = self.limits
+        now_ms = int(now.timestamp() * 1000)
         try:
             outcome = self.release(event, now)
         except PeerError as exc:  # a released view that does not encode: keep the event

@@ -10,6 +10,8 @@ certificate) may:
 - write to, and describe, every other agency's inbox, receipts and witness topics (any agency
   may witness another's checkpoints and send its countersignature back);
 - read and describe every other agency's checkpoints topic (to witness them);
+- write to, and describe, its own hit filter topic (``hitfilters``: its signed, compacted filter
+  of hit/no-hit PRF values), and read and describe every other agency's;
 - use its own consumer groups (``fxgw.<agency>.*``, or ``fxgw.<prefix>.<agency>.*`` on an
   exchange whose topic prefix is not ``fx``).
 
@@ -65,14 +67,16 @@ def agency_grants(agency: str, agencies: Iterable[str], prefix: str = "fx") -> l
             principal,
             ("Write", "Describe", "DescribeConfigs"),
             "topic",
-            (f"{prefix}.checkpoints.{agency}",),
+            (f"{prefix}.checkpoints.{agency}", f"{prefix}.hitfilters.{agency}"),
         ),
     ]
     if rest:
         grants.append(
             Grant(principal, ("Write", "Describe"), "topic", others("inbox", "receipts", "witness"))
         )
-        grants.append(Grant(principal, ("Read", "Describe"), "topic", others("checkpoints")))
+        grants.append(
+            Grant(principal, ("Read", "Describe"), "topic", others("checkpoints", "hitfilters"))
+        )
     grants.append(
         Grant(principal, ("Read", "Describe"), "group", (f"fxgw.{scope}{agency}.",), True)
     )

@@ -25,6 +25,7 @@ from gateway.contract.versions import Contract
 from gateway.crypto.keys import (
     AgencyKeys,
     load_encryption_key,
+    load_oprf_seed,
     load_pseudonym_key,
     load_signing_key,
 )
@@ -39,6 +40,7 @@ from gateway.node.files import (
     own_entry,
     own_version,
 )
+from gateway.node.hits import MAX_BAD_LINES_LISTED, read_holdings
 
 
 def check_node(path: Path, now: datetime) -> list[ConfigError]:
@@ -100,6 +102,7 @@ def check_node(path: Path, now: datetime) -> list[ConfigError]:
         )
     )
     problems += route_problems(config, document, registry, trust)
+    problems += hits_problems(config)
     for i, agency in enumerate(config.witness.agencies or ()):
         if agency not in trust.agencies:
             problems.append(
@@ -110,6 +113,29 @@ def check_node(path: Path, now: datetime) -> list[ConfigError]:
                     line=document.line_of(("witness", "agencies", i)),
                 )
             )
+    return problems
+
+
+def hits_problems(config: NodeConfig) -> list[ConfigError]:
+    """A holder's OPRF seed file and holdings file (each line that is not a record, by its
+    number; never a value)."""
+    hits = config.hits
+    if hits.seed is None or hits.holdings is None:
+        return []
+    problems = _attempt(partial(load_oprf_seed, hits.seed))
+    try:
+        holdings = read_holdings(hits.holdings, hits.max_holdings_bytes)
+    except ConfigError as exc:
+        return [*problems, exc]
+    for number in holdings.bad_lines[:MAX_BAD_LINES_LISTED]:
+        problems.append(
+            ConfigError(
+                "not a holdings record: one JSON object with string 'make' and 'serial_number'"
+                " (optional 'calibre', 'serial_obliterated') per line; fix or remove the line",
+                file=str(hits.holdings),
+                line=number,
+            )
+        )
     return problems
 
 

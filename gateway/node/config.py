@@ -18,6 +18,7 @@ import hashlib
 import re
 import socket
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -314,6 +315,51 @@ class TracingModel(_Strict):
         )
 
 
+class HitsModel(_Strict):
+    """Hit/no-hit queries (:mod:`gateway.core.hits`, :mod:`gateway.node.hits`). Every node can
+    query; a node with ``holdings`` and ``seed`` holds records and answers."""
+
+    holdings: FilePath | None = None
+    """The agency's holdings: JSON lines of make, serial_number, calibre, serial_obliterated."""
+    seed: FilePath | None = None
+    """The OPRF seed key file (``fxgw keygen --only oprf-seed``, 0600)."""
+    max_holdings_bytes: int = Field(default=512 * MIB, ge=1024)
+    epoch_days: int = Field(default=1, ge=1, le=366)
+    """How long one OPRF key and filter live (epochs count whole days from 1970-01-01)."""
+    grace_minutes: float = Field(default=60, ge=0)
+    """After an epoch ends, how long its filter is still used and its key still answers."""
+    fp_bound: float = Field(default=1e-6, gt=0, le=0.01)
+    """The false-positive rate a holder's filter keeps under, per query."""
+    max_shard_bytes: int = Field(default=512 * 1024, ge=1024, le=768 * 1024 - 4096)
+    answer_per_minute: float = Field(default=60, ge=0)
+    """Points evaluated per requester and minute, refilled continuously."""
+    answer_burst: int = Field(default=120, ge=1)
+    """Points a requester may spend at once."""
+    query_timeout_seconds: float = Field(default=60, gt=0)
+    """A query whose holders have not all answered by then gets a PARTIAL result."""
+    max_pending: int = Field(default=1000, ge=1, le=100_000)
+    """Queries in flight at once; more get NOT_QUERIED (busy)."""
+    check_every_seconds: float = Field(default=10, gt=0)
+    """How often the holdings file and the epoch are checked for a new filter."""
+
+    @model_validator(mode="after")
+    def _holder_pair(self) -> HitsModel:
+        if (self.holdings is None) != (self.seed is None):
+            raise ValueError(
+                "hits.holdings and hits.seed go together (a holder publishes a filter of its"
+                " holdings under keys from its seed); set both or neither"
+            )
+        return self
+
+    @property
+    def grace(self) -> timedelta:
+        return timedelta(minutes=self.grace_minutes)
+
+    @property
+    def query_timeout(self) -> timedelta:
+        return timedelta(seconds=self.query_timeout_seconds)
+
+
 _LIMITS = Limits()
 
 
@@ -383,6 +429,7 @@ class NodeConfig(_Strict):
     routes: list[RouteModel] = []
     witness: WitnessModel = WitnessModel()
     tracing: TracingModel = TracingModel()
+    hits: HitsModel = HitsModel()
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = Field(default="127.0.0.1", min_length=1)
     expiry_warning_days: float = Field(default=14, ge=0)
@@ -432,6 +479,10 @@ class NodeConfig(_Strict):
         """The exchange topic witnesses send their countersignatures of an agency's checkpoints
         back on."""
         return f"{self.exchange.topic_prefix}.witness.{agency}"
+
+    def hitfilters_topic(self, agency: str) -> str:
+        """The compacted exchange topic a holder publishes its hit/no-hit filter on."""
+        return f"{self.exchange.topic_prefix}.hitfilters.{agency}"
 
     def group_id(self, loop: str) -> str:
         """The consumer group of one of the node's loops (``inbox``, ``receipts``,
@@ -531,12 +582,16 @@ def topic_spec(name: str, settings: TopicsModel) -> TopicSpec:
 
 
 def exchange_topic_specs(config: NodeConfig, agencies: Iterable[str]) -> list[TopicSpec]:
-    """The inbox, receipts, checkpoints and witness topics of ``agencies`` on the exchange
-    cluster."""
+    """The inbox, receipts, checkpoints, witness and (compacted) hit filter topics of
+    ``agencies`` on the exchange cluster."""
     agencies = list(agencies)
     kinds = (config.inbox_topic, config.receipts_topic, config.checkpoints_topic)
     names = [topic(a) for topic in (*kinds, config.witness_topic) for a in agencies]
-    return [topic_spec(n, config.exchange.topics) for n in names]
+    specs = [topic_spec(n, config.exchange.topics) for n in names]
+    for agency in agencies:
+        spec = topic_spec(config.hitfilters_topic(agency), config.exchange.topics)
+        specs.append(replace(spec, configs=(("cleanup.policy", "compact"),)))
+    return specs
 
 
 def default_instance_id(agency: str, state_dir: Path, host: str | None = None) -> str:

@@ -240,7 +240,7 @@ class Executor:
 
     async def _stage(self, items: Sequence[Deliver]) -> None:
         assert self.sink is not None
-        await self.sink.stage(items)
+        await self.sink.stage([d for d in items if d.to_sink])
 
     async def sync_audit(self) -> None:
         """Make the audit trail durable."""
@@ -277,7 +277,7 @@ class Executor:
         items = list(batch.deliveries)
         if sink.journal_first:
             await self._journal(items)
-        pending, attempt, refused = items, 0, []
+        pending, attempt, refused = [d for d in items if d.to_sink], 0, []
         since = started_ms - 60_000
         while pending:
             results = await self.retry("deliver", partial(sink.publish, pending))

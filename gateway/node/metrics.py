@@ -91,6 +91,17 @@ def _text(data: Mapping[str, object], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+HIT_REASONS = frozenset({"rate_limited", "epoch_unknown", "not_served", "bad_point"})
+
+
+def _hit_reason(value: object) -> str:
+    return value if isinstance(value, str) and value in HIT_REASONS else "other"
+
+
+def _number(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
 def _reason(value: object) -> str:
     return value if isinstance(value, str) and value in REASONS else "other"
 
@@ -307,6 +318,19 @@ class Metrics:
             registry=r,
         )
         self.reminders_sent = counter("fxgw_trace_reminders_sent", "Trace reminders sent.", ())
+        self.hit_evaluations = counter(
+            "fxgw_hit_evaluations",
+            "Hit/no-hit evaluation requests this holder answered (outcome: served or the"
+            " refusal reason).",
+            ("requester", "outcome"),
+        )
+        self.hit_queries = counter("fxgw_hit_queries", "Hit/no-hit results by status.", ("status",))
+        self.hit_filter_bytes = Gauge(
+            "fxgw_hit_filter_bytes", "Size of each holder's filter in use.", ["holder"], registry=r
+        )
+        self.hit_filter_epoch = Gauge(
+            "fxgw_hit_filter_epoch", "Epoch of each holder's filter in use.", ["holder"], registry=r
+        )
         self.audit_written: Callable[[], int] = lambda: 0
         """Entries the open audit trail has written (set by the node once it is open)."""
         r.register(_CountersCollector(counters, lambda: self.audit_written()))
@@ -347,6 +371,15 @@ class Metrics:
                 sender = self._agency(data.get("sender"))
                 self.received.labels(sender).inc()
                 self.rejected.labels(sender, reason).inc()
+        elif kind in ("hit_evaluated", "hit_refused") and "holder" not in data:  # holder side
+            outcome = "served" if kind == "hit_evaluated" else _hit_reason(data.get("reason"))
+            self.hit_evaluations.labels(self._agency(data.get("requester")), outcome).inc()
+        elif kind == "hit_result":
+            self.hit_queries.labels(_text(data, "status") or "other").inc()
+        elif kind in ("hit_filter", "hit_filter_published"):
+            holder = self._agency(data.get("holder"))
+            self.hit_filter_bytes.labels(holder).set(float(_number(data.get("bytes"))))
+            self.hit_filter_epoch.labels(holder).set(float(_number(data.get("epoch"))))
         elif kind == "receipt_sent":
             outcome = _text(data, "outcome")
             self.receipts_sent.labels(

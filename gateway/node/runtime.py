@@ -17,23 +17,28 @@ import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
+import orjson
 import structlog
 
 from gateway.audit.store import AuditLog
 from gateway.audit.witness import WitnessBook, WitnessCore
+from gateway.contract.schemas import SchemaRegistry
 from gateway.core.effects import Batch, DeliveredEntry, Effects, unreadable
+from gateway.core.hits import EVALUATION_TYPE, QUERY_TYPE, Allowance, HitsCore, HitSettings
 from gateway.core.inbound import InboundCore
-from gateway.core.outbound import OutboundCore, ReceivedEvent
+from gateway.core.outbound import OutboundCore, PlainEvent, ReceivedEvent
 from gateway.core.receipts import ReceiptsCore
 from gateway.crypto.envelope import DataKeyRing
+from gateway.crypto.keys import load_oprf_seed
 from gateway.errors import ConfigError, InfrastructureError
 from gateway.node.config import NodeConfig, exchange_topic_specs, topic_spec
 from gateway.node.files import load_node_files, spool_batches
 from gateway.node.health import MetricsServer, Readiness
+from gateway.node.hits import expire_queries, publish_filters, read_filters
 from gateway.node.journals import DeliveredJournal, Journals
 from gateway.node.loop import (
     Executor,
@@ -130,6 +135,9 @@ class Node(Watching):
             per_minute=config.witness.max_per_minute,
             book=WitnessBook(keep=config.witness.keep),
         )
+        self.hits = self._hits_core(loaded.registry)
+        self.outbound.takes = {QUERY_TYPE: self.hits.query}
+        self.inbound.takes = {EVALUATION_TYPE: self.hits.take}
         self.counters: Counter[str] = Counter()
         self.ready = asyncio.Event()
         self._audit_log: AuditLog | None = None
@@ -150,6 +158,34 @@ class Node(Watching):
         return self._server.port if self._server is not None else None
 
     # --- wiring ----------------------------------------------------------------------------------
+
+    def _hits_core(self, registry: SchemaRegistry) -> HitsCore:
+        """Hit/no-hit queries (:mod:`gateway.node.hits`): every node queries; one with
+        holdings and a seed answers. Its requests and answers go out as plain events through
+        the outbound core.
+
+        :raises ConfigError: the seed file is missing or not an OPRF seed.
+        """
+        c, h = self.config, self.config.hits
+        own = self.outbound.trust.agency(c.agency)
+
+        def release(event: PlainEvent, now: datetime) -> Effects:
+            form = {
+                "event_type": event.event_type,
+                "record": registry.to_json(event.event_type, event.record),
+                "recipients": list(event.recipients),
+            }
+            return self.outbound.take_event(event, orjson.dumps(form), now)
+
+        return HitsCore(
+            c.agency,
+            own.country if own is not None else "",
+            registry,
+            release,
+            HitSettings(h.epoch_days, h.grace, h.query_timeout, h.max_pending),
+            seed=load_oprf_seed(h.seed).secret if h.seed is not None else None,
+            allowance=Allowance(h.answer_per_minute, h.answer_burst),
+        )
 
     def _witnessed(self) -> frozenset[str]:
         """The agencies whose checkpoints this node witnesses (never itself)."""
@@ -353,6 +389,7 @@ class Node(Watching):
                 self._take_checkpoints,
                 gather_ms=250,
             )
+        loops.update(self._hit_loops(stop))
         if c.local.outbound_topic:
             loops["outbound"] = self._consume(
                 stop,
@@ -378,6 +415,23 @@ class Node(Watching):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _hit_loops(self, stop: asyncio.Event) -> dict[str, Coroutine[object, object, None]]:
+        """Hit/no-hit queries: the other agencies' filters read, the queries' timeouts, and
+        (a holder) this node's filter published."""
+        c, ex = self.config, self._executor
+        others = sorted(set(self.outbound.trust.agencies) - {c.agency})
+        loops = {
+            "hitfilters": read_filters(
+                c, self.hits, ex, others, lambda: self.outbound.trust, self._now, stop
+            ),
+            "hitqueries": expire_queries(self.hits, ex, self._now, stop),
+        }
+        if c.hits.holdings is not None:
+            loops["hitpublish"] = publish_filters(
+                c, self.hits, ex, lambda: self.outbound.keys.signing, self._now, stop
+            )
+        return loops
 
     # --- the loops: poll a batch -> core -> effects -> durable -> commit -------------------------
 

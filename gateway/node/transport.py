@@ -471,9 +471,10 @@ class Producer:
         return results
 
     async def send_many(
-        self, records: Sequence[tuple[str, bytes, bytes | None, Headers]]
+        self, records: Sequence[tuple[str, bytes | None, bytes | None, Headers]]
     ) -> list[tuple[int, int]]:
-        """Publish several records, batched, and wait until the cluster has all of them.
+        """Publish several records, batched, and wait until the cluster has all of them (a
+        value of None is a tombstone, for a compacted topic).
 
         :raises TransportError: any record was not acknowledged (some others may have been;
             callers rely on the receiver's duplicate check when they retry).

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.unit.conftest import NOW, be_keys, fed, nl_keys, registry, trust, us_keys
+from tests.unit.conftest import NOW, be_keys, fed, nl_keys, registry, registry2, trust, us_keys
 
 __all__ = [
     "DEADLINE",
@@ -36,6 +36,7 @@ __all__ = [
     "nl_keys",
     "read_case",
     "registry",
+    "registry2",
     "trust",
     "us_keys",
 ]

@@ -9,14 +9,14 @@ from gateway.node.acls import agency_grants, script
 
 class TestGrants:
     def test_own_topics_read_others_write_own_groups(self) -> None:
-        """Read on its own inbox, receipts and witness topics only; write on its checkpoints
-        and the others' inbox, receipts and witness; read on the others' checkpoints; its
-        groups only."""
+        """Read on its own inbox, receipts and witness topics only; write on its checkpoints and
+        hit filters and the others' inbox, receipts and witness; read on the others' checkpoints
+        and hit filters; its groups only."""
         grants = agency_grants("NL-POL", ["BE-FPJ", "NL-POL", "US-ATF"])
         read, publish, write, witness, groups = grants
         assert ("fx.inbox.NL-POL", "fx.receipts.NL-POL", "fx.witness.NL-POL") == read.names
         assert "Read" in read.operations and "Write" not in read.operations
-        assert ("fx.checkpoints.NL-POL",) == publish.names
+        assert ("fx.checkpoints.NL-POL", "fx.hitfilters.NL-POL") == publish.names
         assert "Write" in publish.operations and "Read" not in publish.operations
         assert (
             "fx.inbox.BE-FPJ",
@@ -27,7 +27,12 @@ class TestGrants:
             "fx.witness.US-ATF",
         ) == write.names
         assert ("Write", "Describe") == write.operations
-        assert ("fx.checkpoints.BE-FPJ", "fx.checkpoints.US-ATF") == witness.names
+        assert (
+            "fx.checkpoints.BE-FPJ",
+            "fx.hitfilters.BE-FPJ",
+            "fx.checkpoints.US-ATF",
+            "fx.hitfilters.US-ATF",
+        ) == witness.names
         assert ("Read", "Describe") == witness.operations
         assert ("fxgw.NL-POL.",) == groups.names and groups.prefixed
         assert all("User:NL-POL" == g.principal for g in grants)
@@ -36,7 +41,7 @@ class TestGrants:
         """Another exchange prefix names its topics and its groups (as the node names them)."""
         read, publish, *_, groups = agency_grants("BE-FPJ", ["BE-FPJ", "NL-POL"], prefix="t1")
         assert ("t1.inbox.BE-FPJ", "t1.receipts.BE-FPJ", "t1.witness.BE-FPJ") == read.names
-        assert ("t1.checkpoints.BE-FPJ",) == publish.names
+        assert ("t1.checkpoints.BE-FPJ", "t1.hitfilters.BE-FPJ") == publish.names
         assert ("fxgw.t1.BE-FPJ.",) == groups.names
 
     def test_alone_has_no_grant_on_other_topics(self) -> None:

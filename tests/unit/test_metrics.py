@@ -88,6 +88,31 @@ class TestObserve:
         assert 1 == _value(m, "fxgw_quarantined_total", direction="inbound", reason="bad_signature")
         assert 1 == _value(m, "fxgw_receipts_sent_total", sender="NL-POL", outcome="DELIVERED")
 
+    def test_hit_no_hit_series(self) -> None:
+        """Evaluations a holder served or refused per requester, results by status, and each
+        holder's filter size and epoch; a requester's own record of a refusal is not counted
+        as an evaluation."""
+        m = _metrics()
+        m.observe(
+            [
+                _entry("hit_evaluated", requester="NL-POL"),
+                _entry("hit_refused", requester="NL-POL", reason="rate_limited"),
+                _entry("hit_refused", requester="NL-POL", holder="BE-FPJ", reason="rate_limited"),
+                _entry("hit_refused", requester="NL-POL", reason="a value"),
+                _entry("hit_result", status="PARTIAL"),
+                AuditEntry(
+                    "hit_filter", {"holder": "BE-FPJ", "epoch": 20425, "bytes": 300}, "f", "f"
+                ),
+            ]
+        )
+        served = ("fxgw_hit_evaluations_total", "NL-POL")
+        assert 1 == _value(m, served[0], requester=served[1], outcome="served")
+        assert 1 == _value(m, served[0], requester=served[1], outcome="rate_limited")
+        assert 1 == _value(m, served[0], requester=served[1], outcome="other")
+        assert 1 == _value(m, "fxgw_hit_queries_total", status="PARTIAL")
+        assert 300 == _value(m, "fxgw_hit_filter_bytes", holder="BE-FPJ")
+        assert 20425 == _value(m, "fxgw_hit_filter_epoch", holder="BE-FPJ")
+
     def test_labels_never_carry_a_value_from_outside_the_fixed_sets(self) -> None:
         """A sender off the trust list is ``unknown``, an unlisted reason or direction
         ``other``: a forged header cannot make up label values."""

@@ -246,6 +246,25 @@ class TestBrokenPolicies:
         assert "unknown event type 'fxgw.Parking'" in info.value.message
         assert "did you mean" not in info.value.message
 
+    def test_a_rule_for_a_newer_versions_event_type_is_skipped_with_since(
+        self, registry: SchemaRegistry, tmp_path: Path
+    ) -> None:
+        """On version 1.0, a rule for fxgw.HitEvaluation (added in 1.2) that says since: "1.2" is
+        skipped, so the shipped policies load on nodes of every version; without since, the
+        unknown type is refused."""
+
+        def rule(since: str) -> str:
+            return (
+                f"- {{id: hits, event: fxgw.HitEvaluation,{since} to: {{all: true}},"
+                f" handling: {HANDLING}, fields: {{event_id: keep}}}}\n"
+            )
+
+        assert "fxgw.HitEvaluation" not in registry.event_types
+        policy = _policy(tmp_path, registry, rule(' since: "1.2",'))
+        assert [] == [r.rule_id for r in policy.rules]
+        with pytest.raises(PolicyError, match=r"unknown event type 'fxgw\.HitEvaluation'"):
+            _policy(tmp_path, registry, rule(""))
+
 
 def _conditional_rule(when: str, fields: str) -> str:
     """One seizure rule for everyone with a rule condition and a field plan (YAML mappings)."""
