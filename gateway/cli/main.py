@@ -806,6 +806,11 @@ def cmd_hit_query(args: argparse.Namespace) -> int:
         _print(
             f"{result['status']}: hits {', '.join(result['hits']) or 'none'}; asked"
             f" {', '.join(result['asked']) or 'nobody'}"
+            + (
+                f"\n  with the calibre too: {', '.join(result['calibre_hits']) or 'none'}"
+                if result["narrowed_by_calibre"]
+                else ""
+            )
             + "".join(f"\n  unanswered {u}" for u in result["unanswered"])
             + (f"\n  reason: {result['reason']}" if result["reason"] else "")
         )

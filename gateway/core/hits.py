@@ -48,7 +48,7 @@ from gateway.core.effects import (
     merge,
     quarantine,
 )
-from gateway.core.identifiers import NotQueryable, identifier, normalise_calibre
+from gateway.core.identifiers import NotQueryable, identifier
 from gateway.core.inbound import Delivery, delivery_document
 from gateway.core.outbound import PlainEvent
 from gateway.crypto import oprf
@@ -315,7 +315,8 @@ class _Ask:
 
     request_id: str
     epoch: int
-    blinded: oprf.Blinded
+    blinded: tuple[oprf.Blinded, ...]
+    """One per identifier of the query, in order (make and serial; and with the calibre)."""
     contains: Callable[[bytes], bool]
 
 
@@ -325,11 +326,13 @@ class _Query:
 
     event_id: str
     reference: str | None
-    identifier: bytes
+    identifiers: tuple[bytes, ...]
+    """Make and serial; then make, serial and calibre when the query names a calibre."""
     narrowed: bool
     deadline: datetime
     asked: dict[str, _Ask] = field(default_factory=dict)
     hits: set[str] = field(default_factory=set)
+    calibre_hits: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
     unanswered: dict[str, str] = field(default_factory=dict)
 
@@ -389,21 +392,20 @@ class HitsCore:
         reference = _opt_str(r.get("query_reference"))
         if event.event_id in self._pending:
             return Effects()  # the national system sent it again while it is in flight
-        calibre = _opt_str(r.get("calibre"))
-        ident = identifier(
-            _opt_str(r.get("make")),
-            _opt_str(r.get("serial_number")),
-            calibre,
-            obliterated=bool(r.get("serial_obliterated")),
-        )
-        narrowed = normalise_calibre(calibre) is not None
-        query = _Query(event.event_id, reference, b"", narrowed, now + self.settings.query_timeout)
+        make, serial = _opt_str(r.get("make")), _opt_str(r.get("serial_number"))
+        obliterated = bool(r.get("serial_obliterated"))
+        ident = identifier(make, serial, None, obliterated=obliterated)
+        # a calibre narrows the answer, never the search: a holder's record without a calibre
+        # is only under make and serial, so both are asked (two points)
+        narrow = identifier(make, serial, _opt_str(r.get("calibre")), obliterated=obliterated)
+        narrowed = isinstance(narrow, bytes) and narrow != ident
+        query = _Query(event.event_id, reference, (), narrowed, now + self.settings.query_timeout)
         if isinstance(ident, NotQueryable):
             return self._finish(query, now, reason=f"{ident.reason.value}: {ident.message}")
         if len(self._pending) >= self.settings.max_pending:
             why = "busy: too many queries in flight; send the query again later"
             return self._finish(query, now, reason=why)
-        query.identifier = ident
+        query.identifiers = (ident, narrow) if narrowed and isinstance(narrow, bytes) else (ident,)
         usable = self.book.holders(now, self.settings.grace)
         wanted = r.get("agencies")
         names = sorted(usable) if not isinstance(wanted, list) else [str(a) for a in wanted]
@@ -420,8 +422,8 @@ class HitsCore:
             if epoch is None or contains is None:
                 query.unanswered[holder] = f"{holder}: no usable filter"
                 continue
-            blinded = oprf.blind(ident)
-            request = self._evaluation(holder, now, epoch=epoch, blinded=[blinded.point])
+            blinded = tuple(oprf.blind(i) for i in query.identifiers)
+            request = self._evaluation(holder, now, epoch=epoch, blinded=[b.point for b in blinded])
             released = self.release(request, now)
             parts.append(released)
             if any(e.recipient == holder for e in released.envelopes):
@@ -433,7 +435,7 @@ class HitsCore:
             "query_event_id": query.event_id,
             "asked": sorted(query.asked),
             "epochs": [f"{a}:{query.asked[a].epoch}" for a in sorted(query.asked)],
-            "points": len(query.asked),
+            "points": len(query.asked) * len(query.identifiers),
             "narrowed_by_calibre": query.narrowed,
             "unanswered": sorted(query.unanswered),
         }
@@ -469,18 +471,26 @@ class HitsCore:
             }
             entry = AuditEntry("hit_refused", data, "hit_refused", f"hit_refused_{refused}", True)
             parts.append(Effects(audit=(entry,)))
-        elif r.get("epoch") != ask.epoch or not isinstance(evaluated, list) or len(evaluated) != 1:
+        elif (
+            r.get("epoch") != ask.epoch
+            or not isinstance(evaluated, list)
+            or len(evaluated) != len(ask.blinded)
+        ):
             query.unanswered[holder] = f"{holder}: bad_answer"
         else:
             try:
-                output = oprf.finalize(query.identifier, oprf.unblind(ask.blinded, evaluated[0]))
-                hit = ask.contains(output)
+                matched = [
+                    ask.contains(oprf.finalize(i, oprf.unblind(b, e)))
+                    for i, b, e in zip(query.identifiers, ask.blinded, evaluated, strict=True)
+                ]
             except PeerError as exc:
                 query.unanswered[holder] = f"{holder}: {exc.reason}"
             else:
                 query.answered.add(holder)
-                if hit:
+                if matched[0]:
                     query.hits.add(holder)
+                if matched[0] and matched[1:] == [True]:
+                    query.calibre_hits.add(holder)
         if query.done:
             parts.append(self._finish(query, now))
         return merge(*parts)
@@ -514,6 +524,7 @@ class HitsCore:
             "answered_at": now,
             "status": status,
             "hits": sorted(query.hits),
+            "calibre_hits": sorted(query.calibre_hits),
             "asked": sorted(query.asked),
             "unanswered": [query.unanswered[a] for a in sorted(query.unanswered)],
             "narrowed_by_calibre": query.narrowed and not reason,

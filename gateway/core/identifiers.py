@@ -15,9 +15,9 @@ with each part normalised by the functions below, and ``calibre`` the empty stri
 record or the query has none. A change to any rule below is a new version tag, never an edit.
 
 Calibre: a holder's record with a calibre is put in its filter twice, as (make, serial, "") and
-as (make, serial, calibre) (:func:`filter_identifiers`); a query without a calibre asks for the
-first, a query with one for the narrower second. A holder's record without a calibre is found
-only by queries without one.
+as (make, serial, calibre) (:func:`filter_identifiers`); a query asks for the first, and when it
+names a calibre for the narrower second too (:mod:`gateway.core.hits`), so a holder's record
+without a calibre is still found on make and serial.
 
 Security: these rules only decide which records compare equal. Every look-alike mapping merges
 distinct serials, so it can only add false hits (a hit leads to a trace request, which compares

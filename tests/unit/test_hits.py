@@ -297,18 +297,47 @@ class TestQueries:
                 result["asked"],
             )
         *_, done = _round_trip(nl, be, make="Glock", serial_number="BXK512", calibre="9 x 19")
-        assert (["BE-FPJ"], True) == (_result(done)["hits"], _result(done)["narrowed_by_calibre"])
+        result = _result(done)
+        assert (["BE-FPJ"], ["BE-FPJ"], True) == (
+            result["hits"],
+            result["calibre_hits"],
+            result["narrowed_by_calibre"],
+        )
 
-    def test_a_record_the_holder_lacks_is_no_hit(self, pair: tuple[_Node, _Node]) -> None:
-        """Another serial, or the right one in another calibre, answers with no hit."""
+    def test_a_calibre_narrows_the_answer_never_the_search(self, pair: tuple[_Node, _Node]) -> None:
+        """A calibre the holder's record lacks, or records otherwise, still finds make and
+        serial (hits), and only calibre_hits says whether the calibre matched too; the
+        holder is asked two points."""
         nl, be = pair
         for query in (
-            {"make": "Glock", "serial_number": "BXK513"},
             {"make": "Glock", "serial_number": "BXK512", "calibre": ".45 ACP"},
             {"make": "Beretta", "serial_number": "P4711", "calibre": "9x19"},
         ):
+            asked, _, done = _round_trip(nl, be, **query)
+            result = _result(done)
+            assert ("ANSWERED", ["BE-FPJ"], [], True) == (
+                result["status"],
+                result["hits"],
+                result["calibre_hits"],
+                result["narrowed_by_calibre"],
+            )
+            hit_query = next(a for a in asked.audit if a.kind == "hit_query")
+            assert 2 == hit_query.data["points"]
+
+    def test_a_record_the_holder_lacks_is_no_hit(self, pair: tuple[_Node, _Node]) -> None:
+        """Another serial, or another make, answers with no hit."""
+        nl, be = pair
+        for query in (
+            {"make": "Glock", "serial_number": "BXK513"},
+            {"make": "Glock", "serial_number": "BXK513", "calibre": "9x19"},
+            {"make": "Beretta", "serial_number": "BXK512"},
+        ):
             *_, done = _round_trip(nl, be, **query)
-            assert ("ANSWERED", []) == (_result(done)["status"], _result(done)["hits"])
+            assert ("ANSWERED", [], []) == (
+                _result(done)["status"],
+                _result(done)["hits"],
+                _result(done)["calibre_hits"],
+            )
 
     def test_the_request_and_answer_travel_as_sealed_events_and_are_not_delivered(
         self, pair: tuple[_Node, _Node]
@@ -460,7 +489,7 @@ class TestQueries:
         nl, be = pair
         asked = nl.ask(make="Glock", serial_number="BXK512")
         [query] = nl.hits._pending.values()
-        point = query.asked["BE-FPJ"].blinded.point
+        point = query.asked["BE-FPJ"].blinded[0].point
         answered = be.receive(asked)
         done = nl.receive(answered)
         trail = json.dumps([dict(a.data) for e in (asked, answered, done) for a in e.audit])
