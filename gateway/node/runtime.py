@@ -421,12 +421,11 @@ class Node(Watching):
         (a holder) this node's filter published."""
         c, ex = self.config, self._executor
         others = sorted(set(self.outbound.trust.agencies) - {c.agency})
-        loops = {
-            "hitfilters": read_filters(
+        loops = {"hitqueries": expire_queries(self.hits, ex, self._now, stop)}
+        if others:  # alone on the trust list: no filter to read
+            loops["hitfilters"] = read_filters(
                 c, self.hits, ex, others, lambda: self.outbound.trust, self._now, stop
-            ),
-            "hitqueries": expire_queries(self.hits, ex, self._now, stop),
-        }
+            )
         if c.hits.holdings is not None:
             loops["hitpublish"] = publish_filters(
                 c, self.hits, ex, lambda: self.outbound.keys.signing, self._now, stop
