@@ -239,7 +239,7 @@ class FilterBook:
         if held is None:
             return None
         if held.contains is None:
-            held.contains = shard_lookup([held.parts[i] for i in range(held.shards)])
+            held.contains = shard_lookup(self._ordered(held))
         return held.contains
 
     def shards(self, agency: str) -> tuple[int, Sequence[bytes]] | None:
@@ -247,7 +247,11 @@ class FilterBook:
         held = self._held.get(agency)
         if held is None:
             return None
-        return held.epoch, [held.parts[i] for i in range(held.shards)]
+        return held.epoch, self._ordered(held)
+
+    @staticmethod
+    def _ordered(held: _Filter) -> list[bytes]:
+        return [held.parts[i] for i in range(held.shards)]
 
 
 class Allowance:
@@ -516,7 +520,7 @@ class HitsCore:
         for ask in query.asked.values():
             self._requests.pop(ask.request_id, None)
         status = "NOT_QUERIED" if reason else "PARTIAL" if query.unanswered else "ANSWERED"
-        now = now.replace(microsecond=now.microsecond - now.microsecond % 1000)
+        now = _millis(now)
         record: dict[str, object] = {
             "event_id": _result_id(query.event_id),
             "query_event_id": query.event_id,
@@ -658,7 +662,7 @@ class HitsCore:
         event_id = _new_id(self.agency)
         record: dict[str, object] = {
             "event_id": event_id,
-            "sent_at": now.replace(microsecond=now.microsecond - now.microsecond % 1000),
+            "sent_at": _millis(now),
             "sending_agency": {"agency_id": self.agency, "country": self.country, "name": None},
             "in_reply_to": in_reply_to,
             "epoch": epoch,
@@ -700,6 +704,11 @@ class HitsCore:
             "bytes": size,
         }
         return Effects(audit=(AuditEntry("hit_filter", data, "hit_filter", "hit_filters"),))
+
+
+def _millis(moment: datetime) -> datetime:
+    """``moment`` cut to whole milliseconds, as Avro's timestamp-millis holds it."""
+    return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
 
 
 def _opt_str(value: object) -> str | None:
