@@ -828,11 +828,14 @@ async def _hit_result(
     from gateway.node.transport import read_topic
 
     deadline = asyncio.get_running_loop().time() + wait_s
+    read: set[Path] = set()  # spool files already looked at: deliveries are never rewritten
     while True:
         if config.delivery.sink == "spool":
             assert config.spool.inbound_dir is not None
             folder = config.spool.inbound_dir
-            documents = [p.read_bytes() for p in folder.glob("*.json")] if folder.is_dir() else []
+            fresh = set(folder.glob("*.json")) - read if folder.is_dir() else set()
+            read |= fresh
+            documents = [p.read_bytes() for p in fresh]
         else:
             assert config.local.inbound_topic is not None
             messages = await read_topic(

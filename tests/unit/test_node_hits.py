@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.cli.main import main
+from gateway.cli.main import _hit_result, main
 from gateway.core.identifiers import filter_identifiers
 from gateway.crypto.filters import HoldingsFilter, Shard
 from gateway.crypto.keys import load_oprf_seed
@@ -157,3 +158,26 @@ class TestHitCommands:
         )
         assert f"query {record['event_id']} sent to spool" in capsys.readouterr().out
         assert 2 == main([*args, "--trace"])  # a trace needs the result: --wait
+
+    async def test_wait_finds_the_result_among_the_spooled_deliveries(
+        self, fed: Federation
+    ) -> None:
+        """``--wait`` on a spool node: other deliveries are passed over, and a result the node
+        spools after the first look is found on a later one."""
+        config = load_config(fed.config("BE-FPJ"))
+        assert config.spool.inbound_dir is not None
+        folder = config.spool.inbound_dir
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def spool(name: str, event_type: str, record: dict[str, object]) -> None:
+            document = {"event_type": event_type, "provenance": {}, "record": record}
+            (folder / f"{name}.json").write_text(json.dumps(document))
+
+        spool("other", "fxgw.HitResult", {"query_event_id": "Q-other", "status": "ANSWERED"})
+        spool("seizure", "fxgw.SeizureEvent", {"event_id": "S-1"})
+        waiting = asyncio.create_task(_hit_result(config, "Q-1", 0, 5.0))
+        await asyncio.sleep(0.7)  # the first look found nothing for Q-1
+        assert not waiting.done()
+        spool("result", "fxgw.HitResult", {"query_event_id": "Q-1", "status": "PARTIAL"})
+        assert {"query_event_id": "Q-1", "status": "PARTIAL"} == await waiting
+        assert await _hit_result(config, "Q-2", 0, 0.0) is None
